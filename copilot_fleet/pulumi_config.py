@@ -1,0 +1,41 @@
+"""Reading the `fleet` namespace inside a running Pulumi program (real engine or mocks)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+from pulumi.runtime import config as runtime_config
+
+from copilot_fleet.spec import FleetSpec, RawConfig, load_spec, namespace_values, secret_namespace_keys
+
+
+def _decode(value: Any) -> Any:
+    # The engine passes every value as a string; structured values and numbers arrive as JSON text.
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def raw_config_from_engine() -> RawConfig:
+    """Every key of the namespace, so unknown keys can be refused (pulumi.Config only answers named keys).
+
+    The Python language host stores the stack's config in `pulumi.runtime.config.CONFIG` (and may pass it as the
+    PULUMI_CONFIG environment variable); the same store is what `set_all_config` fills under mocks.
+    """
+    flat: dict[str, Any] = dict(runtime_config.get_config_env())
+    flat.update(runtime_config.CONFIG.get())
+    secret = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    return RawConfig(
+        values={k: _decode(v) for k, v in namespace_values(flat).items()},
+        secret_keys=secret_namespace_keys(secret),
+        stack=pulumi.get_stack(),
+    )
+
+
+def load_engine_spec() -> FleetSpec:
+    return load_spec(raw_config_from_engine())

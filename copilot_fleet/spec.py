@@ -1,0 +1,481 @@
+"""The fleet spec: stack config (namespace `fleet`) validated once into one typed object.
+
+Every renderer (Kubernetes, Azure, the local fleet, the offline render) starts from a `FleetSpec`. A bad or missing
+value raises `ConfigError` before a single resource is registered or process started; its message names each
+offending key as it is spelled in stack config (`fleet:storage.accessMode`) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from copilot_fleet import CLI_VERSION
+
+NAMESPACE = "fleet"
+
+# What a Pulumi-encrypted value (`secure: v1:...`) reads as where no engine can decrypt it (offline render).
+# Format checks skip it; the render masks every secret anyway, and no real server ever receives it.
+OFFLINE_SECRET = "offline-placeholder-secret"
+
+Isolation = Literal["per-user", "shared-cli", "shared-session"]
+Platform = Literal["kubernetes", "azure", "local"]
+LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
+
+# Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (facts: copilot-runtime.md).
+PROMPT_LOGGING_LEVELS = frozenset({"debug", "all"})
+
+
+class ConfigError(ValueError):
+    """Stack config that cannot be deployed. `problems` holds one line per offending key."""
+
+    def __init__(self, problems: list[str], stack: str | None = None) -> None:
+        self.problems = problems
+        where = f"stack {stack!r}: " if stack else ""
+        super().__init__(f"{where}invalid fleet config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# --- scalar types -----------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from an int or a string like '90s', '30m', '24h', '7d'."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 1800, '30m', '24h' or '7d', not a boolean")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, float) and value.is_integer():
+        seconds = int(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 1800, '30m', '24h' or '7d', got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_QUANTITY_FACTORS = {
+    None: 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+    "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3, "Ti": 1024.0**4,
+}
+
+
+def quantity_value(q: str) -> float:
+    """The number a Kubernetes quantity stands for ('512Mi' -> 536870912.0, '250m' -> 0.25)."""
+    m = _QUANTITY.match(q)
+    if not m:
+        raise ValueError(f"{q!r} is not a Kubernetes quantity (examples: 250m, 1, 512Mi, 10Gi)")
+    return float(m.group(1)) * _QUANTITY_FACTORS[m.group(3)]
+
+
+def _check_quantity(value: str) -> str:
+    quantity_value(value)
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
+                     AfterValidator(_check_quantity)]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _check_dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError("must be a DNS label: lowercase letters, digits and '-', starting and ending "
+                         "with a letter or digit, at most 63 characters")
+    return value
+
+
+DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
+
+# A user id must be usable in resource names (per-user servers) and in session ids: a DNS label of at most 40
+# characters. It may contain '-', which the fleet client's session ids handle (unlike the seeds' split("-")).
+_USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+def _check_user_id(value: str) -> str:
+    if not _USER_ID.match(value):
+        raise ValueError("user ids are 1-40 lowercase letters, digits and '-', starting and ending with a letter "
+                         f"or digit, got {value!r}")
+    return value
+
+
+UserId = Annotated[str, AfterValidator(_check_user_id)]
+
+
+def _check_http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+_CRON_FIELD = re.compile(r"^[\d*/,\-]+$")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"must be a 5-field cron schedule such as '*/15 * * * *', got {value!r}")
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_check_cron)]
+
+
+def _check_image(value: str) -> str:
+    # A pinned image: a tag other than 'latest', or a digest. Unpinned images drift away from the SDK's CLI.
+    if "@sha256:" in value:
+        return value
+    name, sep, tag = value.rpartition(":")
+    if not sep or "/" in tag or not name:
+        raise ValueError(f"must pin a tag or digest (for example registry.example.com/copilot-cli:{CLI_VERSION}), "
+                         f"got {value!r}")
+    if tag == "latest":
+        raise ValueError("must not use ':latest': pin the tag that carries the CLI version the SDK expects "
+                         f"({CLI_VERSION})")
+    return value
+
+
+Image = Annotated[str, AfterValidator(_check_image)]
+
+Port = Annotated[int, Field(ge=1024, le=65535)]
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+
+class _Section(BaseModel):
+    """Stack config objects: camelCase keys, unknown keys refused, numbers coerced to strings where a string is
+    expected (Pulumi hands `1.0` back as a number)."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, coerce_numbers_to_str=True, frozen=True
+    )
+
+
+class ProviderSpec(_Section):
+    """A BYOK model endpoint used by every session (no GitHub authentication needed)."""
+
+    type: Literal["openai", "azure", "anthropic"] = "openai"
+    base_url: HttpUrl
+    api_key: SecretStr | None = None
+    wire_api: Literal["completions", "responses"] = "completions"
+    model: str | None = None
+
+
+class UserSpec(_Section):
+    """A user of a `per-user` fleet: their own server, storage, connection token and, optionally, GitHub token."""
+
+    id: UserId
+    github_token: SecretStr | None = None
+
+
+class StorageSpec(_Section):
+    storage_class: str | None = None
+    size: Quantity = "10Gi"
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
+    # Each replica's own COPILOT_HOME (config, logs, the SQLite session store): never shared.
+    home_size: Quantity = "1Gi"
+
+
+class RedisSpec(_Section):
+    mode: Literal["in-cluster", "external"] = "in-cluster"
+    url: SecretStr | None = None
+    image: Image = "redis:7.2.5-alpine"
+    storage_size: Quantity = "1Gi"
+
+
+class LoadBalancerSpec(_Section):
+    service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
+    session_affinity: Literal["None", "ClientIP"] = "None"
+
+
+class ResourceAmounts(_Section):
+    cpu: Quantity
+    memory: Quantity
+
+
+class ResourcesSpec(_Section):
+    # Idle CLI about 243 MiB, +3.7 MiB per attached session (facts): 512Mi request, 2Gi limit fit the 50-session cap.
+    requests: ResourceAmounts = ResourceAmounts(cpu="250m", memory="512Mi")
+    limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourcesSpec:
+        for kind in ("cpu", "memory"):
+            req, lim = getattr(self.requests, kind), getattr(self.limits, kind)
+            if quantity_value(req) > quantity_value(lim):
+                raise ValueError(f"requests.{kind} ({req}) is larger than limits.{kind} ({lim})")
+        return self
+
+
+class LocalSpec(_Section):
+    """Where the local fleet listens on 127.0.0.1. Defaults suit one stack; give each stack its own range to run
+    several side by side."""
+
+    endpoint_port: Port = 4321
+    replica_base_port: Port = 4401
+    redis_port: Port = 6390
+    model_port: Port = 18080
+
+
+class AzureSpec(_Section):
+    location: str = "westeurope"
+    resource_group_name: str | None = None
+    node_count: Annotated[int, Field(ge=1, le=100)] = 2
+    node_vm_size: str = "Standard_D4s_v5"
+    kubernetes_version: str | None = None
+    file_share_quota_gb: Annotated[int, Field(ge=100, le=102400)] = 100
+    redis_sku: Literal["Basic", "Standard", "Premium"] = "Standard"
+    redis_capacity: Annotated[int, Field(ge=0, le=6)] = 1
+    log_retention_days: Annotated[int, Field(ge=30, le=730)] = 30
+
+
+class InfiniteSessionsSpec(_Section):
+    """The seeds' infinite-session settings, passed by the fleet client on create: context-use fractions."""
+
+    enabled: bool = True
+    background_compaction_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.80
+    buffer_exhaustion_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InfiniteSessionsSpec:
+        if self.background_compaction_threshold >= self.buffer_exhaustion_threshold:
+            raise ValueError("backgroundCompactionThreshold must be below bufferExhaustionThreshold")
+        return self
+
+
+class FleetSpec(_Section):
+    """The whole of one environment's fleet, validated."""
+
+    isolation: Isolation
+    platform: Platform
+    replicas: Annotated[int, Field(ge=1, le=50)] = 2
+    image: Image | None = None
+    cli_version: str = CLI_VERSION
+    port: Port = 4321
+    users: list[UserSpec] = Field(default_factory=list)
+    github_token: SecretStr | None = None
+    provider: ProviderSpec | None = None
+    model: str = "gpt-4.1"
+    storage: StorageSpec = StorageSpec()
+    redis: RedisSpec = RedisSpec()
+    load_balancer: LoadBalancerSpec = LoadBalancerSpec()
+    session_ttl: Duration = 7 * 86400
+    idle_timeout: Duration = 30 * 60
+    resources: ResourcesSpec = ResourcesSpec()
+    log_level: LogLevel = "info"
+    allow_debug_logging: bool = False
+    namespace: DnsLabel = "copilot-fleet"
+    otlp_endpoint: HttpUrl | None = None
+    client_selector: dict[str, str] = Field(default_factory=lambda: {"copilot-fleet/client": "true"})
+    janitor_schedule: Cron = "*/15 * * * *"
+    max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
+    termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
+    infinite_sessions: InfiniteSessionsSpec = InfiniteSessionsSpec()
+    local: LocalSpec = LocalSpec()
+    azure: AzureSpec = AzureSpec()
+
+    # Set by `load_spec`, not by config: which stack this is.
+    stack: str = Field(default="", exclude=True)
+
+    @property
+    def shares_session_state(self) -> bool:
+        """Shared patterns keep session-state/ on one volume; every such topology needs a lease per session."""
+        return self.isolation != "per-user"
+
+    @property
+    def user_ids(self) -> list[str]:
+        return [u.id for u in self.users]
+
+    @property
+    def session_model(self) -> str:
+        return (self.provider.model if self.provider and self.provider.model else None) or self.model
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetSpec:
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ValueError(" | ".join(problems))
+        return self
+
+
+def _cross_field_problems(spec: FleetSpec) -> list[str]:
+    """Contradictions between keys: each message starts with the key to change."""
+    p: list[str] = []
+    set_keys = spec.model_fields_set
+    if spec.isolation == "per-user":
+        if not spec.users:
+            p.append("fleet:users: per-user needs at least one user (a list of {id, githubToken?})")
+        if "replicas" in set_keys and spec.replicas != 1:
+            p.append(f"fleet:replicas: per-user runs exactly one server per user; remove it or set 1 "
+                     f"(got {spec.replicas})")
+        if "redis" in set_keys:
+            p.append("fleet:redis: per-user has no shared session state and no lease store; remove fleet:redis")
+    else:
+        if spec.users:
+            p.append(f"fleet:users: only per-user deploys a server per user; {spec.isolation} routes every user "
+                     "through the shared replicas (remove fleet:users or use isolation per-user)")
+        if spec.storage.access_mode != "ReadWriteMany":
+            p.append(f"fleet:storage.accessMode: {spec.isolation} shares session-state/ between replicas, so it "
+                     f"must be ReadWriteMany (got {spec.storage.access_mode})")
+        if spec.redis.mode == "external" and spec.redis.url is None:
+            p.append("fleet:redis.url: redis.mode external needs the URL, set as a secret "
+                     "(pulumi config set --secret --path 'fleet:redis.url' rediss://...)")
+        if spec.redis.mode == "in-cluster" and spec.redis.url is not None:
+            p.append("fleet:redis.url: only for redis.mode external; in-cluster Redis gets a generated password")
+        url = spec.redis.url.get_secret_value() if spec.redis.url is not None else None
+        if url is not None and url != OFFLINE_SECRET and not url.startswith(("redis://", "rediss://")):
+            p.append("fleet:redis.url: must start with redis:// or rediss://")
+    ids = spec.user_ids
+    dupes = sorted({u for u in ids if ids.count(u) > 1})
+    if dupes:
+        p.append(f"fleet:users: duplicate user ids {dupes}")
+    if spec.log_level in PROMPT_LOGGING_LEVELS and not spec.allow_debug_logging:
+        p.append(f"fleet:logLevel: {spec.log_level} writes full prompts and request bodies to disk; use none, "
+                 "error, warning or info, or set fleet:allowDebugLogging true to accept that")
+    if spec.cli_version != CLI_VERSION:
+        p.append(f"fleet:cliVersion: github-copilot-sdk pins the CLI at exactly {CLI_VERSION} (got "
+                 f"{spec.cli_version}); change both together")
+    if spec.platform in ("kubernetes", "azure"):
+        if spec.image is None:
+            p.append(f"fleet:image: {spec.platform} needs a pinned CLI image (build images/cli/Dockerfile and push "
+                     f"it, e.g. registry.example.com/copilot-cli:{CLI_VERSION})")
+        elif "@sha256:" not in spec.image and not spec.image.rpartition(":")[2].startswith(spec.cli_version):
+            p.append(f"fleet:image: the tag must carry the pinned CLI version {spec.cli_version} (or use a digest), "
+                     f"got {spec.image}")
+        every_user_has_token = bool(spec.users) and all(u.github_token for u in spec.users)
+        if spec.github_token is None and spec.provider is None and not every_user_has_token:
+            p.append("fleet:githubToken / fleet:provider: sessions need a credential: set a GitHub token as a "
+                     "secret (pulumi config set --secret fleet:githubToken ...) or a BYOK provider "
+                     "(fleet:provider with baseUrl and a secret apiKey)")
+        if spec.provider is not None and spec.provider.api_key is None:
+            p.append("fleet:provider.apiKey: a deployed fleet's provider needs its API key, set as a secret "
+                     "(pulumi config set --secret --path 'fleet:provider.apiKey' ...)")
+    if spec.platform == "local" and spec.shares_session_state:
+        ports = [spec.local.endpoint_port, spec.local.redis_port, spec.local.model_port]
+        replica_ports = range(spec.local.replica_base_port, spec.local.replica_base_port + spec.replicas)
+        clash = sorted(set(ports) & set(replica_ports)) or sorted({x for x in ports if ports.count(x) > 1})
+        if clash:
+            p.append(f"fleet:local: ports overlap at {clash}; give the endpoint, replicas, redis and model "
+                     "distinct ports")
+    if spec.idle_timeout and spec.idle_timeout < 60:
+        p.append(f"fleet:idleTimeout: at least 60 seconds, or 0 to disable (got {spec.idle_timeout})")
+    if spec.session_ttl < 3600:
+        p.append(f"fleet:sessionTtl: at least 1h so the janitor never races a live conversation "
+                 f"(got {spec.session_ttl} s)")
+    return p
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+# Config keys (camelCase, as in stack config) whose values are credentials: they must come from Pulumi secrets.
+# Paths use '.' for object keys and '[]' for every list element.
+SECRET_PATHS: tuple[str, ...] = ("githubToken", "provider.apiKey", "redis.url", "users[].githubToken")
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """Stack config of the `fleet` namespace: keys without the prefix, native values, and which keys the stack
+    holds as secrets (Pulumi marks a whole top-level key secret when any part of it is)."""
+
+    values: Mapping[str, Any]
+    secret_keys: frozenset[str] = field(default_factory=frozenset)
+    stack: str = ""
+
+
+def _present(values: Mapping[str, Any], path: str) -> bool:
+    head, _, rest = path.partition(".")
+    if head.endswith("[]"):
+        items = values.get(head[:-2])
+        return isinstance(items, list) and any(isinstance(i, Mapping) and _present(i, rest) for i in items)
+    if head not in values:
+        return False
+    return True if not rest else isinstance(values[head], Mapping) and _present(values[head], rest)
+
+
+def _unknown_key_problems(values: Mapping[str, Any]) -> list[str]:
+    known = {info.alias or name for name, info in FleetSpec.model_fields.items() if name != "stack"}
+    out = []
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean fleet:{close[0]}?)" if close else ""
+            out.append(f"fleet:{key}: unknown key{hint}; allowed: {', '.join(sorted(known))}")
+    return out
+
+
+def _format_pydantic(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            out.append(f"fleet:{loc}: required but not set")
+        elif not loc:  # a model-level check: its messages already name their keys
+            out.extend(part.strip() for part in msg.split(" | "))
+        elif err["type"] == "extra_forbidden":
+            out.append(f"fleet:{loc}: unknown key")
+        else:
+            got = err.get("input")
+            hidden = isinstance(got, Mapping | list) or _is_secret_loc(loc) or repr(got) in msg
+            shown = "" if hidden else f" (got {got!r})"
+            out.append(f"fleet:{loc}: {msg}{shown}")
+    return out
+
+
+def _is_secret_loc(loc: str) -> bool:
+    flat = re.sub(r"\.\d+", "[]", loc)
+    return flat in SECRET_PATHS or flat.endswith(("Token", "apiKey", "url"))
+
+
+def load_spec(raw: RawConfig) -> FleetSpec:
+    """Validate stack config into a FleetSpec, or raise ConfigError naming every offending key."""
+    problems = _unknown_key_problems(raw.values)
+    for path in SECRET_PATHS:
+        top = path.partition(".")[0].removesuffix("[]")
+        if _present(raw.values, path) and top not in raw.secret_keys:
+            problems.append(f"fleet:{path.replace('[]', '[*]')}: a credential must be set as a secret "
+                            f"(pulumi config set --secret ...), not in plain text")
+    if not problems:
+        try:
+            spec = FleetSpec.model_validate(dict(raw.values))
+        except ValidationError as exc:
+            problems.extend(_format_pydantic(exc))
+        else:
+            return spec.model_copy(update={"stack": raw.stack})
+    raise ConfigError(problems, stack=raw.stack or None)
+
+
+def namespace_values(flat: Mapping[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
+    """Keys of one namespace from a flat `ns:key -> value` map, without the prefix."""
+    prefix = f"{namespace}:"
+    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+
+
+def secret_namespace_keys(keys: Iterable[str], namespace: str = NAMESPACE) -> frozenset[str]:
+    prefix = f"{namespace}:"
+    return frozenset(k[len(prefix):] for k in keys if k.startswith(prefix))

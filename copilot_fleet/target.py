@@ -1,0 +1,129 @@
+"""The target: the one JSON shape every platform hands to verification.
+
+Pulumi stacks export it as stack outputs (`pulumi stack output --json --show-secrets`); the local fleet writes it
+to a state file. The smoke tests and the fleet client read nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+Isolation = Literal["per-user", "shared-cli", "shared-session"]
+Platform = Literal["kubernetes", "azure", "local"]
+
+
+class TargetError(ValueError):
+    """A target file or document that cannot be used; the message names what is wrong."""
+
+
+class ProviderTarget(BaseModel):
+    """The BYOK model endpoint sessions use; re-supplied on every resume (the CLI does not store it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["openai", "azure", "anthropic"]
+    base_url: str
+    api_key: SecretStr | None = None
+    wire_api: Literal["completions", "responses"] | None = None
+
+    def to_sdk(self) -> dict[str, str]:
+        """The dict the SDK's `provider=` argument takes."""
+        out: dict[str, str] = {"type": self.type, "base_url": self.base_url}
+        if self.api_key is not None:
+            out["api_key"] = self.api_key.get_secret_value()
+        if self.wire_api is not None:
+            out["wire_api"] = self.wire_api
+        return out
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+class Target(BaseModel):
+    """What a deployment hands to verification (see ../shared/design.md, "The target")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stack: str
+    platform: Platform
+    isolation: Isolation
+    endpoint: str | None = None
+    replicas: list[str] = Field(default_factory=list)
+    users: dict[str, str] = Field(default_factory=dict)
+    connection_token: SecretStr | None = None
+    user_tokens: dict[str, SecretStr] = Field(default_factory=dict)
+    redis_url: SecretStr | None = None
+    provider: ProviderTarget | None = None
+    model: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_address(cls, v: str | None) -> str | None:
+        return None if v is None else _check_address(v)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_are_addresses(cls, v: list[str]) -> list[str]:
+        return [_check_address(a) for a in v]
+
+    @field_validator("users")
+    @classmethod
+    def _users_are_addresses(cls, v: dict[str, str]) -> dict[str, str]:
+        return {user: _check_address(a) for user, a in v.items()}
+
+    def token_for(self, user: str | None = None) -> str | None:
+        """The connection token for the fleet, or for one user's server in `per-user`."""
+        if user is not None and user in self.user_tokens:
+            return self.user_tokens[user].get_secret_value()
+        return self.connection_token.get_secret_value() if self.connection_token else None
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The target with secrets revealed: for the state file and `copilot-fleet target` only."""
+        out = self.model_dump(mode="python", exclude_none=True)
+        for key in ("connection_token", "redis_url"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).get_secret_value()
+        out["user_tokens"] = {u: t.get_secret_value() for u, t in self.user_tokens.items()}
+        if self.provider is not None:
+            out["provider"] = self.provider.to_sdk()
+        if not out["user_tokens"]:
+            del out["user_tokens"]
+        return out
+
+
+def parse_target(document: str | bytes, source: str = "target") -> Target:
+    """Parse a target JSON document; any defect raises TargetError naming the field."""
+    try:
+        raw = json.loads(document)
+    except json.JSONDecodeError as exc:
+        raise TargetError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    if not isinstance(raw, dict):
+        raise TargetError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+    # `pulumi stack output --json` wraps nothing, but be tolerant of {"target": {...}} exports.
+    if set(raw) == {"target"} and isinstance(raw["target"], dict):
+        raw = raw["target"]
+    try:
+        return Target.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise TargetError(f"{source}: {problems}") from exc
+
+
+def load_target(path: str | Path) -> Target:
+    """Read and parse a target file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TargetError(f"cannot read target file {p}: {exc.strerror}") from exc
+    return parse_target(text, source=str(p))

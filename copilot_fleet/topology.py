@@ -1,0 +1,101 @@
+"""The topology: which servers a fleet runs and what they share, decided once, as plain data.
+
+Renderers (Kubernetes, Azure, the local fleet) only translate a Topology; none of them decides who gets which
+server, how many replicas run, or what is shared. Nothing here needs Pulumi or a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from copilot_fleet.spec import FleetSpec
+
+Credential = Literal["github-token", "user-github-token", "provider", "test-model"]
+LeaseStoreKind = Literal["in-cluster", "external", "local"]
+
+
+@dataclass(frozen=True)
+class CliGroup:
+    """A set of identical CLI servers: the shared replicas, or one user's own server."""
+
+    name: str  # resource base name, a DNS label: "copilot-cli" or "copilot-user-<id>"
+    user: str | None  # the only user allowed on it (per-user), None for shared replicas
+    replicas: int
+    credential: Credential  # what authenticates its sessions' model calls
+    token_key: str  # which generated connection token it uses: "fleet" or the user id
+    session_volume: str  # the volume holding session-state/: shared by every replica, or the user's own
+
+    def replica_names(self) -> list[str]:
+        """Stable per-replica identities (StatefulSet pod names; local process names)."""
+        return [f"{self.name}-{i}" for i in range(self.replicas)]
+
+
+@dataclass(frozen=True)
+class Topology:
+    spec: FleetSpec
+    groups: tuple[CliGroup, ...]
+    lease_store: LeaseStoreKind | None  # None: no session-state is shared, so no lease is needed
+    load_balanced: bool  # one client entry point in front of the replicas
+
+    @property
+    def shared_group(self) -> CliGroup | None:
+        return next((g for g in self.groups if g.user is None), None)
+
+    def group_for_user(self, user: str) -> CliGroup:
+        for g in self.groups:
+            if g.user == user:
+                return g
+        raise KeyError(f"no server for user {user!r} in this {self.spec.isolation} fleet")
+
+    @property
+    def session_volumes(self) -> list[str]:
+        return sorted({g.session_volume for g in self.groups})
+
+
+SHARED_GROUP = "copilot-cli"
+SHARED_SESSION_VOLUME = "copilot-sessions"
+
+
+def user_group_name(user: str) -> str:
+    return f"copilot-user-{user}"
+
+
+def _credential(spec: FleetSpec, user_token: bool) -> Credential:
+    if user_token:
+        return "user-github-token"
+    if spec.provider is not None:
+        return "provider"
+    if spec.github_token is not None:
+        return "github-token"
+    return "test-model"  # only reachable on the local platform: validation requires a credential elsewhere
+
+
+def build_topology(spec: FleetSpec) -> Topology:
+    """The one place that maps an isolation pattern onto servers, volumes and a lease store."""
+    if spec.isolation == "per-user":
+        groups = tuple(
+            CliGroup(
+                name=user_group_name(u.id),
+                user=u.id,
+                replicas=1,
+                credential=_credential(spec, user_token=u.github_token is not None),
+                token_key=u.id,
+                session_volume=f"{user_group_name(u.id)}-sessions",
+            )
+            for u in spec.users
+        )
+        return Topology(spec=spec, groups=groups, lease_store=None, load_balanced=False)
+
+    shared = CliGroup(
+        name=SHARED_GROUP,
+        user=None,
+        replicas=spec.replicas,
+        credential=_credential(spec, user_token=False),
+        token_key="fleet",
+        session_volume=SHARED_SESSION_VOLUME,
+    )
+    # Two servers on one session-state/ can attach the same session at once (facts): shared-cli needs the lease
+    # store as much as shared-session does.
+    lease: LeaseStoreKind = "local" if spec.platform == "local" else spec.redis.mode
+    return Topology(spec=spec, groups=(shared,), lease_store=lease, load_balanced=True)
