@@ -1,0 +1,154 @@
+"""The fleet spec and topology: pure Python, no Pulumi engine, no cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from copilot_fleet import CLI_VERSION
+from copilot_fleet.spec import OFFLINE_SECRET, ConfigError, RawConfig, load_spec, parse_duration, quantity_value
+from copilot_fleet.stackfile import (
+    StackNotFound,
+    as_engine_config,
+    list_stacks,
+    load_stack_spec,
+    raw_config_from_stack,
+    read_stack_config,
+)
+from copilot_fleet.topology import SHARED_GROUP, build_topology
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def spec_of(secret_keys: set[str] | None = None, **values: object):
+    return load_spec(RawConfig(values=values, secret_keys=frozenset(secret_keys or ()), stack="t"))
+
+
+def test_every_stack_in_stacks_dir_validates() -> None:
+    stacks = list_stacks(PROJECT)
+    assert {"local", "local-per-user", "local-shared-session"} <= set(stacks)
+    for stack in stacks:
+        spec = load_stack_spec(PROJECT, stack)
+        assert spec.stack == stack
+        assert spec.cli_version == CLI_VERSION
+
+
+def test_defaults_follow_the_seeds() -> None:
+    spec = spec_of(isolation="shared-cli", platform="local")
+    assert spec.idle_timeout == 30 * 60  # the seeds' 30-minute idle timeout
+    assert spec.max_sessions_per_replica == 50  # the seeds' SessionManager default
+    assert spec.port == 4321
+    assert spec.log_level == "info"
+    assert spec.infinite_sessions.background_compaction_threshold == 0.80
+    assert spec.infinite_sessions.buffer_exhaustion_threshold == 0.95
+
+
+def test_shared_patterns_get_one_load_balanced_group_and_a_lease_store() -> None:
+    for isolation in ("shared-cli", "shared-session"):
+        topo = build_topology(spec_of(isolation=isolation, platform="local", replicas=3))
+        assert [g.name for g in topo.groups] == [SHARED_GROUP]
+        group = topo.groups[0]
+        assert group.replicas == 3 and group.user is None
+        assert group.replica_names() == ["copilot-cli-0", "copilot-cli-1", "copilot-cli-2"]
+        # shared-cli needs the lease as much as shared-session: shared session-state/ lets two servers attach.
+        assert topo.lease_store == "local"
+        assert topo.load_balanced
+
+
+def test_per_user_gets_one_server_volume_and_token_per_user() -> None:
+    topo = build_topology(spec_of(isolation="per-user", platform="local", users=[{"id": "alice"}, {"id": "bob-smith"}]))
+    assert [g.user for g in topo.groups] == ["alice", "bob-smith"]
+    assert len({g.session_volume for g in topo.groups}) == 2
+    assert [g.token_key for g in topo.groups] == ["alice", "bob-smith"]
+    assert all(g.replicas == 1 for g in topo.groups)
+    assert topo.lease_store is None and not topo.load_balanced
+    assert topo.group_for_user("bob-smith").name == "copilot-user-bob-smith"
+    with pytest.raises(KeyError, match="carol"):
+        topo.group_for_user("carol")
+
+
+def test_kubernetes_credential_and_lease_store_follow_config() -> None:
+    byok = spec_of(
+        {"provider", "redis"},
+        isolation="shared-session", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}",
+        provider={"baseUrl": "https://models.example/v1", "apiKey": "k"},
+        redis={"mode": "external", "url": "rediss://:p@redis.example:6380/0"},
+    )
+    topo = build_topology(byok)
+    assert topo.groups[0].credential == "provider"
+    assert topo.lease_store == "external"
+    per_user = spec_of(
+        {"users", "githubToken"},
+        isolation="per-user", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}", githubToken="t",
+        users=[{"id": "alice", "githubToken": "a"}, {"id": "bob"}],
+    )
+    creds = {g.user: g.credential for g in build_topology(per_user).groups}
+    assert creds == {"alice": "user-github-token", "bob": "github-token"}
+
+
+def test_secure_values_are_secrets_offline(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: x\nruntime: python\nstackConfigDir: stacks\n")
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "Pulumi.dev.yaml").write_text(
+        "config:\n"
+        "  fleet:isolation: per-user\n"
+        "  fleet:platform: kubernetes\n"
+        f"  fleet:image: r.example/cli:{CLI_VERSION}\n"
+        "  fleet:users:\n"
+        "    - id: alice\n"
+        "      githubToken:\n"
+        "        secure: v1:abc\n"
+        "  kubernetes:context: other-namespace-is-ignored\n"
+    )
+    values, secret = read_stack_config(tmp_path, "dev")
+    assert secret == {"fleet:users"}
+    assert values["fleet:users"][0]["githubToken"] == OFFLINE_SECRET
+    raw = raw_config_from_stack(tmp_path, "dev")
+    assert "context" not in raw.values and raw.secret_keys == {"users"}
+    spec = load_stack_spec(tmp_path, "dev")
+    assert spec.users[0].github_token is not None
+    assert OFFLINE_SECRET not in repr(spec)  # SecretStr keeps it out of reprs and logs
+    engine = as_engine_config(values)
+    assert engine["fleet:platform"] == "kubernetes" and engine["fleet:users"].startswith("[")
+    with pytest.raises(StackNotFound, match="stacks here: dev"):
+        load_stack_spec(tmp_path, "prod")
+
+
+@pytest.mark.parametrize(
+    ("values", "secret", "key"),
+    [
+        ({"isolation": "shared-cli", "platform": "kubernetes", "image": f"r/c:{CLI_VERSION}", "githubToken": "t"},
+         set(), "fleet:githubToken: a credential must be set as a secret"),
+        ({"isolation": "shared-cli", "platform": "local", "replicaz": 2}, set(), "did you mean fleet:replicas?"),
+        ({"isolation": "shared-cli", "platform": "local", "logLevel": "all"}, set(), "fleet:logLevel"),
+        ({"isolation": "shared-cli", "platform": "local", "local": {"endpointPort": 4401}}, set(), "fleet:local"),
+    ],
+)
+def test_refusals_name_the_key(values: dict[str, object], secret: set[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        spec_of(secret, **values)
+    assert key in str(info.value)
+
+
+def test_debug_logging_needs_explicit_consent() -> None:
+    spec = spec_of(isolation="shared-cli", platform="local", logLevel="debug", allowDebugLogging=True)
+    assert spec.log_level == "debug"
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(90, 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800)])
+def test_durations(given: object, seconds: int) -> None:
+    assert parse_duration(given) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "-5m", True, 1.5, "5w"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_quantities() -> None:
+    assert quantity_value("512Mi") == 512 * 1024**2
+    assert quantity_value("250m") == 0.25
+    with pytest.raises(ValueError, match="quantity"):
+        quantity_value("ten gigs")
