@@ -1,0 +1,69 @@
+"""`python -m copilot_fleet.testmodel`: run the test model until SIGTERM or SIGINT.
+
+Prints `test model listening on HOST:PORT` to stdout once the socket is bound (with the real port for --port 0),
+logs one line per request to stderr, and exits 0 on SIGTERM after closing the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from copilot_fleet.testmodel.keys import ENV_VAR, ApiKeyError, load_api_key
+from copilot_fleet.testmodel.server import DEFAULT_MODEL, TestModelServer
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535; 0 picks a free port)")
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m copilot_fleet.testmodel",
+        description="Deterministic OpenAI-compatible test model (chat completions + responses).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=0, help="port to bind; 0 picks a free one (default)")
+    parser.add_argument(
+        "--api-key-file",
+        help=f"file (mode 0600) holding the API key clients must send; default ${ENV_VAR}, else no auth",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model id listed by /v1/models ({DEFAULT_MODEL})")
+    args = parser.parse_args(argv)
+
+    try:
+        api_key = load_api_key(args.api_key_file)
+    except ApiKeyError as exc:
+        print(f"testmodel: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = TestModelServer(args.host, args.port, api_key, args.model)
+    except OSError as exc:
+        print(f"testmodel: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    auth = "API key required" if api_key else "no authentication"
+    print(f"test model listening on {server.host}:{server.port}", flush=True)
+    print(f"testmodel: serving {server.base_url} ({auth})", file=sys.stderr, flush=True)
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    print("testmodel: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

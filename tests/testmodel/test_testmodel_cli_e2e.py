@@ -1,0 +1,192 @@
+"""End to end: the real Copilot CLI (headless) and SDK use the test model as their BYOK provider.
+
+A session remembers a word, is disconnected, is resumed with the provider re-supplied, and `recall` answers with
+the word: the CLI sent the earlier turn again, so the resumed session kept its history. The test model's request
+log shows what the CLI sent (path, stream flag, user turns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copilot import CopilotClient, PermissionHandler, RuntimeConnection
+from copilot_fleet.testmodel import MARKER
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI_BINARY = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
+CLI_CACHE = ROOT / ".tools/copilot-cache"  # persists across runs: the first launch unpacks ~235 MB here
+API_KEY = "tm-key-0123456789abcdef"  # what conftest's key_file holds
+CLI_READY = re.compile(r"CLI server listening on port (\d+)")
+
+pytestmark = pytest.mark.fleet
+
+
+@dataclass
+class CliServer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    token: str
+    home: Path
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
+    if not CLI_BINARY.exists():
+        pytest.skip(f"Copilot CLI binary not installed at {CLI_BINARY}")
+    home = tmp_path_factory.mktemp("copilot-home")
+    CLI_CACHE.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "COPILOT_HOME": str(home),
+        "COPILOT_CACHE_HOME": str(CLI_CACHE),
+        "COPILOT_CONNECTION_TOKEN": token,
+        "COPILOT_AUTO_UPDATE": "false",
+    }
+    out_path = home / "cli-stdout.log"
+    with open(out_path, "wb") as out:  # a file, not a pipe: an unread pipe would stall the CLI
+        proc = subprocess.Popen(
+            [str(CLI_BINARY), "--headless", "--no-auto-update", "--no-auto-login", "--log-level", "info",
+             "--host", "127.0.0.1", "--port", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        port = None
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            if match := CLI_READY.search(out_path.read_text(errors="replace")):
+                port = int(match.group(1))
+            else:
+                time.sleep(0.05)
+        assert port is not None, f"CLI not ready; output: {out_path.read_text(errors='replace')[-2000:]}"
+        yield CliServer(proc, port, token, home)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def model_server(start_testmodel: Any, key_file: Path) -> Any:
+    return start_testmodel("--api-key-file", str(key_file))
+
+
+def _event_type(event: Any) -> str:
+    return str(getattr(event.type, "value", event.type))
+
+
+async def remember_then_recall(
+    cli: CliServer, provider: dict[str, str], session_id: str, streaming: bool
+) -> dict[str, Any]:
+    client = CopilotClient(connection=RuntimeConnection.for_uri(f"127.0.0.1:{cli.port}", connection_token=cli.token))
+    await client.start()
+    events: list[Any] = []
+    try:
+        session = await client.create_session(
+            on_permission_request=PermissionHandler.approve_all,
+            session_id=session_id, provider=provider, model="gpt-4.1", streaming=streaming,
+        )
+        session.on(events.append)
+        first = await session.send_and_wait("remember: apple", timeout=30)
+        await session.disconnect()
+
+        resumed = await client.resume_session(
+            session_id, on_permission_request=PermissionHandler.approve_all,
+            provider=provider, model="gpt-4.1", streaming=streaming,
+        )
+        resumed.on(events.append)
+        second = await resumed.send_and_wait("recall", timeout=30)
+        await resumed.disconnect()
+        await client.delete_session(session_id)
+        return {
+            "first": first.data.content if first else None,
+            "second": second.data.content if second else None,
+            "events": events,
+        }
+    finally:
+        await client.stop()
+
+
+@pytest.mark.parametrize(
+    ("wire_api", "streaming", "path"),
+    [
+        (None, False, "/v1/chat/completions"),
+        (None, True, "/v1/chat/completions"),
+        ("responses", False, "/v1/responses"),
+        ("responses", True, "/v1/responses"),
+    ],
+    ids=["completions", "completions-streaming", "responses", "responses-streaming"],
+)
+def test_resumed_session_recalls_through_the_test_model(
+    cli_server: CliServer, model_server: Any, wire_api: str | None, streaming: bool, path: str
+) -> None:
+    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": API_KEY}
+    if wire_api:
+        provider["wire_api"] = wire_api
+    log_before = model_server.log().count("\n")
+    session_id = f"tm-e2e-{wire_api or 'completions'}-{'stream' if streaming else 'plain'}"
+
+    result = asyncio.run(remember_then_recall(cli_server, provider, session_id, streaming))
+
+    assert result["first"] == f"{MARKER} remembered: apple"
+    assert result["second"] == f"{MARKER} recalled: apple"
+
+    # What the CLI sent: one request per turn to the wire API's path, the second carrying both user turns.
+    lines = [ln for ln in model_server.log().splitlines()[log_before:] if " POST " in ln]
+    assert len(lines) == 2, lines
+    stream_flag = f"stream={'true' if streaming else 'false'}"
+    for line, turns, command in zip(lines, (1, 2), ("remember", "recall")):
+        assert f"POST {path} 200" in line and stream_flag in line, line
+        assert f"turns={turns}" in line and f"command={command}" in line, line
+
+    kinds = [_event_type(e) for e in result["events"]]
+    deltas = [e.data.delta_content for e in result["events"] if _event_type(e) == "assistant.message_delta"]
+    if streaming:
+        assert "".join(deltas).endswith(f"{MARKER} recalled: apple"), deltas
+        assert len(deltas) > 2
+    else:
+        assert deltas == []
+    usage = [e.data for e in result["events"] if _event_type(e) == "assistant.usage"]
+    assert usage and all((u.input_tokens or 0) > 0 and (u.output_tokens or 0) > 0 for u in usage), kinds
+
+
+def test_wrong_api_key_fails_the_turn_with_401(cli_server: CliServer, model_server: Any) -> None:
+    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": "not-the-key"}
+    log_before = model_server.log().count("\n")
+
+    async def send() -> str:
+        client = CopilotClient(
+            connection=RuntimeConnection.for_uri(f"127.0.0.1:{cli_server.port}", connection_token=cli_server.token)
+        )
+        await client.start()
+        try:
+            session = await client.create_session(
+                on_permission_request=PermissionHandler.approve_all, provider=provider, model="gpt-4.1"
+            )
+            with pytest.raises(Exception) as failure:
+                await session.send_and_wait("hello", timeout=30)
+            await session.disconnect()
+            return str(failure.value)
+        finally:
+            await client.stop()
+
+    message = asyncio.run(send())
+    assert "HTTP 401" in message
+    lines = [ln for ln in model_server.log().splitlines()[log_before:] if " POST " in ln]
+    assert lines and all("POST /v1/chat/completions 401" in ln for ln in lines), lines
