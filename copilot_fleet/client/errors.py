@@ -1,0 +1,51 @@
+"""The fleet client's errors: one type per thing that can go wrong, each with a message that says what to do.
+
+Every error derives from `FleetClientError` and from the builtin that best describes it, so callers can catch
+either (`except PermissionError` still catches `AccessDenied`).
+"""
+
+from __future__ import annotations
+
+
+class FleetClientError(Exception):
+    """Base class of every error the fleet client raises on purpose."""
+
+
+class InvalidSessionId(FleetClientError, ValueError):
+    """A session id (or a part of one) breaks the CLI's rules or the fleet's id format; nothing was sent."""
+
+
+class AccessDenied(FleetClientError, PermissionError):
+    """The user may not touch this session; raised before any server call."""
+
+
+class SessionInUse(FleetClientError):
+    """Another client holds the session's lease."""
+
+
+class LeaseUnavailable(FleetClientError, RuntimeError):
+    """The lease store (Redis) cannot be reached or refused us: fail closed, nothing was attached."""
+
+
+class LeaseLost(FleetClientError, RuntimeError):
+    """The lease expired or was taken over while we held it: stop writing to the session."""
+
+
+class MembershipUnavailable(FleetClientError, RuntimeError):
+    """The membership store cannot be reached: fail closed, access is not granted."""
+
+
+class ProviderMissing(FleetClientError, ValueError):
+    """The session needs a BYOK provider that was not supplied (the CLI does not store it)."""
+
+
+class SessionNotFound(FleetClientError, LookupError):
+    """The CLI has no session with this id (never persisted, or deleted)."""
+
+
+class ReplicaUnavailable(FleetClientError, ConnectionError):
+    """No CLI server of the route answered (connection refused, timed out, or it went away)."""
+
+
+class NoRoute(FleetClientError, LookupError):
+    """The target has no CLI server for this user (per-user fleet without the user, or no addresses at all)."""
