@@ -2,8 +2,17 @@
 
 Session ids that encode their owner unambiguously, ownership checks before any server call, a Redis lease per
 session with owner-only atomic release and renewal, stable routing with failover, and resume that always
-re-supplies the BYOK provider. See docs/fleet-client.md.
+re-supplies the BYOK provider. See docs/fleet-client.md. Operating it (session cap, infinite sessions): see
+docs/operations.md.
+
+The parts that need the Copilot SDK (FleetClient, FleetSession, ClientPool, SessionCap, InfiniteSessions) are
+imported on first use: `import copilot` costs 0.7 s or more, and the janitor (a CronJob) needs only the leases.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AccessDenied,
@@ -18,8 +27,6 @@ from .errors import (
     SessionInUse,
     SessionNotFound,
 )
-from .fleet import FleetClient
-from .handle import FleetSession
 from .ids import (
     MAX_SESSION_ID_LENGTH,
     SessionIdParts,
@@ -32,18 +39,49 @@ from .ids import (
 )
 from .lease import Lease, LeaseManager
 from .ownership import InMemoryMembership, MembershipStore, RedisMembership, check_access, check_owner
-from .pool import ClientPool
 from .routing import Route, Router, rank_replicas
+
+if TYPE_CHECKING:
+    from .cap import Eviction, SessionCap, SessionCapReached
+    from .fleet import FleetClient
+    from .handle import FleetSession
+    from .options import InfiniteSessions, InvalidSessionOption
+    from .pool import ClientPool
+
+# Names from modules that import the SDK: loaded by __getattr__ when first used.
+_LAZY = {
+    "Eviction": "cap",
+    "SessionCap": "cap",
+    "SessionCapReached": "cap",
+    "FleetClient": "fleet",
+    "FleetSession": "handle",
+    "InfiniteSessions": "options",
+    "InvalidSessionOption": "options",
+    "ClientPool": "pool",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "MAX_SESSION_ID_LENGTH",
     "AccessDenied",
     "ClientPool",
+    "Eviction",
     "FleetClient",
     "FleetClientError",
     "FleetSession",
     "InMemoryMembership",
+    "InfiniteSessions",
     "InvalidSessionId",
+    "InvalidSessionOption",
     "Lease",
     "LeaseLost",
     "LeaseManager",
@@ -56,6 +94,8 @@ __all__ = [
     "ReplicaUnavailable",
     "Route",
     "Router",
+    "SessionCap",
+    "SessionCapReached",
     "SessionIdParts",
     "SessionInUse",
     "SessionNotFound",

@@ -6,7 +6,7 @@ Every attach goes the same way, and every check that can be made locally is made
         ─► take the session's lease (fleets with shared session-state) ─► create/resume on the first replica that
         answers, always with the target's provider ─► FleetSession (close: detach, then release the lease)
 
-All attaches funnel through `_attach`, which is where a session-cap (admission) manager can be added later.
+All attaches funnel through `_attach`; with a `SessionCap` it first makes room on the replica (LRU eviction).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from copilot import CopilotClient, CopilotSession, PermissionHandler, SessionLis
 
 from copilot_fleet.target import Target
 
+from .cap import SessionCap, Slot
 from .errors import AccessDenied, FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionNotFound
 from .handle import FleetSession, translate_sdk_error
 from .ids import SessionIdParts, validate_id_part, new_session_id, parse_session_id, shared_session_id
 from .lease import DEFAULT_TTL_SECONDS, Lease, LeaseManager
+from .options import InfiniteSessions, infinite_sessions_option
 from .ownership import MembershipStore, RedisMembership, check_access
 from .pool import ClientPool, is_transport_failure
 from .routing import Route, Router
@@ -46,6 +48,9 @@ class FleetClient:
       shared-session fleets, optional for per-user.
     - `members`: shared-session membership; defaults to Redis sets in the same Redis.
     - `on_permission_request`: default for every session (approve-all); a per-call value wins.
+    - `session_cap`: a SessionCap shared by the process: at most N sessions attached per replica, LRU eviction.
+    - `infinite_sessions`: default infinite-session settings (InfiniteSessions, the stack's InfiniteSessionsSpec
+      or a dict) for every create and resume; validated, as is a per-call `infinite_sessions=`.
     """
 
     def __init__(
@@ -61,8 +66,12 @@ class FleetClient:
         on_permission_request: Callable[..., Any] | None = PermissionHandler.approve_all,
         connect_timeout: float = 5.0,
         call_timeout: float = 60.0,
+        session_cap: SessionCap | None = None,
+        infinite_sessions: InfiniteSessions | object | None = None,
     ) -> None:
         self.target = target
+        self.session_cap = session_cap
+        self.infinite_sessions = infinite_sessions_option(infinite_sessions)
         self.user = validate_id_part(user, "user")
         self.router = Router(target)
         self.lease_wait = lease_wait
@@ -165,8 +174,16 @@ class FleetClient:
             raise TypeError("ephemeral sessions get their id from the CLI; do not pass session_id=")
         route = self.router.route(self.user)
         kwargs = self._session_options(opts)
-        client, address, sdk = await self._on_replicas(route, None, lambda c: c.create_session(**kwargs))
-        return self._track(FleetSession(sdk=sdk, client=client, address=address, lease=None, ephemeral=True))
+        slot = await self._reserve(route)
+        try:
+            client, address, sdk = await self._on_replicas(route, None, lambda c: c.create_session(**kwargs))
+        except BaseException:
+            if slot is not None:
+                slot.cancel()
+            raise
+        return await self._admit(
+            self._track(FleetSession(sdk=sdk, client=client, address=address, lease=None, ephemeral=True)), slot
+        )
 
     async def list_sessions(
         self, filter: SessionListFilter | None = None, *, include_shared: bool = True
@@ -216,6 +233,10 @@ class FleetClient:
 
     def _session_options(self, opts: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(opts)
+        if kwargs.get("infinite_sessions") is not None:
+            kwargs["infinite_sessions"] = infinite_sessions_option(kwargs["infinite_sessions"])
+        elif self.infinite_sessions is not None:
+            kwargs["infinite_sessions"] = self.infinite_sessions
         if "on_permission_request" not in kwargs and self._on_permission_request is not None:
             kwargs["on_permission_request"] = self._on_permission_request
         if kwargs.get("model") is None and self.target.model is not None:
@@ -240,15 +261,28 @@ class FleetClient:
         operation: Callable[[CopilotClient], Awaitable[CopilotSession]],
     ) -> FleetSession:
         lease = await self._take_lease(session_id, wait)
+        slot: Slot | None = None
         try:
+            slot = await self._reserve(route)  # after the lease: never evict for an attach that cannot happen
             client, address, sdk = await self._on_replicas(route, session_id, operation)
             if lease is not None:
                 lease.check()  # lost while attaching (e.g. Redis gone for a whole ttl): do not hand it out
         except BaseException:
+            if slot is not None:
+                slot.cancel()
             if lease is not None:
                 await lease.release()
             raise
-        return self._track(FleetSession(sdk=sdk, client=client, address=address, lease=lease))
+        return await self._admit(self._track(FleetSession(sdk=sdk, client=client, address=address, lease=lease)), slot)
+
+    async def _reserve(self, route: Route) -> Slot | None:
+        """Room on the route's first replica, if a session cap is set (evicts that replica's LRU session if full)."""
+        return None if self.session_cap is None else await self.session_cap.reserve(route.primary)
+
+    async def _admit(self, handle: FleetSession, slot: Slot | None) -> FleetSession:
+        if slot is not None:
+            await slot.fill(handle)
+        return handle
 
     def _track(self, handle: FleetSession) -> FleetSession:
         self._open.add(handle)

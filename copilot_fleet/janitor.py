@@ -1,0 +1,473 @@
+"""The janitor: remove sessions nobody has touched for a TTL from a `session-state/` directory, never an attached one.
+
+The same code runs as the Kubernetes CronJob (against the shared volume) and for local fleets:
+
+    python -m copilot_fleet.janitor --session-state DIR --ttl 7d [--redis-url-file F] [--dry-run] [--json]
+
+What it removes, per session directory `DIR/<id>/` whose age exceeds the TTL:
+- the directory (renamed into `DIR/.copilot-fleet-janitor/` first, so the CLI sees it vanish at once, then deleted);
+- its `DIR/.session-operation-locks/<id>.lock` (the CLI leaves it behind, also after its own delete).
+And, with no session directory at all: orphan `.session-operation-locks/<id>.lock` files older than a grace period.
+
+Age is measured from the newest of: `events.jsonl` mtime (every turn appends to it), `workspace.yaml` mtime, its
+`updated_at`, and the directory's own mtime (changes when a CLI attaches and creates its `inuse.*` files). Taking
+the newest is the conservative choice: a clock or parse problem keeps a session, it never deletes one.
+
+What protects an attached session, checked in this order, each after the age check:
+1. the fleet client's lease (with `--redis-url-file`): the janitor takes `copilot-fleet:lease:<id>` itself, exactly
+   as a FleetClient would, and holds it while deleting. A held lease means attached: skipped. While the janitor
+   holds it no FleetClient can attach the session. A lease store that cannot be reached stops the run before
+   anything is deleted (fail closed), exit status 1.
+2. the CLI's own in-use lock: while a CLI has a session attached (from its creation, or from the first turn after a
+   resume) it holds an exclusive `flock` on `DIR/<id>/inuse.<pid>.hold`. The janitor tries a non-blocking flock on
+   each such file; if a CLI holds one, the session is attached: skipped. (A crashed CLI's lock dies with it.)
+3. the age is read again under the lease, so a turn that landed between the scan and the lease keeps the session.
+A session that a CLI resumed but has not sent a turn to yet leaves no trace on disk: only the lease covers it,
+which is why fleets with shared storage always run the janitor with the lease store.
+
+The CLI's per-replica `session-store.db` (a search index, not the history) keeps its rows for removed sessions;
+the CLI tolerates that, and the rows go when the replica's home is recycled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from copilot_fleet.client.lease import LeaseManager
+
+LOCKS_DIR = ".session-operation-locks"
+TRASH_DIR = ".copilot-fleet-janitor"
+INUSE_GLOB = "inuse.*.hold"
+REDIS_URL_ENV = "COPILOT_FLEET_REDIS_URL"
+# Orphan lock files younger than this may belong to a create in progress: leave them.
+DEFAULT_LOCK_GRACE = 600
+# The CLI's session id rules (letters, digits, `_`, `-`); other directory names are not sessions.
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+Action = Literal["removed", "would-remove", "kept", "skipped", "error"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """What happened to one session directory or lock file, and why."""
+
+    kind: Literal["session", "lock"]
+    name: str  # the session id (or the lock file's session id)
+    action: Action
+    reason: str
+    age_seconds: float | None = None
+
+
+@dataclass
+class Report:
+    state_dir: str
+    ttl_seconds: int
+    dry_run: bool
+    leased: bool  # whether the lease store was consulted
+    items: list[Item] = field(default_factory=list)
+    fatal: str | None = None  # set when the run stopped before finishing (nothing deleted after it)
+    seconds: float = 0.0
+
+    def add(self, item: Item) -> None:
+        self.items.append(item)
+
+    def count(self, action: Action, kind: str | None = None) -> int:
+        return sum(1 for i in self.items if i.action == action and (kind is None or i.kind == kind))
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None and self.count("error") == 0
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        done = "would-remove" if self.dry_run else "removed"
+        text = (f"janitor {self.state_dir}: {verb} {self.count(done, 'session')} session(s) and "
+                f"{self.count(done, 'lock')} lock file(s); kept {self.count('kept')} younger than "
+                f"{_human(self.ttl_seconds)}; skipped {self.count('skipped')} attached/in use; "
+                f"{self.count('error')} error(s); lease check {'on' if self.leased else 'OFF'}; "
+                f"{self.seconds:.2f} s")
+        return text + (f"; STOPPED: {self.fatal}" if self.fatal else "")
+
+    def lines(self, verbose: bool = False) -> list[str]:
+        out = []
+        for i in self.items:
+            if i.action == "kept" and not verbose:
+                continue
+            age = f" age {_human(i.age_seconds)}" if i.age_seconds is not None else ""
+            out.append(f"{i.action:12} {i.kind:7} {i.name}{age}: {i.reason}")
+        out.append(self.summary())
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def is_session_dir_name(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and len(name) <= 128 and set(name) <= _ID_CHARS
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _updated_at(workspace: Path) -> float | None:
+    """`updated_at` from workspace.yaml as unix seconds, None if absent or unparseable."""
+    try:
+        text = workspace.read_text(errors="replace")
+    except OSError:
+        return None
+    # A flat `key: value` file written by the CLI; read just that key (yaml parsing would turn a bad file into an
+    # exception, and this must never stop a run).
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "updated_at":
+            raw = value.strip().strip("'\"")
+            try:
+                parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+    return None
+
+
+def last_activity(session_dir: Path) -> float | None:
+    """Unix time of the newest sign of life of a session directory (None if it vanished)."""
+    candidates = [
+        _mtime(session_dir),
+        _mtime(session_dir / "events.jsonl"),
+        _mtime(session_dir / "workspace.yaml"),
+        _updated_at(session_dir / "workspace.yaml"),
+    ]
+    known = [c for c in candidates if c is not None]
+    return max(known) if known else None
+
+
+def _locked_by_someone(path: Path) -> bool | None:
+    """True if another process holds a flock on `path`, False if not, None if it could not be tested."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def attached_by_cli(session_dir: Path) -> str | None:
+    """Why a CLI has this session attached (its `inuse.<pid>.hold` is flocked), or None."""
+    for hold in sorted(session_dir.glob(INUSE_GLOB)):
+        state = _locked_by_someone(hold)
+        if state is True:
+            return f"a CLI holds its in-use lock ({hold.name})"
+    return None
+
+
+class Janitor:
+    """One cleanup pass over one `session-state/` directory. Use `run()`; see the module docstring."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        ttl_seconds: int,
+        *,
+        leases: LeaseManager | None = None,
+        dry_run: bool = False,
+        lock_grace_seconds: int = DEFAULT_LOCK_GRACE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl_seconds < 60:
+            raise ValueError(f"ttl must be at least 60 seconds so a live conversation is never raced, "
+                             f"got {ttl_seconds}")
+        self.state_dir = Path(state_dir)
+        self.ttl = ttl_seconds
+        self.leases = leases
+        self.dry_run = dry_run
+        self.lock_grace = lock_grace_seconds
+        self._clock = clock
+
+    async def run(self) -> Report:
+        started = time.monotonic()
+        report = Report(str(self.state_dir), self.ttl, self.dry_run, leased=self.leases is not None)
+        try:
+            if not self.state_dir.is_dir():
+                report.fatal = f"{self.state_dir} is not a directory (the session-state volume is not mounted?)"
+                return report
+            if self.leases is not None:
+                from copilot_fleet.client.errors import LeaseUnavailable
+
+                try:
+                    await self.leases.ping()
+                except LeaseUnavailable as exc:
+                    report.fatal = f"the lease store cannot be reached, so nothing was deleted: {exc}"
+                    return report
+            self._empty_trash(report)
+            for entry in sorted(self.state_dir.iterdir(), key=lambda p: p.name):
+                if not entry.is_dir() or entry.is_symlink() or not is_session_dir_name(entry.name):
+                    continue
+                if not await self._session(entry, report):
+                    return report  # fatal: stop before touching anything else
+            self._orphan_locks(report)
+            return report
+        finally:
+            report.seconds = time.monotonic() - started
+
+    # -- one session -------------------------------------------------------------------------------------------
+
+    async def _session(self, session_dir: Path, report: Report) -> bool:
+        """Handle one session directory; False only when the run must stop (lease store failed)."""
+        sid = session_dir.name
+        now = self._clock()
+        newest = last_activity(session_dir)
+        if newest is None:
+            return True  # vanished meanwhile (deleted by a CLI)
+        age = max(0.0, now - newest)
+        if age < self.ttl:
+            report.add(Item("session", sid, "kept", f"active within the TTL ({_human(self.ttl)})", age))
+            return True
+        if self.leases is None:
+            self._remove_checked(session_dir, report)
+            return True
+
+        from copilot_fleet.client.errors import FleetClientError, LeaseUnavailable, SessionInUse
+
+        if self.dry_run:
+            import redis.exceptions
+
+            # Look, do not take: a dry run must not make a client's attach fail, even for a moment.
+            try:
+                held = bool(await self.leases.redis.exists(self.leases.key(sid)))
+            except redis.exceptions.RedisError as exc:  # fail closed, as acquire does
+                report.fatal = f"the lease store failed while checking {sid}: {exc}"
+                return False
+            if held:
+                report.add(Item("session", sid, "skipped", "attached: a client holds its lease", age))
+            else:
+                self._remove_checked(session_dir, report)
+            return True
+        try:
+            lease = await self.leases.acquire(sid, wait=0)
+        except SessionInUse:
+            report.add(Item("session", sid, "skipped", "attached: a client holds its lease", age))
+            return True
+        except LeaseUnavailable as exc:
+            report.fatal = f"the lease store failed while checking {sid}, nothing more deleted: {exc}"
+            return False
+        except FleetClientError as exc:  # e.g. an id the lease key rules refuse
+            report.add(Item("session", sid, "error", f"cannot take its lease: {exc}", age))
+            return True
+        lease.start_renewing()
+        try:
+            # In a thread: deleting a large directory on a network share can take a while, and the event loop
+            # must stay free to renew the lease meanwhile.
+            await asyncio.to_thread(self._remove_checked, session_dir, report)
+        finally:
+            await lease.release()
+        return True
+
+    def _remove_checked(self, session_dir: Path, report: Report) -> None:
+        """Re-check (under the lease, if any) that the session is idle and old, then remove it."""
+        sid = session_dir.name
+        newest = last_activity(session_dir)
+        if newest is None:
+            return
+        age = max(0.0, self._clock() - newest)
+        if age < self.ttl:
+            report.add(Item("session", sid, "kept", "written to while the janitor ran", age))
+            return
+        why = attached_by_cli(session_dir)
+        if why is not None:
+            report.add(Item("session", sid, "skipped", f"attached: {why}", age))
+            return
+        lock = self.state_dir / LOCKS_DIR / f"{sid}.lock"
+        if self.dry_run:
+            report.add(Item("session", sid, "would-remove", f"idle for longer than {_human(self.ttl)}", age))
+            return
+        try:
+            self._delete_dir(session_dir)
+        except OSError as exc:
+            report.add(Item("session", sid, "error", f"could not remove: {exc.strerror or exc}", age))
+            return
+        report.add(Item("session", sid, "removed", f"idle for longer than {_human(self.ttl)}", age))
+        if lock.exists():
+            self._remove_lock(lock, sid, report, reason="its session was removed")
+
+    def _delete_dir(self, session_dir: Path) -> None:
+        trash = self.state_dir / TRASH_DIR
+        trash.mkdir(exist_ok=True)
+        # A rename is atomic: the CLI never sees a half-deleted session.
+        target = trash / f"{session_dir.name}.{secrets.token_hex(4)}"
+        os.rename(session_dir, target)
+        shutil.rmtree(target)
+
+    def _empty_trash(self, report: Report) -> None:
+        trash = self.state_dir / TRASH_DIR
+        if not trash.is_dir() or self.dry_run:
+            return
+        for leftover in trash.iterdir():  # from an interrupted earlier run: already invisible to every CLI
+            try:
+                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+            except OSError as exc:
+                report.add(Item("session", leftover.name, "error", f"could not empty trash: {exc.strerror}"))
+
+    # -- lock files --------------------------------------------------------------------------------------------
+
+    def _orphan_locks(self, report: Report) -> None:
+        locks = self.state_dir / LOCKS_DIR
+        if not locks.is_dir():
+            return
+        now = self._clock()
+        for lock in sorted(locks.glob("*.lock")):
+            sid = lock.name[: -len(".lock")]
+            if (self.state_dir / sid).exists():
+                continue
+            mtime = _mtime(lock)
+            if mtime is None:
+                continue
+            age = max(0.0, now - mtime)
+            if age < self.lock_grace:
+                report.add(Item("lock", sid, "kept", f"younger than {_human(self.lock_grace)} (a create may be in "
+                                                     "progress)", age))
+                continue
+            if self.dry_run:
+                report.add(Item("lock", sid, "would-remove", "orphan: its session directory is gone", age))
+                continue
+            self._remove_lock(lock, sid, report, reason="orphan: its session directory is gone", age=age)
+
+    def _remove_lock(self, lock: Path, sid: str, report: Report, *, reason: str, age: float | None = None) -> None:
+        if _locked_by_someone(lock) is True:
+            report.add(Item("lock", sid, "skipped", "a CLI holds it right now", age))
+            return
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            report.add(Item("lock", sid, "error", f"could not remove: {exc.strerror}", age))
+            return
+        report.add(Item("lock", sid, "removed", reason, age))
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+
+
+def _ttl(value: str) -> int:
+    from copilot_fleet.spec import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"{value!r} is too short: at least 60 seconds (the stack's sessionTtl "
+                                         "is at least 1h)")
+    return seconds
+
+
+def read_redis_url(path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The lease store URL: the file's content if given, else $COPILOT_FLEET_REDIS_URL, else None."""
+    env = os.environ if environ is None else environ
+    if path is not None:
+        try:
+            url = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --redis-url-file {path}: {exc.strerror}") from None
+    else:
+        url = env.get(REDIS_URL_ENV, "").strip()
+        if not url:
+            return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("the lease store URL must start with redis://, rediss:// or unix:// "
+                         f"(from {path or '$' + REDIS_URL_ENV})")
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m copilot_fleet.janitor",
+        description="Remove sessions idle for longer than the TTL from a session-state directory, and their "
+                    "leftover lock files; never a session that a client holds the lease of or a CLI has attached.",
+    )
+    p.add_argument("--session-state", required=True, metavar="DIR", help="the session-state/ directory")
+    p.add_argument("--ttl", required=True, type=_ttl, help="remove sessions idle longer than this (30m, 24h, 7d)")
+    p.add_argument("--redis-url-file", metavar="FILE",
+                   help=f"file with the lease store URL (default: ${REDIS_URL_ENV}); without either, only the CLI's "
+                        "in-use locks protect attached sessions")
+    p.add_argument("--require-leases", action="store_true",
+                   help="refuse to run without a lease store (for fleets whose replicas share session-state/)")
+    p.add_argument("--lock-grace", type=_ttl, default=DEFAULT_LOCK_GRACE, metavar="DURATION",
+                   help="keep orphan lock files younger than this (default 10m)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed; remove nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--verbose", action="store_true", help="also list the sessions kept")
+    return p
+
+
+async def _run(args: argparse.Namespace, redis_url: str | None) -> Report:
+    leases = None
+    if redis_url is not None:
+        from copilot_fleet.client.lease import LeaseManager
+
+        leases = LeaseManager.from_url(redis_url)
+    try:
+        janitor = Janitor(args.session_state, args.ttl, leases=leases, dry_run=args.dry_run,
+                          lock_grace_seconds=args.lock_grace)
+        return await janitor.run()
+    finally:
+        if leases is not None:
+            await leases.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        redis_url = read_redis_url(args.redis_url_file)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if redis_url is None and args.require_leases:
+        parser.error(f"--require-leases: no lease store given (--redis-url-file or ${REDIS_URL_ENV})")
+    report = asyncio.run(_run(args, redis_url))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print("\n".join(report.lines(verbose=args.verbose)))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
