@@ -1,0 +1,121 @@
+"""`copilot-fleet up | down | status | target`: the local fleet, and the target of any stack.
+
+Cheap to import: everything heavier than argparse is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_STACK = "local"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="start a local fleet (platform: local) and wait until every server answers",
+                       description="Start the CLI servers, Redis, HAProxy and the model endpoint of a local stack "
+                                   "under supervisord, on 127.0.0.1, and wait until each answers. Running it on a "
+                                   "fleet that is up changes nothing.")
+    _stack_arg(p)
+    p.add_argument("--timeout", type=_seconds, default=60.0,
+                   help="seconds to wait for every server to answer (default 60)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop a local fleet; session data stays unless --purge",
+                       description="Stop every process of a local fleet (by PID) and verify none is left.")
+    _stack_arg(p)
+    p.add_argument("--purge", action="store_true",
+                   help="also remove the state directory: sessions, secrets, logs (.fleet/STACK)")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="each process of a local fleet: state, health, port, sessions",
+                       description="Health is a real round trip (JSON-RPC to each CLI server, Redis PING, the "
+                                   "model's /healthz). Exit status 1 if anything is not running or not healthy.")
+    _stack_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("target", help="print the target JSON of a stack (local state file or Pulumi outputs)",
+                       description="Local stacks: the fleet's state file. Kubernetes and Azure stacks: `pulumi "
+                                   "stack output --json --show-secrets`. Either way validated as a target. The "
+                                   "output holds secrets.")
+    _stack_arg(p)
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="validate and print this target file instead ('-' for standard input)")
+    p.set_defaults(func=cmd_target)
+
+
+def _stack_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stack", default=DEFAULT_STACK,
+                   help=f"stack name: stacks/Pulumi.STACK.yaml (default {DEFAULT_STACK})")
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 3600 seconds")
+    return seconds
+
+
+def _project_dir(args: argparse.Namespace) -> Path:
+    from copilot_fleet.stackfile import find_project_dir
+
+    return find_project_dir(Path(args.project_dir) if args.project_dir else None)
+
+
+def _user_error(exc: Exception) -> Exception:
+    from copilot_fleet.cli import CommandError
+
+    return CommandError(str(exc))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from copilot_fleet.local import LocalFleetError, fleet
+
+    try:
+        fleet.up(_project_dir(args), args.stack, timeout=args.timeout)
+    except LocalFleetError as exc:
+        raise _user_error(exc) from exc
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from copilot_fleet.local import LocalFleetError, fleet
+
+    try:
+        fleet.down(_project_dir(args), args.stack, purge=args.purge)
+    except LocalFleetError as exc:
+        raise _user_error(exc) from exc
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from copilot_fleet.local import LocalFleetError, status
+
+    try:
+        result = status.collect(_project_dir(args), args.stack)
+    except LocalFleetError as exc:
+        raise _user_error(exc) from exc
+    print(status.to_json_text(result) if args.json else status.format_table(result))
+    return 0 if result.healthy else 1
+
+
+def cmd_target(args: argparse.Namespace) -> int:
+    from copilot_fleet.local import LocalFleetError, targets
+
+    try:
+        if args.from_file:
+            target = targets.from_file(args.from_file)
+        else:
+            target, warning = targets.read_target(_project_dir(args), args.stack)
+            if warning:
+                print(f"copilot-fleet target: warning: {warning}", file=sys.stderr)
+    except LocalFleetError as exc:
+        raise _user_error(exc) from exc
+    print(json.dumps(target.to_json_dict(), indent=2))
+    return 0

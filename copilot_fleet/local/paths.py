@@ -1,0 +1,186 @@
+"""The state directory of a local stack, `<project>/.fleet/<stack>/`, and how it is written.
+
+```
+.fleet/                       0700  (gitignored)
+  <stack>.lock                      flock: one up/down/status-changing command per stack at a time
+  <stack>/                    0700
+    fleet.json                0600  what runs: names, kinds, ports, homes (status reads it, no stack file needed)
+    target.json               0600  the target (secrets included), written once the fleet is ready
+    supervisord.json          0600  PID and start time of supervisord: how `down` finds the fleet
+    secrets/                  0700  connection-token, token-<user>, redis-password, model-api-key (0600 each)
+    config/                   0700  supervisord.conf, redis.conf, haproxy.cfg (0600: they hold secrets)
+    logs/                     0700  one log per process, supervisord.log
+    run/                      0700  supervisor.sock, haproxy.sock (moved under /tmp when the path is too long)
+    servers/<name>/           0700  each server's own COPILOT_HOME (config, logs, session-store.db)
+      session-state -> ../../session-state     shared patterns: only session-state/ is shared
+    session-state/            0700  shared patterns: the one session-state/ every replica sees
+    work/<group>/             0700  the servers' working directory (a session's cwd), one per group
+    redis/                    0700  Redis append-only files
+```
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+FLEET_DIR = ".fleet"
+# sun_path holds 108 bytes; keep socket paths well below it.
+_MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    project_dir: Path
+    stack: str
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.project_dir / FLEET_DIR
+
+    @property
+    def root(self) -> Path:
+        return self.fleet_dir / self.stack
+
+    @property
+    def lock_file(self) -> Path:
+        # Outside the state dir, so `down --purge` can remove the dir while holding the lock.
+        return self.fleet_dir / f"{self.stack}.lock"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "fleet.json"
+
+    @property
+    def target_file(self) -> Path:
+        return self.root / "target.json"
+
+    @property
+    def supervisor_record(self) -> Path:
+        return self.root / "supervisord.json"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.root / "servers"
+
+    @property
+    def shared_session_state(self) -> Path:
+        return self.root / "session-state"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.config_dir / "supervisord.conf"
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.config_dir / "redis.conf"
+
+    @property
+    def haproxy_cfg(self) -> Path:
+        return self.config_dir / "haproxy.cfg"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the unix sockets live: run/ in the state dir, or a per-stack dir under /tmp if that path is too
+        long for a socket address."""
+        local = self.root / "run"
+        if len(str(local / "supervisor.sock")) <= _MAX_SOCKET_PATH:
+            return local
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"copilot-fleet-{os.getuid()}-{digest}"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def haproxy_socket(self) -> Path:
+        return self.run_dir / "haproxy.sock"
+
+    @property
+    def supervisord_pidfile(self) -> Path:
+        return self.run_dir / "supervisord.pid"
+
+    def server_home(self, name: str) -> Path:
+        return self.servers_dir / name
+
+    def group_work_dir(self, group: str) -> Path:
+        return self.work_dir / group
+
+    def log_file(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    def secret_file(self, name: str) -> Path:
+        return self.secrets_dir / name
+
+    def display(self, path: Path) -> str:
+        """A path relative to the project when it is inside it: shorter messages."""
+        try:
+            return str(path.relative_to(self.project_dir))
+        except ValueError:
+            return str(path)
+
+
+def make_private_dir(path: Path) -> Path:
+    """mkdir -p with mode 0700 on every directory this creates, and on `path` itself even if it existed."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically (no moment where it exists with a wider mode)."""
+    make_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp creates 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def stack_lock(paths: StatePaths, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Serialise commands that change one stack's fleet (two `up`s at once would start two supervisords).
+    `on_wait` is called once if another command holds the lock."""
+    make_private_dir(paths.fleet_dir)
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

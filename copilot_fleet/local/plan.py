@@ -1,0 +1,284 @@
+"""Topology -> the processes of a local fleet and the target it hands out. Pure: starts nothing, writes nothing.
+
+The topology has already decided who gets which server and what is shared; this module only translates that
+onto 127.0.0.1: ports from `fleet:local`, one COPILOT_HOME per server, the shared session-state/ link, and the
+environment and command line of each program.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+
+import copilot_fleet
+from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.secrets import (
+    CONNECTION_TOKEN,
+    MODEL_API_KEY,
+    REDIS_PASSWORD,
+    FleetSecrets,
+    user_token_name,
+)
+from copilot_fleet.local.tools import Tools
+from copilot_fleet.target import ProviderTarget, Target
+from copilot_fleet.topology import CliGroup, Topology
+
+Kind = Literal["cli", "redis", "haproxy", "model"]
+Probe = Literal["jsonrpc", "redis", "http"]
+HOST = "127.0.0.1"
+MODEL_PROGRAM = "model"
+REDIS_PROGRAM = "redis"
+HAPROXY_PROGRAM = "haproxy"
+HAPROXY_BACKEND = "copilot-cli"
+
+# supervisord starts lower priorities first and stops them last: the model and Redis outlive the CLIs that use
+# them, and HAProxy stops taking connections before the CLIs go.
+_PRIORITY: dict[Kind, int] = {"model": 10, "redis": 10, "cli": 20, "haproxy": 30}
+
+
+@dataclass(frozen=True)
+class Service:
+    """One supervised process as `status` and the probes see it (no secrets: this goes into fleet.json)."""
+
+    name: str
+    kind: Kind
+    port: int
+    port_key: str  # the stack key that sets the port, for messages
+    probe: Probe
+    log: str
+    token_secret: str | None = None  # the secret file holding the connection token a JSON-RPC probe sends
+    password_secret: str | None = None  # the secret file holding the Redis password
+    home: str | None = None  # COPILOT_HOME of a CLI server
+    session_state: str | None = None  # where that server's sessions live on disk
+    shared_session_state: bool = False
+    group: str | None = None
+    user: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Program:
+    """How supervisord runs a service."""
+
+    service: Service
+    command: tuple[str, ...]
+    directory: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def priority(self) -> int:
+        return _PRIORITY[self.service.kind]
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    stack: str
+    isolation: str
+    paths: StatePaths
+    programs: tuple[Program, ...]
+    target: Target
+    balance: Literal["roundrobin", "source"] | None  # None: no load balancer (per-user)
+    uses_test_model: bool
+
+    @property
+    def services(self) -> list[Service]:
+        return [p.service for p in self.programs]
+
+    def program(self, name: str) -> Program:
+        return next(p for p in self.programs if p.name == name)
+
+    @property
+    def cli_programs(self) -> list[Program]:
+        return [p for p in self.programs if p.service.kind == "cli"]
+
+    def manifest(self) -> dict[str, object]:
+        return {
+            "stack": self.stack,
+            "isolation": self.isolation,
+            "balance": self.balance,
+            "uses_test_model": self.uses_test_model,
+            "services": [asdict(s) for s in self.services],
+        }
+
+
+def load_manifest(text: str) -> tuple[dict[str, object], list[Service]]:
+    doc = json.loads(text)
+    return doc, [Service(**s) for s in doc["services"]]
+
+
+def secret_names(topology: Topology) -> list[str]:
+    """The secrets this fleet generates."""
+    spec = topology.spec
+    names: list[str] = []
+    if spec.isolation == "per-user":
+        names += [user_token_name(g.token_key) for g in topology.groups]
+    else:
+        names.append(CONNECTION_TOKEN)
+    if topology.lease_store is not None:
+        names.append(REDIS_PASSWORD)
+    if spec.provider is None:
+        names.append(MODEL_API_KEY)
+    return names
+
+
+@dataclass(frozen=True)
+class StackCredentials:
+    """Credentials from stack config, decrypted: provider API key and GitHub tokens (shared, per user)."""
+
+    provider_api_key: str | None = None
+    github_token: str | None = None
+    user_github_tokens: dict[str, str] = field(default_factory=dict)
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return None if value is None else SecretStr(value)
+
+
+def _port_problems(ports: list[tuple[int, str]]) -> list[str]:
+    seen: dict[int, str] = {}
+    problems = []
+    for port, key in ports:
+        if port in seen:
+            problems.append(f"port {port} is set twice: by {seen[port]} and by {key}")
+        seen[port] = key
+    return problems
+
+
+def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: FleetSecrets,
+               creds: StackCredentials | None = None) -> FleetPlan:
+    """Every program of the fleet with its command, environment and port, and the target."""
+    creds = creds or StackCredentials()
+    spec = topology.spec
+    local = spec.local
+    uses_test_model = spec.provider is None
+    shared = spec.isolation != "per-user"
+    programs: list[Program] = []
+    ports: list[tuple[int, str]] = []
+
+    if uses_test_model:
+        provider = ProviderTarget(type="openai", base_url=f"http://{HOST}:{local.model_port}/v1",
+                                  api_key=SecretStr(secrets.get(MODEL_API_KEY)))
+        programs.append(_model_program(paths, tools, local.model_port))
+        ports.append((local.model_port, "fleet:local.modelPort"))
+    else:
+        assert spec.provider is not None
+        provider = ProviderTarget(type=spec.provider.type, base_url=spec.provider.base_url,
+                                  api_key=_secret(creds.provider_api_key), wire_api=spec.provider.wire_api)
+
+    index = 0
+    for group in topology.groups:
+        for replica in group.replica_names():
+            port = local.replica_base_port + index
+            key = "fleet:local.replicaBasePort" + (f" (+{index})" if index else "")
+            ports.append((port, key))
+            programs.append(_cli_program(topology, group, replica, port, key, paths, tools, secrets, creds))
+            index += 1
+
+    if topology.lease_store is not None:
+        programs.append(_redis_program(paths, tools, local.redis_port))
+        ports.append((local.redis_port, "fleet:local.redisPort"))
+    if topology.load_balanced:
+        programs.append(_haproxy_program(paths, tools, local.endpoint_port))
+        ports.append((local.endpoint_port, "fleet:local.endpointPort"))
+
+    problems = _port_problems(ports)
+    if problems:
+        raise LocalFleetError(f"stack {spec.stack!r}: " + "; ".join(problems) + " (give every server of the fleet "
+                              "its own port under fleet:local)")
+
+    clis = [p.service for p in programs if p.service.kind == "cli"]
+    target = Target(
+        stack=spec.stack,
+        platform="local",
+        isolation=spec.isolation,
+        endpoint=f"{HOST}:{local.endpoint_port}" if topology.load_balanced else None,
+        replicas=[s.address for s in clis] if shared else [],
+        users={s.user: s.address for s in clis if s.user is not None},
+        connection_token=_secret(secrets.get(CONNECTION_TOKEN)) if shared else None,
+        user_tokens={g.user: SecretStr(secrets.get(user_token_name(g.token_key))) for g in topology.groups if g.user},
+        redis_url=(_secret(f"redis://:{secrets.get(REDIS_PASSWORD)}@{HOST}:{local.redis_port}/0")
+                   if topology.lease_store is not None else None),
+        provider=provider,
+        model=spec.session_model,
+    )
+    balance: Literal["roundrobin", "source"] | None = None
+    if topology.load_balanced:
+        balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
+    return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
+                     target=target, balance=balance, uses_test_model=uses_test_model)
+
+
+def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths,
+                 tools: Tools, secrets: FleetSecrets, creds: StackCredentials) -> Program:
+    spec = topology.spec
+    home = paths.server_home(name)
+    shared = group.user is None
+    token_secret = CONNECTION_TOKEN if shared else user_token_name(group.token_key)
+    command = [str(tools.copilot), "--headless", "--no-auto-update", "--no-auto-login",
+               "--log-level", spec.log_level, "--port", str(port)]
+    if spec.idle_timeout > 0:
+        command += ["--session-idle-timeout", str(spec.idle_timeout)]
+    env = {
+        "COPILOT_HOME": str(home),
+        "COPILOT_CONNECTION_TOKEN": secrets.get(token_secret),
+        "COPILOT_AUTO_UPDATE": "false",
+        "COPILOT_CACHE_HOME": str(tools.cache_home),
+        "NO_COLOR": "1",
+    }
+    if group.credential == "provider" and spec.provider is not None:
+        # Server-wide BYOK: sessions that name no provider use it. Clients still re-supply it on resume.
+        env.update(COPILOT_PROVIDER_BASE_URL=spec.provider.base_url, COPILOT_PROVIDER_TYPE=spec.provider.type,
+                   COPILOT_PROVIDER_WIRE_API=spec.provider.wire_api, COPILOT_MODEL=spec.session_model)
+        if creds.provider_api_key:
+            env["COPILOT_PROVIDER_API_KEY"] = creds.provider_api_key
+    if group.credential == "user-github-token" and group.user in creds.user_github_tokens:
+        env["COPILOT_GITHUB_TOKEN"] = creds.user_github_tokens[group.user]
+    elif creds.github_token:
+        env["COPILOT_GITHUB_TOKEN"] = creds.github_token
+    session_state = paths.shared_session_state if shared else home / "session-state"
+    service = Service(name=name, kind="cli", port=port, port_key=port_key, probe="jsonrpc",
+                      log=str(paths.log_file(name)), token_secret=token_secret, home=str(home),
+                      session_state=str(session_state), shared_session_state=shared, group=group.name,
+                      user=group.user)
+    return Program(service=service, command=tuple(command), directory=paths.group_work_dir(group.name), env=env)
+
+
+def _model_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+    package_root = Path(copilot_fleet.__file__).resolve().parents[1]
+    command = (str(tools.python), "-m", "copilot_fleet.testmodel", "--host", HOST, "--port", str(port),
+               "--api-key-file", str(paths.secret_file(MODEL_API_KEY)))
+    service = Service(name=MODEL_PROGRAM, kind="model", port=port, port_key="fleet:local.modelPort", probe="http",
+                      log=str(paths.log_file(MODEL_PROGRAM)))
+    # The package may not be installed in the interpreter's site-packages (a checkout): make it importable.
+    env = {"PYTHONPATH": str(package_root), "PYTHONUNBUFFERED": "1"}
+    return Program(service=service, command=command, directory=paths.root, env=env)
+
+
+def _redis_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+    assert tools.redis_server is not None
+    service = Service(name=REDIS_PROGRAM, kind="redis", port=port, port_key="fleet:local.redisPort", probe="redis",
+                      log=str(paths.log_file(REDIS_PROGRAM)), password_secret=REDIS_PASSWORD)
+    # The password lives in redis.conf (0600), never on the command line.
+    return Program(service=service, command=(str(tools.redis_server), str(paths.redis_conf)),
+                   directory=paths.redis_dir)
+
+
+def _haproxy_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+    assert tools.haproxy is not None
+    service = Service(name=HAPROXY_PROGRAM, kind="haproxy", port=port, port_key="fleet:local.endpointPort",
+                      probe="jsonrpc", log=str(paths.log_file(HAPROXY_PROGRAM)), token_secret=CONNECTION_TOKEN)
+    # -db: stay in the foreground under supervisord.
+    return Program(service=service, command=(str(tools.haproxy), "-db", "-f", str(paths.haproxy_cfg)),
+                   directory=paths.root)

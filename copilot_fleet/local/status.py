@@ -1,0 +1,187 @@
+"""`copilot-fleet status`: each process of a local fleet with its supervisord state, health and sessions.
+
+Health is the same round trip as readiness (probes.py), timed. Sessions are counted from disk, where the CLI
+keeps them: `session-state/<id>/` is one session, and the CLI marks a session a process has attached (open) with
+`session-state/<id>/inuse.<pid>.lock`, removed when the client disconnects. So "attached" per server is the number
+of sessions holding a lock with that server's current PID, which works for a session-state/ shared by several
+replicas too (a stale lock left by a killed server carries a PID that is no longer the server's).
+"""
+
+from __future__ import annotations
+
+import json
+import xmlrpc.client
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import supervisor as sv
+from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.local.fleet import not_local_message, stack_platform
+from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.plan import Service, load_manifest
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    kind: str
+    address: str
+    state: str  # supervisord's state name, or "not running"
+    pid: int | None = None
+    uptime_seconds: float | None = None
+    healthy: bool = False
+    health: str = ""  # what the probe saw
+    latency_ms: float | None = None
+    balancer: str | None = None  # HAProxy's view of a replica (UP, DOWN, ...)
+    sessions_on_disk: int | None = None
+    sessions_shared: bool = False
+    attached: int | None = None
+    rss_mib: float | None = None
+    user: str | None = None
+
+
+@dataclass
+class FleetStatus:
+    stack: str
+    isolation: str
+    running: bool
+    supervisord_pid: int | None
+    services: list[ServiceStatus] = field(default_factory=list)
+    shared_sessions_on_disk: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and bool(self.services) and all(s.healthy for s in self.services)
+
+    def to_json(self) -> dict[str, object]:
+        return {"stack": self.stack, "isolation": self.isolation, "running": self.running,
+                "healthy": self.healthy, "supervisord_pid": self.supervisord_pid,
+                "shared_sessions_on_disk": self.shared_sessions_on_disk,
+                "services": [asdict(s) for s in self.services]}
+
+
+def session_dirs(session_state: Path) -> list[Path]:
+    """One directory per session (dot-directories hold the CLI's own locks)."""
+    try:
+        return [d for d in session_state.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def attached_sessions(session_state: Path, pid: int) -> int:
+    lock = f"inuse.{pid}.lock"
+    return sum(1 for d in session_dirs(session_state) if (d / lock).exists())
+
+
+def _secret_values(paths: StatePaths, services: list[Service]) -> dict[str, str]:
+    names = {n for s in services for n in (s.token_secret, s.password_secret) if n}
+    values = {}
+    for name in names:
+        try:
+            values[name] = paths.secret_file(name).read_text().strip()
+        except OSError:
+            pass
+    return values
+
+
+def collect(project_dir: Path, stack: str) -> FleetStatus:
+    platform = stack_platform(project_dir, stack)
+    if platform is not None and platform != "local":
+        raise LocalFleetError(not_local_message(stack, platform))
+    paths = StatePaths(project_dir, stack)
+    try:
+        manifest, services = load_manifest(paths.manifest.read_text())
+    except FileNotFoundError:
+        raise LocalFleetError(f"fleet {stack} has never been started here (no {paths.display(paths.manifest)}); "
+                              f"start it with `copilot-fleet up --stack {stack}`") from None
+    record = sv.read_record(paths)
+    running = record is not None and record.alive()
+    status = FleetStatus(stack=stack, isolation=str(manifest["isolation"]), running=running,
+                         supervisord_pid=record.pid if running and record else None)
+    shared_dirs = {s.session_state for s in services if s.shared_session_state and s.session_state}
+    if shared_dirs:
+        status.shared_sessions_on_disk = sum(len(session_dirs(Path(d))) for d in shared_dirs)
+
+    infos: dict[str, dict[str, object]] = {}
+    unknown_state = "not running"
+    if running:
+        try:
+            infos = sv.Supervisor(paths, timeout=5.0).processes()
+        except (OSError, xmlrpc.client.Error) as exc:
+            unknown_state = f"unknown (supervisord does not answer: {exc})"
+    results = probes.probe_all(services, _secret_values(paths, services)) if running else {}
+    lb = lbstats.backend_states(paths.haproxy_socket) if running and manifest.get("balance") else {}
+
+    for svc in services:
+        info = infos.get(svc.name, {})
+        row = ServiceStatus(name=svc.name, kind=svc.kind, address=svc.address, user=svc.user,
+                            state=str(info.get("statename", unknown_state)))
+        pid = int(info.get("pid") or 0)  # type: ignore[call-overload]
+        if pid and procfs.is_alive(pid):
+            row.pid = pid
+            now, start = info.get("now"), info.get("start")
+            row.uptime_seconds = float(now) - float(start) if now and start else procfs.age_seconds(pid)  # type: ignore[arg-type]
+            rss = procfs.rss_kib(pid)
+            row.rss_mib = round(rss / 1024, 1) if rss is not None else None
+        result = results.get(svc.name)
+        if result is not None:
+            row.health = result.detail
+            row.latency_ms = round(result.latency_ms, 1)
+            row.healthy = result.ok and row.state == "RUNNING"
+        else:
+            row.health = "not running"
+        if svc.kind == "cli" and svc.session_state:
+            state_dir = Path(svc.session_state)
+            row.sessions_shared = svc.shared_session_state
+            row.sessions_on_disk = len(session_dirs(state_dir))
+            row.attached = attached_sessions(state_dir, row.pid) if row.pid else 0
+            if lb:
+                row.balancer = lb.get(svc.name, "unknown")
+                if not row.balancer.startswith("UP"):
+                    row.healthy = False
+        status.services.append(row)
+    return status
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def format_table(status: FleetStatus) -> str:
+    header = ["NAME", "KIND", "STATE", "PID", "ADDRESS", "HEALTH", "LATENCY", "UPTIME", "RSS", "LB", "ON DISK",
+              "ATTACHED"]
+    rows = [header]
+    for s in status.services:
+        health = "ok" if s.healthy else f"FAIL: {s.health}"
+        on_disk = "-" if s.sessions_on_disk is None else (
+            f"{s.sessions_on_disk} shared" if s.sessions_shared else str(s.sessions_on_disk))
+        rows.append([
+            s.name + (f" ({s.user})" if s.user else ""), s.kind, s.state, str(s.pid or "-"), s.address, health,
+            "-" if s.latency_ms is None else f"{s.latency_ms:.0f} ms", _duration(s.uptime_seconds),
+            "-" if s.rss_mib is None else f"{s.rss_mib:.0f} MiB", s.balancer or "-", on_disk,
+            "-" if s.attached is None else str(s.attached),
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if not status.running:
+        summary = f"fleet {status.stack}: not running (start it with `copilot-fleet up --stack {status.stack}`)"
+    elif status.healthy:
+        summary = f"fleet {status.stack} ({status.isolation}): healthy, supervisord pid {status.supervisord_pid}"
+    else:
+        bad = [s.name for s in status.services if not s.healthy]
+        summary = f"fleet {status.stack} ({status.isolation}): UNHEALTHY: {', '.join(bad)}"
+    if status.shared_sessions_on_disk is not None:
+        summary += f"; {status.shared_sessions_on_disk} session(s) in the shared session-state/"
+    return summary + "\n" + "\n".join(lines)
+
+
+def to_json_text(status: FleetStatus) -> str:
+    return json.dumps(status.to_json(), indent=2)
