@@ -63,6 +63,8 @@ class Target(BaseModel):
     redis_url: SecretStr | None = None
     provider: ProviderTarget | None = None
     model: str | None = None
+    # Kubernetes and Azure (AKS) targets: where the fleet's pods run, for the host checks through kubectl.
+    namespace: str | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -114,7 +116,8 @@ def parse_target(document: str | bytes, source: str = "target") -> Target:
         return Target.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
         raise TargetError(f"{source}: {problems}") from exc
 

@@ -1,0 +1,165 @@
+"""`copilot-fleet verify` against real local fleets of all three isolation patterns (what CI runs).
+
+Each pattern: the full suite passes, with the checks that apply to it passed and the others skipped naming the
+pattern, no session left behind, well under a minute. Then what must fail does: a wrong connection token, a
+malformed target (nothing runs), and a run cut off by its deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from copilot_fleet.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Check functions of smoke_tests/ by where they apply.
+EVERY_PATTERN = {
+    "test_persistent_session_lifecycle", "test_ephemeral_session", "test_resume_without_provider_is_actionable",
+    "test_connection_token_required",
+    "test_processes_running", "test_ports_on_loopback_only", "test_state_modes", "test_cli_not_logging_debug",
+    "test_no_secrets_in_process_arguments",
+}
+SHARED = {"test_other_users_session_refused_before_server_call", "test_attached_session_is_leased",
+          "test_redis_requires_auth"}
+ONLY = {
+    "per-user": {"test_user_token_opens_only_own_server", "test_per_user_sessions_invisible_to_others"},
+    "shared-cli": SHARED,
+    "shared-session": SHARED | {"test_shared_session_one_writer"},
+}
+KUBERNETES = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process"}
+ALL_CHECKS = EVERY_PATTERN | KUBERNETES | set().union(*ONLY.values())
+
+
+def _function(nodeid: str) -> str:
+    return nodeid.split("::")[-1].split("[")[0]
+
+
+def verify(capsys: pytest.CaptureFixture[str], tmp_path: Path, project_dir: Path,
+           *args: str) -> tuple[int, dict[str, Any] | None, str, str]:
+    """`copilot-fleet --project-dir DIR verify ARGS --json FILE` in this process: (exit status, report, out, err)."""
+    report_file = tmp_path / "report.json"
+    code = main(["--project-dir", str(project_dir), "verify", *args, "--json", str(report_file)])
+    out, err = capsys.readouterr()
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
+    return code, report, out, err
+
+
+def test_verify_passes(running_fleet, capsys, tmp_path) -> None:
+    fleet = running_fleet
+    code, report, out, err = verify(capsys, tmp_path, fleet.project.dir, "--stack", fleet.stack)
+    assert report is not None, f"no report written; stdout:\n{out}\nstderr:\n{err}"
+    failed = [(c["label"], c["message"]) for c in report["checks"] if c["outcome"] == "failed"]
+    assert code == 0 and not failed, f"verify failed on {fleet.isolation}: {failed}\n{out}\n{err}"
+
+    outcomes: dict[str, set[str]] = {}
+    for check in report["checks"]:
+        outcomes.setdefault(_function(check["nodeid"]), set()).add(check["outcome"])
+    assert set(outcomes) == ALL_CHECKS, f"unexpected set of checks: {sorted(set(outcomes) ^ ALL_CHECKS)}"
+    applies = EVERY_PATTERN | ONLY[fleet.isolation]
+    for name, seen in outcomes.items():
+        expected = "passed" if name in applies else "skipped"
+        assert seen == {expected}, f"{name} on {fleet.isolation}: {seen}, expected {expected}"
+
+    target = fleet.target_document
+    servers = (1 if "endpoint" in target else 0) + len(target.get("replicas", [])) + len(target.get("users", {}))
+    token_checks = [c for c in report["checks"] if _function(c["nodeid"]) == "test_connection_token_required"]
+    assert len(token_checks) == servers, f"{len(token_checks)} token checks for {servers} servers"
+
+    for check in report["checks"]:
+        if check["outcome"] == "skipped" and _function(check["nodeid"]) not in KUBERNETES:
+            assert fleet.isolation in check["message"] and "only" in check["message"], check
+        if _function(check["nodeid"]) in KUBERNETES:
+            assert "kubernetes and azure platform only" in check["message"], check
+
+    # The printed report: a header naming the stack, one line per check, and the totals with the time.
+    assert out.splitlines()[0].startswith(f"copilot-fleet verify: stack {fleet.stack} ")
+    assert re.search(r"^  PASS  persistent session: .*\d+\.\d s$", out, re.MULTILINE), out
+    assert re.search(r"^  SKIP  ", out, re.MULTILINE) and "        skipped: applies to " in out
+    counts = report["counts"]
+    assert f"OK: {counts['passed']} passed, 0 failed, {counts['skipped']} skipped in " in out.splitlines()[-1]
+    assert report["seconds"] < 60, f"verify took {report['seconds']:.1f} s on {fleet.isolation}"
+
+    left = fleet.session_dirs()
+    assert not left, f"verify left sessions on disk: {[p.name for p in left]}"
+
+
+def _with_wrong_tokens(document: dict[str, Any]) -> dict[str, Any]:
+    out = dict(document)
+    if "connection_token" in out:
+        out["connection_token"] = "wrong-" + out["connection_token"]
+    if "user_tokens" in out:
+        out["user_tokens"] = {u: "wrong-" + t for u, t in out["user_tokens"].items()}
+    return out
+
+
+def test_verify_wrong_token_fails(running_fleet, capsys, tmp_path) -> None:
+    fleet = running_fleet
+    bad = tmp_path / "wrong-token.json"
+    bad.write_text(json.dumps(_with_wrong_tokens(fleet.target_document)))
+    code, report, out, _ = verify(capsys, tmp_path, fleet.project.dir, "--target", str(bad),
+                                  "--fleet-state", str(fleet.paths.root))
+    assert code == 1
+    assert report is not None and not report["ok"]
+    token_checks = [c for c in report["checks"] if _function(c["nodeid"]) == "test_connection_token_required"]
+    assert token_checks and all(c["outcome"] == "failed" for c in token_checks)
+    assert all("refused its own token" in c["message"] and "AUTHENTICATION_FAILED" in c["message"]
+               for c in token_checks), token_checks
+    assert "FAIL  connection tokens" in out and out.splitlines()[-1].startswith("FAILED: ")
+    assert not fleet.session_dirs(), "a failed run left sessions on disk"
+
+
+@pytest.mark.parametrize("running_fleet", ["shared-cli"], indirect=True)
+def test_pytest_directly(running_fleet) -> None:
+    """A user's own CI runs the suite with plain pytest and a target file."""
+    fleet = running_fleet
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "smoke_tests"), "--target", str(fleet.paths.target_file),
+         "--fleet-state", str(fleet.paths.root), "-q", "-p", "no:cacheprovider", "-k", "token or host", "-rs"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r"\b\d+ passed", proc.stdout)
+
+
+@pytest.mark.parametrize("running_fleet", ["shared-session"], indirect=True)
+def test_verify_remote_style_target(running_fleet, capsys, tmp_path, monkeypatch) -> None:
+    """A target that is not local (as from `pulumi stack output`) and no state dir: the history of the shared
+    session is checked through the SDK, local host checks skip, pod checks skip because no cluster is configured."""
+    fleet = running_fleet
+    remote = tmp_path / "remote.json"
+    remote.write_text(json.dumps({**fleet.target_document, "platform": "kubernetes"}))
+    empty_kubeconfig = tmp_path / "kubeconfig"
+    empty_kubeconfig.write_text("")
+    monkeypatch.setenv("KUBECONFIG", str(empty_kubeconfig))  # inherited by the verify child: no context
+    code, report, out, _ = verify(capsys, tmp_path, fleet.project.dir, "--target", str(remote),
+                                  "-k", "shared_session or host or pods")
+    assert code == 0, out
+    assert report is not None
+    by_function = {_function(c["nodeid"]): c for c in report["checks"]}
+    assert by_function["test_shared_session_one_writer"]["outcome"] == "passed"
+    for name in KUBERNETES:
+        assert by_function[name]["outcome"] == "skipped"
+        assert "no cluster configured: kubectl" in by_function[name]["message"], by_function[name]
+    local_host = [c for c in report["checks"] if "test_host_local" in c["nodeid"]]
+    assert local_host and all("local platform only" in c["message"] for c in local_host)
+    assert not fleet.session_dirs()
+
+
+@pytest.mark.parametrize("running_fleet", ["shared-session"], indirect=True)
+def test_verify_deadline(running_fleet, capsys, tmp_path) -> None:
+    """A run that outlives --timeout is stopped, says so, fails, and still cleans up its sessions."""
+    fleet = running_fleet
+    code, report, out, _ = verify(capsys, tmp_path, fleet.project.dir, "--stack", fleet.stack,
+                                  "--timeout", "5")
+    assert code == 1
+    assert report is not None and report["timed_out"] and not report["ok"]
+    assert "stopped after 5 s" in out
+    assert report["seconds"] < 5 + 25, "stopping the run took longer than its grace periods"
+    assert not fleet.session_dirs(), "the stopped run left sessions on disk"
