@@ -1,0 +1,1 @@
+"""Pulumi components of copilot-fleet, by platform (`kubernetes`, `azure`), and what they share (`common`)."""

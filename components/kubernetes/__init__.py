@@ -1,0 +1,10 @@
+"""The Kubernetes platform: a fleet of Copilot CLI servers for any isolation pattern on any cluster.
+
+`KubernetesFleet(name, KubernetesFleetArgs(topology, tokens, platform=PlatformHooks(...)))` deploys a Topology;
+`PlatformHooks` (hooks.py) is how another platform (Azure) adapts it. See docs/kubernetes.md.
+"""
+
+from components.kubernetes.fleet import KubernetesFleet, KubernetesFleetArgs
+from components.kubernetes.hooks import PlatformHooks, StaticVolume
+
+__all__ = ["KubernetesFleet", "KubernetesFleetArgs", "PlatformHooks", "StaticVolume"]

@@ -1,0 +1,174 @@
+"""The CLI server pod: container args, environment, probes, volumes and security context.
+
+Layout inside the pod (HOME is the per-replica volume, so the CLI's own defaults land there):
+
+    /var/lib/copilot                         copilot-home: per replica (volumeClaimTemplate, ReadWriteOnce)
+    /var/lib/copilot/.copilot                COPILOT_HOME: config, logs, session-store.db (SQLite: never shared)
+    /var/lib/copilot/.copilot/session-state  sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
+    /tmp                                     tmp: emptyDir (the root filesystem is read-only)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from components.kubernetes import secrets
+from components.kubernetes.meta import FleetMeta
+from copilot_fleet.topology import CliGroup
+
+HOME = "/var/lib/copilot"
+COPILOT_HOME = f"{HOME}/.copilot"
+SESSION_STATE = f"{COPILOT_HOME}/session-state"
+PORT_NAME = "copilot"
+CONTAINER_NAME = "copilot"
+
+# The non-root user of images/cli/Dockerfile.
+RUN_AS_USER = 1000
+
+# Drain before SIGTERM: while the endpoints controller and kube-proxy take the pod out of every Service (a few
+# seconds, asynchronously), the server still gets connections; sleeping keeps it serving them and lets in-flight
+# turns finish. Half the grace period, at most 30 s, leaves the rest for the CLI to shut down.
+MAX_PRESTOP_SECONDS = 30
+
+
+def cli_args(meta: FleetMeta) -> list[str]:
+    """`--host 0.0.0.0`: without it the CLI binds 127.0.0.1 and no Service can reach it."""
+    spec = meta.spec
+    args = ["--headless", "--no-auto-update", "--no-auto-login", "--host", "0.0.0.0",
+            "--port", str(spec.port), "--log-level", spec.log_level]
+    if spec.idle_timeout > 0:
+        args += ["--session-idle-timeout", str(spec.idle_timeout)]
+    return args
+
+
+def cli_env(meta: FleetMeta, group: CliGroup) -> list[dict[str, Any]]:
+    """Credentials only through secretKeyRef; plain settings as values. Order matters: $(VAR) refers back."""
+    spec = meta.spec
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": HOME},
+        {"name": "COPILOT_HOME", "value": COPILOT_HOME},
+        {"name": "COPILOT_AUTO_UPDATE", "value": "false"},
+        secrets.connection_token_ref(meta, group).env("COPILOT_CONNECTION_TOKEN"),
+    ]
+    github = secrets.github_token_ref(meta, group)
+    if github is not None:
+        env.append(github.env("COPILOT_GITHUB_TOKEN"))
+    if spec.provider is not None:
+        env += [
+            {"name": "COPILOT_PROVIDER_BASE_URL", "value": spec.provider.base_url},
+            {"name": "COPILOT_PROVIDER_TYPE", "value": spec.provider.type},
+            {"name": "COPILOT_PROVIDER_WIRE_API", "value": spec.provider.wire_api},
+            {"name": "COPILOT_MODEL", "value": spec.session_model},
+        ]
+        api_key = secrets.provider_api_key_ref(meta)
+        if api_key is not None:
+            env.append(api_key.env("COPILOT_PROVIDER_API_KEY"))
+        if github is None:
+            # BYOK only: no GitHub auth, telemetry, web tools or update checks from inside the cluster.
+            env.append({"name": "COPILOT_OFFLINE", "value": "true"})
+    if spec.otlp_endpoint is not None:
+        attributes = [
+            "k8s.pod.name=$(POD_NAME)", "k8s.namespace.name=$(POD_NAMESPACE)", "service.instance.id=$(POD_NAME)",
+            f"copilot_fleet.stack={meta.instance}", f"copilot_fleet.isolation={spec.isolation}",
+        ]
+        if group.user is not None:
+            attributes.append(f"copilot_fleet.user={group.user}")
+        env += [
+            {"name": "POD_NAME", "value_from": {"field_ref": {"field_path": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "value_from": {"field_ref": {"field_path": "metadata.namespace"}}},
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": spec.otlp_endpoint},
+            {"name": "OTEL_SERVICE_NAME", "value": "copilot-cli"},
+            {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": ",".join(attributes)},
+        ]
+    return env
+
+
+@dataclass(frozen=True)
+class Probes:
+    startup: dict[str, Any]
+    readiness: dict[str, Any]
+    liveness: dict[str, Any]
+
+
+def cli_probes(port: int) -> Probes:
+    """The one place that decides how the CLI's health is checked (a TCP connect on its port, for now).
+
+    The startup probe covers the first launch, which unpacks about 235 MB into the cache before listening.
+    """
+    tcp = {"tcp_socket": {"port": port}}
+    return Probes(
+        startup={**tcp, "period_seconds": 2, "timeout_seconds": 2, "failure_threshold": 60},
+        readiness={**tcp, "period_seconds": 5, "timeout_seconds": 2, "failure_threshold": 2},
+        liveness={**tcp, "period_seconds": 20, "timeout_seconds": 5, "failure_threshold": 3},
+    )
+
+
+def prestop_seconds(grace_seconds: int) -> int:
+    return max(1, min(MAX_PRESTOP_SECONDS, grace_seconds // 2))
+
+
+def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
+    return {
+        "allow_privilege_escalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "read_only_root_filesystem": read_only_root,
+        "run_as_non_root": True,
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context(uid: int = RUN_AS_USER) -> dict[str, Any]:
+    return {
+        "run_as_non_root": True,
+        "run_as_user": uid,
+        "run_as_group": uid,
+        "fs_group": uid,
+        "fs_group_change_policy": "OnRootMismatch",
+        "seccomp_profile": {"type": "RuntimeDefault"},
+    }
+
+
+def cli_container(meta: FleetMeta, group: CliGroup,
+                  extra_mounts: Sequence[Mapping[str, Any] | Any] = ()) -> dict[str, Any]:
+    spec = meta.spec
+    probes = cli_probes(spec.port)
+    return {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "image_pull_policy": "IfNotPresent",
+        "args": cli_args(meta),
+        "env": cli_env(meta, group),
+        "working_dir": HOME,
+        "ports": [{"name": PORT_NAME, "container_port": spec.port, "protocol": "TCP"}],
+        "startup_probe": probes.startup,
+        "readiness_probe": probes.readiness,
+        "liveness_probe": probes.liveness,
+        "resources": {
+            "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
+            "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
+        },
+        "lifecycle": {"pre_stop": {"exec": {
+            "command": ["/bin/sh", "-c", f"sleep {prestop_seconds(spec.termination_grace_seconds)}"]}}},
+        "security_context": container_security_context(),
+        "volume_mounts": [
+            {"name": "copilot-home", "mount_path": HOME},
+            # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
+            {"name": "sessions", "mount_path": SESSION_STATE},
+            {"name": "tmp", "mount_path": "/tmp"},
+            *extra_mounts,
+        ],
+    }
+
+
+def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:
+    """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from the default storage class
+    (the session storage class is typically a network share, which SQLite should not live on)."""
+    return {
+        "metadata": {"name": "copilot-home", "labels": meta.labels("cli")},
+        "spec": {
+            "access_modes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": meta.spec.storage.home_size}},
+        },
+    }

@@ -1,0 +1,107 @@
+"""The fleet's Kubernetes Secrets: which exist, under which names and keys, and what goes in them.
+
+Pods only ever read credentials through `secretKeyRef` to the names and keys below. The fleet creates the Secrets
+itself unless `PlatformHooks.manage_secrets` is False; then another system (Key Vault sync) must create exactly the
+Secrets of `secret_material(...)`.
+
+| Secret | keys | when |
+|---|---|---|
+| `copilot-fleet-credentials` | `github-token`, `provider-api-key` | a fleet GitHub token / a BYOK provider is set |
+| `<group>-credentials` | `connection-token`, and `github-token` for a per-user user with their own token | always |
+| `copilot-redis` | `password` | in-cluster Redis |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes.core.v1 as core
+
+from components.common import ConnectionTokens
+from components.kubernetes.meta import REDIS, FleetMeta
+from copilot_fleet.topology import CliGroup, Topology
+
+FLEET_CREDENTIALS = "copilot-fleet-credentials"
+GITHUB_TOKEN_KEY = "github-token"
+PROVIDER_API_KEY_KEY = "provider-api-key"
+CONNECTION_TOKEN_KEY = "connection-token"
+REDIS_SECRET = REDIS
+REDIS_PASSWORD_KEY = "password"
+
+SecretMaterial = dict[str, dict[str, pulumi.Output[str]]]
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+    def env(self, variable: str) -> dict[str, object]:
+        """An env var read from this Secret key (never a literal value)."""
+        return {"name": variable, "value_from": {"secret_key_ref": {"name": self.name, "key": self.key}}}
+
+
+def connection_token_ref(meta: FleetMeta, group: CliGroup) -> SecretKeyRef:
+    return SecretKeyRef(meta.credentials_secret(group), CONNECTION_TOKEN_KEY)
+
+
+def github_token_ref(meta: FleetMeta, group: CliGroup) -> SecretKeyRef | None:
+    """The GitHub token a group's server uses: the user's own (per-user), else the fleet's, else none (BYOK)."""
+    spec = meta.spec
+    if group.user is not None and group.user in meta.users_with_token:
+        return SecretKeyRef(meta.credentials_secret(group), GITHUB_TOKEN_KEY)
+    if spec.github_token is not None:
+        return SecretKeyRef(FLEET_CREDENTIALS, GITHUB_TOKEN_KEY)
+    return None
+
+
+def provider_api_key_ref(meta: FleetMeta) -> SecretKeyRef | None:
+    provider = meta.spec.provider
+    if provider is None or provider.api_key is None:
+        return None
+    return SecretKeyRef(FLEET_CREDENTIALS, PROVIDER_API_KEY_KEY)
+
+
+def redis_password_ref() -> SecretKeyRef:
+    return SecretKeyRef(REDIS_SECRET, REDIS_PASSWORD_KEY)
+
+
+def secret_material(topology: Topology, tokens: ConnectionTokens,
+                    redis_password: pulumi.Output[str] | None) -> SecretMaterial:
+    """Every Secret the fleet's pods read: name -> key -> value (each value a Pulumi secret)."""
+    spec = topology.spec
+    out: SecretMaterial = {}
+    fleet: dict[str, pulumi.Output[str]] = {}
+    if spec.github_token is not None:
+        fleet[GITHUB_TOKEN_KEY] = pulumi.Output.secret(spec.github_token.get_secret_value())
+    if spec.provider is not None and spec.provider.api_key is not None:
+        fleet[PROVIDER_API_KEY_KEY] = pulumi.Output.secret(spec.provider.api_key.get_secret_value())
+    if fleet:
+        out[FLEET_CREDENTIALS] = fleet
+    user_tokens = {u.id: u.github_token for u in spec.users if u.github_token is not None}
+    for group in topology.groups:
+        data = {CONNECTION_TOKEN_KEY: tokens.for_group(group)}
+        if group.user is not None and group.user in user_tokens:
+            data[GITHUB_TOKEN_KEY] = pulumi.Output.secret(user_tokens[group.user].get_secret_value())
+        out[FleetMeta.credentials_secret(group)] = data
+    if redis_password is not None:
+        out[REDIS_SECRET] = {REDIS_PASSWORD_KEY: redis_password}
+    return out
+
+
+def create_secrets(meta: FleetMeta, material: Mapping[str, Mapping[str, pulumi.Output[str]]],
+                   opts: pulumi.ResourceOptions) -> dict[str, core.Secret]:
+    """One Opaque Secret per entry; `stringData` is a Pulumi secret, so the engine stores it encrypted."""
+    created = {}
+    for name, data in sorted(material.items()):
+        component = "lease-store" if name == REDIS_SECRET else "cli"
+        created[name] = core.Secret(
+            name,
+            metadata=meta.metadata(name, component),
+            type="Opaque",
+            string_data=pulumi.Output.secret(dict(data)),
+            opts=opts,
+        )
+    return created

@@ -1,0 +1,123 @@
+"""Invalid stack config stops the Pulumi program before a single resource is registered.
+
+Each case starts from a valid Kubernetes fleet, breaks one thing, runs the real program under recording mocks,
+and expects a ConfigError naming the key, with zero registrations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from copilot_fleet.render import RecordingMocks, run_program
+from copilot_fleet.spec import ConfigError
+
+IMAGE = "registry.example.com/copilot-cli:1.0.102"
+SHARED: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "githubToken": "ghp_x"}
+PER_USER: dict[str, Any] = {"isolation": "per-user", "platform": "kubernetes", "image": IMAGE,
+                            "users": [{"id": "alice", "githubToken": "ghp_a"}]}
+DROP = object()
+
+# (case id, base, changes (DROP removes a key), secret keys, the key the message must name)
+CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], str]] = [
+    ("isolation-unknown", SHARED, {"isolation": "shared"}, {"githubToken"}, "fleet:isolation"),
+    ("isolation-missing", SHARED, {"isolation": DROP}, {"githubToken"}, "fleet:isolation"),
+    ("platform-unknown", SHARED, {"platform": "openshift"}, {"githubToken"}, "fleet:platform"),
+    ("platform-local", SHARED, {"platform": "local", "image": DROP}, {"githubToken"}, "fleet:platform"),
+    ("replicas-type", SHARED, {"replicas": "three"}, {"githubToken"}, "fleet:replicas"),
+    ("replicas-zero", SHARED, {"replicas": 0}, {"githubToken"}, "fleet:replicas"),
+    ("replicas-too-many", SHARED, {"replicas": 51}, {"githubToken"}, "fleet:replicas"),
+    ("port-privileged", SHARED, {"port": 80}, {"githubToken"}, "fleet:port"),
+    ("unknown-key", SHARED, {"replica": 2}, {"githubToken"}, "fleet:replica"),
+    ("unknown-nested-key", SHARED, {"storage": {"sise": "1Gi"}}, {"githubToken"}, "fleet:storage.sise"),
+    ("no-credential", SHARED, {"githubToken": DROP}, set(), "fleet:githubToken"),
+    ("plaintext-token", SHARED, {}, set(), "fleet:githubToken"),
+    ("plaintext-provider-key", SHARED,
+     {"githubToken": DROP, "provider": {"baseUrl": "https://m.example/v1", "apiKey": "sk"}}, set(),
+     "fleet:provider.apiKey"),
+    ("provider-without-key", SHARED, {"githubToken": DROP, "provider": {"baseUrl": "https://m.example/v1"}},
+     {"provider"}, "fleet:provider.apiKey"),
+    ("provider-bad-url", SHARED, {"provider": {"baseUrl": "models.example", "apiKey": "sk"}},
+     {"githubToken", "provider"}, "fleet:provider.baseUrl"),
+    ("per-user-without-users", PER_USER, {"users": []}, {"users"}, "fleet:users"),
+    ("per-user-replicas", PER_USER, {"replicas": 3}, {"users"}, "fleet:replicas"),
+    ("per-user-with-redis", PER_USER, {"redis": {"mode": "in-cluster"}}, {"users"}, "fleet:redis"),
+    ("shared-with-users", SHARED, {"users": [{"id": "alice"}]}, {"githubToken"}, "fleet:users"),
+    ("shared-read-write-once", SHARED, {"storage": {"accessMode": "ReadWriteOnce"}}, {"githubToken"},
+     "fleet:storage.accessMode"),
+    ("access-mode-unknown", SHARED, {"storage": {"accessMode": "ReadWriteAll"}}, {"githubToken"},
+     "fleet:storage.accessMode"),
+    ("redis-external-without-url", SHARED, {"redis": {"mode": "external"}}, {"githubToken"}, "fleet:redis.url"),
+    ("redis-url-not-redis", SHARED, {"redis": {"mode": "external", "url": "http://r:6379"}},
+     {"githubToken", "redis"}, "fleet:redis.url"),
+    ("redis-url-plaintext", SHARED, {"redis": {"mode": "external", "url": "redis://:p@r:6379/0"}},
+     {"githubToken"}, "fleet:redis.url"),
+    ("debug-logging", SHARED, {"logLevel": "debug"}, {"githubToken"}, "fleet:logLevel"),
+    ("log-level-unknown", SHARED, {"logLevel": "verbose"}, {"githubToken"}, "fleet:logLevel"),
+    ("image-latest", SHARED, {"image": "registry.example.com/copilot-cli:latest"}, {"githubToken"}, "fleet:image"),
+    ("image-untagged", SHARED, {"image": "registry.example.com/copilot-cli"}, {"githubToken"}, "fleet:image"),
+    ("image-wrong-version", SHARED, {"image": "registry.example.com/copilot-cli:1.0.90"}, {"githubToken"},
+     "fleet:image"),
+    ("image-missing", SHARED, {"image": DROP}, {"githubToken"}, "fleet:image"),
+    ("cli-version-wrong", SHARED, {"cliVersion": "1.0.104"}, {"githubToken"}, "fleet:cliVersion"),
+    ("user-id-uppercase", PER_USER, {"users": [{"id": "Alice", "githubToken": "g"}]}, {"users"}, "fleet:users"),
+    ("user-id-dot", PER_USER, {"users": [{"id": "a.b", "githubToken": "g"}]}, {"users"}, "fleet:users"),
+    ("user-duplicate", PER_USER, {"users": [{"id": "al", "githubToken": "g"}, {"id": "al", "githubToken": "h"}]},
+     {"users"}, "fleet:users"),
+    ("user-token-plaintext", PER_USER, {}, set(), "fleet:users[*].githubToken"),
+    ("duration-bad", SHARED, {"sessionTtl": "a week"}, {"githubToken"}, "fleet:sessionTtl"),
+    ("ttl-too-short", SHARED, {"sessionTtl": "30m"}, {"githubToken"}, "fleet:sessionTtl"),
+    ("idle-too-short", SHARED, {"idleTimeout": 10}, {"githubToken"}, "fleet:idleTimeout"),
+    ("quantity-bad", SHARED, {"storage": {"size": "10 GB"}}, {"githubToken"}, "fleet:storage.size"),
+    ("requests-over-limits", SHARED,
+     {"resources": {"requests": {"cpu": "4", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
+     {"githubToken"}, "requests.cpu"),
+    ("cron-bad", SHARED, {"janitorSchedule": "every 15 minutes"}, {"githubToken"}, "fleet:janitorSchedule"),
+    ("service-type-unknown", SHARED, {"loadBalancer": {"serviceType": "Ingress"}}, {"githubToken"},
+     "fleet:loadBalancer.serviceType"),
+    ("affinity-unknown", SHARED, {"loadBalancer": {"sessionAffinity": "Cookie"}}, {"githubToken"},
+     "fleet:loadBalancer.sessionAffinity"),
+    ("namespace-not-dns", SHARED, {"namespace": "Copilot_Fleet"}, {"githubToken"}, "fleet:namespace"),
+    ("otlp-not-url", SHARED, {"otlpEndpoint": "collector:4318"}, {"githubToken"}, "fleet:otlpEndpoint"),
+    ("grace-too-short", SHARED, {"terminationGraceSeconds": 1}, {"githubToken"}, "fleet:terminationGraceSeconds"),
+]
+
+
+def _apply(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if value is DROP:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def test_the_table_is_wide_enough() -> None:
+    assert len(CASES) >= 25
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case, base, changes, secret_keys, key", CASES, ids=[c[0] for c in CASES])
+def test_invalid_config_registers_nothing(case: str, base: dict[str, Any], changes: dict[str, Any],
+                                          secret_keys: set[str], key: str) -> None:
+    values = _apply(base, changes)
+    mocks = RecordingMocks()
+    with pytest.raises(ConfigError) as err:
+        run_program({f"fleet:{k}": v for k, v in values.items()}, {f"fleet:{k}" for k in secret_keys},
+                    stack="invalid", mocks=mocks)
+    assert key in str(err.value), f"{case}: message does not name {key}:\n{err.value}"
+    assert mocks.registrations == [], f"{case}: registered {[(r.typ, r.name) for r in mocks.registrations]}"
+    # No secret value is echoed back in the message.
+    for secret in ("ghp_x", "ghp_a", "p@r:6379"):
+        if secret in str(values):
+            assert secret not in str(err.value)
+
+
+def test_the_valid_bases_do_deploy() -> None:
+    """The table's bases are valid: each case fails because of its one change."""
+    for base, keys in ((SHARED, {"githubToken"}), (PER_USER, {"users"})):
+        mocks = RecordingMocks()
+        run_program({f"fleet:{k}": v for k, v in base.items()}, {f"fleet:{k}" for k in keys}, mocks=mocks)
+        assert any(r.typ == "kubernetes:apps/v1:StatefulSet" for r in mocks.registrations)

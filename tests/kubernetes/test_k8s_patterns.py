@@ -1,0 +1,437 @@
+"""What each isolation pattern deploys on Kubernetes: properties of the mocked program's registrations."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+PATTERNS = ("shared-cli", "shared-session", "per-user")
+CREDENTIAL_NAME = re.compile(r"TOKEN|KEY|PASSWORD|SECRET", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module", params=PATTERNS)
+def pattern(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def cli_sets(fleet, kube):
+    return [s for s in fleet.of_kind("StatefulSet")
+            if s["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "cli"]
+
+
+def test_session_state_alone_is_on_the_session_volume(make_fleet, kube, pattern):
+    fleet = make_fleet(pattern)
+    claims = {c["metadata"]["name"]: c for c in fleet.of_kind("PersistentVolumeClaim")}
+    for sts in cli_sets(fleet, kube):
+        pod = sts["spec"]["template"]["spec"]
+        (cli,) = [c for c in pod["containers"] if c["name"] == "copilot"]
+        home = kube.env_of(cli)["COPILOT_HOME"]["value"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in cli["volumeMounts"]}
+        # session-state/ is the session claim; nothing else of it is mounted anywhere in the pod
+        session_volume = [n for n, v in volumes.items() if "persistentVolumeClaim" in v]
+        assert len(session_volume) == 1
+        assert mounts[session_volume[0]] == f"{home}/session-state"
+        claim = claims[volumes[session_volume[0]]["persistentVolumeClaim"]["claimName"]]
+        expected_mode = "ReadWriteOnce" if pattern == "per-user" else "ReadWriteMany"
+        assert claim["spec"]["accessModes"] == [expected_mode]
+        # COPILOT_HOME itself lives on the per-replica volumeClaimTemplate (ReadWriteOnce), not on the share
+        (template,) = sts["spec"]["volumeClaimTemplates"]
+        home_mount = mounts[template["metadata"]["name"]]
+        assert home == home_mount or home.startswith(home_mount + "/")
+        assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert not home.startswith(mounts[session_volume[0]])
+
+
+def test_shared_patterns_share_one_read_write_many_claim(make_fleet, kube):
+    fleet = make_fleet("shared-cli")
+    (sts,) = cli_sets(fleet, kube)
+    assert sts["spec"]["replicas"] == 3
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in sts["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    claim = fleet.get("PersistentVolumeClaim", claims[0])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+
+
+def test_credentials_come_from_secret_refs_only(make_fleet, kube, pattern):
+    fleet = make_fleet(pattern)
+    secrets = {s["metadata"]["name"]: s for s in fleet.of_kind("Secret")}
+    seen = set()
+    for workload in kube.workloads(fleet):
+        for container in kube.containers(workload):
+            for name, entry in kube.env_of(container).items():
+                if CREDENTIAL_NAME.search(name) and not name.endswith(("_SECONDS", "_ROOT")):
+                    assert "value" not in entry, f"{workload['metadata']['name']}: {name} has a literal value"
+                    ref = entry["valueFrom"]["secretKeyRef"]
+                    assert ref["key"] in secrets[ref["name"]]["stringData"], f"{name}: {ref} does not exist"
+                    seen.add(name)
+    assert "COPILOT_CONNECTION_TOKEN" in seen
+    dump = fleet.dump()
+    for value in kube.ALL_SECRETS:
+        if value in dump:
+            # the clear value may only sit in a Secret's stringData (the render masks even that)
+            assert all(value not in str(w) for w in kube.workloads(fleet))
+    masked = make_fleet(pattern, mask=True).dump()
+    assert not [v for v in kube.ALL_SECRETS if v in masked]
+    for token in make_fleet(pattern).outputs.get("user_tokens", {}).values():
+        assert token not in masked
+
+
+@pytest.mark.parametrize("idle, expect_flag", [("45m", "2700"), (0, None)])
+def test_cli_arguments(make_fleet, kube, idle, expect_flag):
+    fleet = make_fleet("shared-cli", idleTimeout=idle, port=5000, logLevel="warning")
+    (sts,) = cli_sets(fleet, kube)
+    (cli,) = sts["spec"]["template"]["spec"]["containers"]
+    args = cli["args"]
+
+    def value_of(flag: str) -> str | None:
+        return args[args.index(flag) + 1] if flag in args else None
+
+    for flag in ("--headless", "--no-auto-update", "--no-auto-login"):
+        assert flag in args
+    assert value_of("--host") == "0.0.0.0"
+    assert value_of("--port") == "5000"
+    assert value_of("--log-level") == "warning"
+    assert value_of("--session-idle-timeout") == expect_flag
+    assert cli["ports"][0]["containerPort"] == 5000
+    env = kube.env_of(cli)
+    assert env["COPILOT_AUTO_UPDATE"]["value"] == "false"
+
+
+def test_per_user_gives_each_user_their_own_everything(make_fleet, kube):
+    fleet = make_fleet("per-user")
+    users = list(kube.USER_TOKENS)
+    per_user: dict[str, dict[str, str]] = {u: {} for u in users}
+    for sts in cli_sets(fleet, kube):
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        user = labels["copilot-fleet/user"]
+        pod = sts["spec"]["template"]["spec"]
+        assert sts["spec"]["replicas"] == 1
+        (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        env = kube.env_of(pod["containers"][0])
+        per_user[user] = {
+            "sts": sts["metadata"]["name"],
+            "claim": claim,
+            "token_secret": env["COPILOT_CONNECTION_TOKEN"]["valueFrom"]["secretKeyRef"]["name"],
+            "github_secret": env["COPILOT_GITHUB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"],
+        }
+        services = [s for s in fleet.of_kind("Service") if s["spec"].get("clusterIP") != "None"
+                    and kube.matches(s["spec"]["selector"], labels)]
+        assert len(services) == 1, f"{user}: one Service of its own, got {[s['metadata']['name'] for s in services]}"
+        # ... and that Service selects no other user's pod
+        for other in cli_sets(fleet, kube):
+            if other is not sts:
+                assert not kube.matches(services[0]["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"])
+        per_user[user]["service"] = services[0]["metadata"]["name"]
+    assert set(per_user) == set(users)
+    for key in ("sts", "claim", "token_secret", "service"):
+        assert len({per_user[u][key] for u in users}) == len(users), key
+    for u in users:
+        assert per_user[u]["github_secret"] == per_user[u]["token_secret"]  # the user's own GitHub token
+        fleet.get("PersistentVolumeClaim", per_user[u]["claim"])
+        fleet.get("Secret", per_user[u]["token_secret"])
+    tokens = fleet.outputs["user_tokens"]
+    assert set(tokens) == set(users) and len(set(tokens.values())) == len(users)
+    assert "connection_token" not in fleet.outputs and "endpoint" not in fleet.outputs
+    assert {"user_tokens"} <= fleet.run.secret_outputs
+
+
+@pytest.mark.parametrize("pattern, overrides, expect_redis", [
+    ("shared-cli", {}, True),
+    ("shared-session", {"redis": {"mode": "in-cluster", "url": None}}, True),
+    ("shared-session", {}, False),  # external URL
+    ("per-user", {}, False),
+])
+def test_redis_exactly_where_the_pattern_needs_it(make_fleet, kube, pattern, overrides, expect_redis):
+    if overrides.get("redis", {}).get("url", "") is None:
+        base, keys = kube.BASE[pattern]
+        values = {**base, "redis": {"mode": "in-cluster"}}
+        fleet = make_fleet(values=values, secret_keys=keys - {"redis"})
+    else:
+        fleet = make_fleet(pattern, **overrides)
+    redis_sets = [s for s in fleet.of_kind("StatefulSet")
+                  if s["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "lease-store"]
+    assert bool(redis_sets) == expect_redis
+    if expect_redis:
+        (sts,) = redis_sets
+        (c,) = sts["spec"]["template"]["spec"]["containers"]
+        args = c["args"]
+        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        assert args[args.index("--appendonly") + 1] == "yes"
+        ref = kube.env_of(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in fleet.get("Secret", ref["name"])["stringData"]
+        assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in c["volumeMounts"]}
+        svc = [s for s in fleet.of_kind("Service") if kube.matches(s["spec"]["selector"],
+                                                                  sts["spec"]["template"]["metadata"]["labels"])]
+        assert svc and svc[0]["spec"]["ports"][0]["port"] == 6379
+        password = fleet.get("Secret", ref["name"])["stringData"][ref["key"]]
+        assert fleet.outputs["redis_url"] == (
+            f"redis://:{password}@{svc[0]['metadata']['name']}.{sts['metadata']['namespace']}.svc.cluster.local:6379/0")
+        assert "redis_url" in fleet.run.secret_outputs
+    elif pattern == "per-user":
+        assert "redis_url" not in fleet.outputs
+    else:
+        assert fleet.outputs["redis_url"] == kube.REDIS_URL
+        assert "redis_url" in fleet.run.secret_outputs
+
+
+def _policies_for(fleet, kube, pod_labels):
+    return [p for p in fleet.of_kind("NetworkPolicy") if kube.matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
+
+
+def _admits(policy, kube, client_labels, port):
+    for rule in policy["spec"].get("ingress", []):
+        if any(p["port"] == port for p in rule.get("ports", [])):
+            for peer in rule.get("from", []):
+                if "podSelector" in peer and kube.matches(peer["podSelector"]["matchLabels"], client_labels):
+                    return True
+    return False
+
+
+def test_network_policies_admit_only_clients(make_fleet, kube):
+    fleet = make_fleet("shared-cli", clientSelector={"app": "chat"})
+    pods = {w["metadata"]["name"]: kube.pod_template(w)["metadata"]["labels"] for w in kube.workloads(fleet)}
+    for name, labels in pods.items():
+        policies = _policies_for(fleet, kube, labels)
+        assert any(p["spec"]["policyTypes"] == ["Ingress"] and p["spec"]["ingress"] == [] for p in policies), \
+            f"{name} is not under the default-deny policy"
+    cli = pods["copilot-cli"]
+    redis = pods["copilot-redis"]
+    client = {"app": "chat"}
+    stranger = {"app": "other"}
+
+    def admitted(target, source, port):
+        return any(_admits(p, kube, source, port) for p in _policies_for(fleet, kube, target))
+
+    assert admitted(cli, client, 4321)
+    assert not admitted(cli, stranger, 4321)
+    assert not admitted(cli, client, 6379)
+    assert admitted(redis, client, 6379)
+    assert admitted(redis, cli, 6379)
+    assert not admitted(redis, stranger, 6379)
+    assert not admitted(redis, pods["copilot-session-janitor"], 6379)
+
+
+def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube):
+    fleet = make_fleet("per-user", clientSelector={"app": "chat"})
+    servers = {s["spec"]["template"]["metadata"]["labels"]["copilot-fleet/user"]: s["spec"]["template"]["metadata"]["labels"]
+               for s in cli_sets(fleet, kube)}
+    for user, labels in servers.items():
+        for client_user in servers:
+            client = {"app": "chat", "copilot-fleet/user": client_user}
+            ok = any(_admits(p, kube, client, 4321) for p in _policies_for(fleet, kube, labels))
+            assert ok == (client_user == user), f"{client_user}'s pods reaching {user}'s server: {ok}"
+        # a client pod without a user label reaches no user's server
+        assert not any(_admits(p, kube, {"app": "chat"}, 4321) for p in _policies_for(fleet, kube, labels))
+
+
+def test_client_namespaces_and_source_ranges_through_args(make_fleet, kube):
+    """KubernetesFleetArgs.client_namespace_selector / source_ranges (proposed spec keys) shape the peers."""
+    from copilot_fleet.pulumi_config import load_engine_spec
+    from copilot_fleet.topology import build_topology
+
+    def program():
+        from components.common import ConnectionTokens
+        from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+
+        topology = build_topology(load_engine_spec())
+        tokens = ConnectionTokens("t", topology)
+        KubernetesFleet("f", KubernetesFleetArgs(topology, tokens, client_namespace_selector={"team": "chat"},
+                                                 source_ranges=["203.0.113.0/24"]))
+        return {}
+
+    fleet = make_fleet("shared-session", program=program)
+    policy = fleet.get("NetworkPolicy", "copilot-cli-ingress")
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert peers[0]["namespaceSelector"] == {"matchLabels": {"team": "chat"}}
+    assert peers[0]["podSelector"] == {"matchLabels": {"copilot-fleet/client": "true"}}
+    assert {"ipBlock": {"cidr": "203.0.113.0/24"}} in peers
+    assert fleet.get("Service", "copilot-cli")["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    redis_peers = [p for p in fleet.of_kind("NetworkPolicy") if "redis" in p["metadata"]["name"]]
+    assert not redis_peers  # external Redis: no in-cluster Redis, no policy for it
+
+
+@pytest.mark.parametrize("replicas, expect_pdb", [(1, False), (3, True)])
+def test_disruption_budget_only_with_several_replicas(make_fleet, kube, replicas, expect_pdb):
+    fleet = make_fleet("shared-cli", replicas=replicas)
+    pdbs = fleet.of_kind("PodDisruptionBudget")
+    assert bool(pdbs) == expect_pdb
+    if pdbs:
+        (sts,) = cli_sets(fleet, kube)
+        assert kube.matches(pdbs[0]["spec"]["selector"]["matchLabels"], sts["spec"]["template"]["metadata"]["labels"])
+        assert pdbs[0]["spec"]["maxUnavailable"] == 1
+    assert not make_fleet("per-user").of_kind("PodDisruptionBudget")
+
+
+def test_every_pod_runs_locked_down(make_fleet, kube, pattern):
+    fleet = make_fleet(pattern)
+    for workload in kube.workloads(fleet):
+        pod = kube.pod_template(workload)["spec"]
+        where = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert pod["automountServiceAccountToken"] is False, where
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"] == {"drop": ["ALL"]}, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert c["resources"]["requests"] and c["resources"]["limits"], where
+        if workload["kind"] == "StatefulSet":
+            mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], where
+    for sts in cli_sets(fleet, kube):
+        sc = sts["spec"]["template"]["spec"]["securityContext"]
+        assert (sc["runAsUser"], sc["fsGroup"]) == (1000, 1000)
+
+
+def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
+    fleet = make_fleet("shared-cli", port=4400, terminationGraceSeconds=90,
+                       resources={"requests": {"cpu": "500m", "memory": "1Gi"},
+                                  "limits": {"cpu": "3", "memory": "4Gi"}})
+    (sts,) = cli_sets(fleet, kube)
+    pod = sts["spec"]["template"]["spec"]
+    (cli,) = pod["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert cli[probe]["tcpSocket"]["port"] == 4400
+    assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
+    assert pod["terminationGracePeriodSeconds"] == 90
+    command = cli["lifecycle"]["preStop"]["exec"]["command"]
+    found = re.search(r"sleep (\d+)", command[-1])
+    assert found, command
+    sleep = int(found.group(1))
+    assert 0 < sleep < 90
+
+
+def test_client_service_type_and_affinity(make_fleet, kube):
+    fleet = make_fleet("shared-session", idleTimeout="20m")
+    svc = fleet.get("Service", "copilot-cli")["spec"]
+    assert svc["type"] == "LoadBalancer"
+    assert svc["sessionAffinity"] == "ClientIP"
+    assert svc["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 1200
+    plain = make_fleet("shared-cli").get("Service", "copilot-cli")["spec"]
+    assert plain["type"] == "ClusterIP" and plain["sessionAffinity"] == "None"
+    assert "sessionAffinityConfig" not in plain
+    headless = make_fleet("shared-cli").get("Service", "copilot-cli-headless")["spec"]
+    assert headless["clusterIP"] == "None"
+
+
+def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
+    fleet = make_fleet(pattern, janitorSchedule="0 * * * *", sessionTtl="2d")
+    jobs = fleet.of_kind("CronJob")
+    assert jobs
+    claims_used_by_servers = set()
+    for sts in cli_sets(fleet, kube):
+        claims_used_by_servers |= {v["persistentVolumeClaim"]["claimName"]
+                                   for v in sts["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    janitor_claims = set()
+    for job in jobs:
+        assert job["spec"]["schedule"] == "0 * * * *"
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = kube.pod_template(job)["spec"]
+        (c,) = pod["containers"]
+        (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        janitor_claims.add(claim)
+        env = kube.env_of(c)
+        assert env["SESSION_TTL_SECONDS"]["value"] == str(2 * 86400)
+        mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert env["SESSION_ROOT"]["value"] == mount[[v["name"] for v in pod["volumes"]][0]]
+        assert ".session-operation-locks" in c["command"][-1]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        if pattern == "per-user":  # ReadWriteOnce: the janitor must land on the server's node
+            term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+            assert term["topologyKey"] == "kubernetes.io/hostname"
+            owners = [s for s in cli_sets(fleet, kube) if claim in str(s["spec"]["template"]["spec"]["volumes"])]
+            assert kube.matches(term["labelSelector"]["matchLabels"], owners[0]["spec"]["template"]["metadata"]["labels"])
+    assert janitor_claims == claims_used_by_servers
+
+
+def test_credentials_follow_the_configured_model_access(make_fleet, kube):
+    byok = make_fleet("shared-session", otlpEndpoint="http://otel.example:4318")
+    (cli,) = cli_sets(byok, kube)[0]["spec"]["template"]["spec"]["containers"]
+    env = kube.env_of(cli)
+    assert env["COPILOT_PROVIDER_BASE_URL"]["value"] == "https://models.example.com/v1"
+    assert env["COPILOT_PROVIDER_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "provider-api-key"
+    assert env["COPILOT_OFFLINE"]["value"] == "true"
+    assert "COPILOT_GITHUB_TOKEN" not in env
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel.example:4318"
+    assert "$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+    names = [e["name"] for e in cli["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # $(VAR) refers back only
+    github = make_fleet("shared-cli")
+    env = kube.env_of(cli_sets(github, kube)[0]["spec"]["template"]["spec"]["containers"][0])
+    assert env["COPILOT_GITHUB_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "copilot-fleet-credentials",
+                                                                        "key": "github-token"}
+    assert not {"COPILOT_OFFLINE", "COPILOT_PROVIDER_BASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"} & set(env)
+
+
+def test_outputs_are_the_target(make_fleet, kube, pattern):
+    fleet = make_fleet(pattern)
+    target = fleet.target()
+    base, _ = kube.BASE[pattern]
+    ns = base["namespace"]
+    assert (target.stack, target.platform, target.isolation) == ("test", "kubernetes", pattern)
+    assert target.model == "gpt-4.1"
+    if pattern == "per-user":
+        assert target.endpoint is None and target.replicas == []
+        for user, address in target.users.items():
+            svc = fleet.get("Service", address.split(".")[0])
+            assert address == f"{svc['metadata']['name']}.{ns}.svc.cluster.local:4321"
+            assert svc["spec"]["selector"]["copilot-fleet/user"] == user
+        assert target.token_for("alice") != target.token_for("carol")
+    else:
+        assert target.endpoint == f"copilot-cli.{ns}.svc.cluster.local:4321"
+        (sts,) = cli_sets(fleet, kube)
+        headless = sts["spec"]["serviceName"]
+        assert fleet.get("Service", headless)["spec"]["clusterIP"] == "None"
+        assert target.replicas == [f"copilot-cli-{i}.{headless}.{ns}.svc.cluster.local:4321"
+                                   for i in range(sts["spec"]["replicas"])]
+        assert target.connection_token is not None and target.redis_url is not None
+        secret = fleet.get("Secret", "copilot-cli-credentials")["stringData"]["connection-token"]
+        assert target.connection_token.get_secret_value() == secret
+        assert {"connection_token", "redis_url"} <= fleet.run.secret_outputs
+    if pattern == "shared-session":
+        assert target.provider is not None and target.provider.to_sdk()["api_key"] == kube.API_KEY
+        assert "provider" in fleet.run.secret_outputs
+    else:
+        assert target.provider is None
+
+
+def test_program_exports_each_target_key(make_fleet):
+    """run() exports one stack output per target key, the same values it returns."""
+    seen: dict = {}
+
+    def program():
+        from pulumi.runtime import settings
+
+        from copilot_fleet.program import TARGET_KEYS, run
+
+        exported = run()
+        root = settings.get_root_resource()
+        assert root is not None
+        seen["stack_outputs"] = sorted(getattr(root, "outputs"))
+        seen["keys"] = TARGET_KEYS
+        return exported
+
+    fleet = make_fleet("shared-session", program=program)
+    assert seen["stack_outputs"] == sorted(fleet.outputs)
+    assert set(fleet.outputs) <= set(seen["keys"])
+    assert {"stack", "platform", "isolation", "endpoint", "replicas", "connection_token", "redis_url", "provider",
+            "model"} <= set(fleet.outputs)
+
+
+def test_azure_dispatch_needs_the_azure_components(monkeypatch):
+    import sys
+
+    from copilot_fleet import program
+    from copilot_fleet.spec import FleetSpec
+
+    spec = FleetSpec.model_validate({"isolation": "shared-cli", "platform": "azure",
+                                     "image": "registry.example.com/copilot-cli:1.0.102", "githubToken": "x"})
+    monkeypatch.setitem(sys.modules, "components.azure", None)  # as if the module were not installed
+    with pytest.raises(RuntimeError, match="components.azure.deploy_azure"):
+        program._platform_deployer(spec)
+    assert program._platform_deployer(spec.model_copy(update={"platform": "kubernetes"})) is program._deploy_kubernetes
