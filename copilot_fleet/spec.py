@@ -268,6 +268,15 @@ class InfiniteSessionsSpec(_Section):
         return self
 
 
+class RecycleSpec(_Section):
+    """When `copilot-fleet recycle` drains and restarts a CLI server: its resident memory passed `maxRssMb` MiB,
+    or it served `maxSessions` session creates + resumes since it started (the CLI never gives memory back).
+    None: that bound is off."""
+
+    max_rss_mb: Annotated[int, Field(ge=64, le=65536)] | None = None
+    max_sessions: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+
 class FleetSpec(_Section):
     """The whole of one environment's fleet, validated."""
 
@@ -296,6 +305,7 @@ class FleetSpec(_Section):
     max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
     termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
     infinite_sessions: InfiniteSessionsSpec = InfiniteSessionsSpec()
+    recycle: RecycleSpec = RecycleSpec()
     local: LocalSpec = LocalSpec()
     azure: AzureSpec = AzureSpec()
 
@@ -382,11 +392,31 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if clash:
             p.append(f"fleet:local: ports overlap at {clash}; give the endpoint, replicas, redis and model "
                      "distinct ports")
+    if spec.platform == "azure":
+        p.extend(_azure_problems(spec))
     if spec.idle_timeout and spec.idle_timeout < 60:
         p.append(f"fleet:idleTimeout: at least 60 seconds, or 0 to disable (got {spec.idle_timeout})")
     if spec.session_ttl < 3600:
         p.append(f"fleet:sessionTtl: at least 1h so the janitor never races a live conversation "
                  f"(got {spec.session_ttl} s)")
+    return p
+
+
+_AZURE_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.()-]{1,90}$")
+
+
+def _azure_problems(spec: FleetSpec) -> list[str]:
+    """Limits of the Azure resources the azure platform creates."""
+    az, p = spec.azure, []
+    if quantity_value(spec.storage.size) > az.file_share_quota_gb * 1024.0**3:
+        p.append(f"fleet:storage.size: {spec.storage.size} is more than the Azure Files share quota "
+                 f"(fleet:azure.fileShareQuotaGb: {az.file_share_quota_gb}); the claim could never bind to the share")
+    if az.redis_sku == "Premium" and not 1 <= az.redis_capacity <= 5:
+        p.append(f"fleet:azure.redisCapacity: Premium caches come in sizes 1-5 (P1-P5), got {az.redis_capacity}")
+    name = az.resource_group_name
+    if name is not None and (not _AZURE_GROUP_NAME.match(name) or name.endswith(".")):
+        p.append(f"fleet:azure.resourceGroupName: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in "
+                 f"'.' (got {name!r})")
     return p
 
 

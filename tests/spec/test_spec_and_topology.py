@@ -152,3 +152,19 @@ def test_quantities() -> None:
     assert quantity_value("250m") == 0.25
     with pytest.raises(ValueError, match="quantity"):
         quantity_value("ten gigs")
+
+
+@pytest.mark.parametrize(
+    ("azure", "storage", "key"),
+    [
+        ({"fileShareQuotaGb": 100}, {"size": "200Gi"}, "fleet:storage.size"),
+        ({"redisSku": "Premium", "redisCapacity": 0}, {}, "fleet:azure.redisCapacity"),
+        ({"resourceGroupName": "rg."}, {}, "fleet:azure.resourceGroupName"),
+        ({"resourceGroupName": "rg/bad"}, {}, "fleet:azure.resourceGroupName"),
+    ],
+)
+def test_azure_limits_are_refused_up_front(azure: dict[str, object], storage: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        spec_of({"githubToken"}, isolation="shared-cli", platform="azure", image=f"r/c:{CLI_VERSION}",
+                githubToken="t", azure=azure, storage=storage)
+    assert key in str(info.value)

@@ -1,0 +1,74 @@
+"""Pure parts of the Azure platform: names Azure accepts, the SecretProviderClass body, the Redis URL."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from components.azure import names
+from components.azure.cache import redis_url, sku_family
+from components.azure.secret_sync import SyncedSecret, provider_class_spec
+
+
+@pytest.mark.parametrize("volume", ["copilot-sessions", "copilot-user-a-sessions",
+                                    "copilot-user-" + "x" * 40 + "-sessions"])
+def test_storage_account_names_fit_azure_rules_and_differ_per_volume(volume: str) -> None:
+    name = names.storage_account_name(volume, "k3j9x0qa")
+    assert re.fullmatch(r"[a-z0-9]{3,24}", name)
+    assert name != names.storage_account_name(volume + "x", "k3j9x0qa")
+
+
+@pytest.mark.parametrize("stack", ["azure-shared-cli", "A_very.long Stack-name-with-many-parts-0123456789", "---"])
+def test_vault_and_redis_names_fit_azure_rules(stack: str) -> None:
+    vault = names.vault_name(stack, "k3j9x0qa")
+    assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]", vault) and "--" not in vault
+    assert vault.endswith("k3j9x0qa")
+    cache = names.redis_name(stack, "k3j9x0qa")
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]{0,61}[a-z0-9]", cache) and "--" not in cache
+
+
+def test_dns_prefix_and_secret_names() -> None:
+    assert names.dns_prefix("azure-shared-cli") == "copilot-azure-shared-cli"
+    assert len(names.dns_prefix("s" * 200)) <= 54
+    assert names.kv_secret_name("connection-token", "bob-smith") == "connection-token-bob-smith"
+    with pytest.raises(names.AzureNameError, match="key vault secret name"):
+        names.kv_secret_name("x" * 200)
+
+
+def test_share_name_refuses_what_azure_files_refuses() -> None:
+    assert names.share_name("copilot-sessions") == "copilot-sessions"
+    with pytest.raises(names.AzureNameError, match="file share name"):
+        names.share_name("Bad_Share")
+
+
+def test_provider_class_uses_workload_identity_and_syncs_each_key() -> None:
+    items = [SyncedSecret("connection-token", "copilot-cli-secrets", "connection-token"),
+             SyncedSecret("github-token", "copilot-cli-secrets", "github-token"),
+             SyncedSecret("storage-key-v", "v-azure-files", "azurestorageaccountkey")]
+    spec = provider_class_spec(client_id="cid", vault_name="kv-x", tenant_id="tid", items=items)
+    params = spec["parameters"]
+    assert spec["provider"] == "azure"
+    assert params["usePodIdentity"] == "false" and params["clientID"] == "cid"
+    assert params["keyvaultName"] == "kv-x" and params["tenantId"] == "tid"
+    objects = [yaml.safe_load(o) for o in yaml.safe_load(params["objects"])["array"]]
+    assert sorted(o["objectName"] for o in objects) == ["connection-token", "github-token", "storage-key-v"]
+    assert {o["objectType"] for o in objects} == {"secret"}
+    synced = {(s["secretName"], d["key"]): d["objectName"] for s in spec["secretObjects"] for d in s["data"]}
+    assert synced == {("copilot-cli-secrets", "connection-token"): "connection-token",
+                      ("copilot-cli-secrets", "github-token"): "github-token",
+                      ("v-azure-files", "azurestorageaccountkey"): "storage-key-v"}
+
+
+def test_provider_class_refuses_two_secrets_in_one_key() -> None:
+    items = [SyncedSecret("a", "s", "k"), SyncedSecret("b", "s", "k")]
+    with pytest.raises(ValueError, match="same Kubernetes Secret key"):
+        provider_class_spec(client_id="c", vault_name="v", tenant_id="t", items=items)
+
+
+def test_redis_url_is_tls_and_premium_sizes_are_checked() -> None:
+    assert redis_url("h.redis.cache.windows.net", "k") == "rediss://:k@h.redis.cache.windows.net:6380/0"
+    assert sku_family("Standard", 0) == "C" and sku_family("Premium", 1) == "P"
+    with pytest.raises(ValueError, match="fleet:azure.redisCapacity"):
+        sku_family("Premium", 0)
