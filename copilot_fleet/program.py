@@ -69,8 +69,8 @@ def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEnd
         topology=topology,
         tokens=tokens,
         # Keys proposed for spec.py (docs/kubernetes.md): read them when the spec has them.
-        client_namespace_selector=getattr(spec, "client_namespace_selector", None),
-        source_ranges=tuple(getattr(spec.load_balancer, "source_ranges", ()) or ()),
+        client_namespace_selector=spec.client_namespace_selector,
+        source_ranges=tuple(spec.load_balancer.source_ranges),
     ))
     return fleet.endpoints
 

@@ -8,6 +8,7 @@ offending key as it is spelled in stack config (`fleet:storage.accessMode`) and 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -208,9 +209,18 @@ class RedisSpec(_Section):
     storage_size: Quantity = "1Gi"
 
 
+def _check_cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR block such as 203.0.113.0/24 ({exc})") from None
+
+
 class LoadBalancerSpec(_Section):
     service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
     session_affinity: Literal["None", "ClientIP"] = "None"
+    # Clients outside the cluster: loadBalancerSourceRanges of the Service and ipBlock peers of the NetworkPolicy.
+    source_ranges: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
 
 
 class ResourceAmounts(_Section):
@@ -301,6 +311,8 @@ class FleetSpec(_Section):
     namespace: DnsLabel = "copilot-fleet"
     otlp_endpoint: HttpUrl | None = None
     client_selector: dict[str, str] = Field(default_factory=lambda: {"copilot-fleet/client": "true"})
+    # Client pods in other namespaces whose namespace has these labels may connect (with client_selector).
+    client_namespace_selector: dict[str, str] | None = None
     janitor_schedule: Cron = "*/15 * * * *"
     max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
     termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60

@@ -195,3 +195,19 @@ def test_main_module_is_the_program() -> None:
     run = render.run_program(values, secret, stack="k8s-shared-cli", project=project, program=program)
     assert any(r.typ == "kubernetes:apps/v1:StatefulSet" and r.name == "copilot-cli" for r in run.registrations)
     assert run.outputs["endpoint"] == "copilot-cli.copilot-shared.svc.cluster.local:4321"
+
+
+def test_source_ranges_and_client_namespaces_come_from_stack_config(tmp_path: Path) -> None:
+    config = {
+        "fleet:isolation": "shared-cli", "fleet:platform": "kubernetes",
+        "fleet:image": "registry.example.com/copilot-cli:1.0.102",
+        "fleet:githubToken": {"secure": "v1:BBBB"},
+        "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
+        "fleet:clientNamespaceSelector": {"team": "apps"},
+    }
+    result = render.render_stack(_project(tmp_path, {"lb": config}), "lb")
+    assert result.errors == []
+    (client_svc,) = [s for s in result.of_kind("Service") if s["spec"].get("type") == "LoadBalancer"]
+    assert client_svc["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    peers = json.dumps([p["spec"] for p in result.of_kind("NetworkPolicy")])
+    assert "203.0.113.0/24" in peers and '"team": "apps"' in peers
