@@ -1,0 +1,298 @@
+"""Shared pieces of the benchmarks: statistics, bounded loops, a throwaway local fleet, SDK clients, and the
+table and plot writers. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from copilot_fleet.local import procfs  # noqa: E402
+from copilot_fleet.local.paths import StatePaths  # noqa: E402
+from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
+from copilot_fleet.target import Target, load_target  # noqa: E402
+
+CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
+CACHE = ROOT / ".tools/copilot-cache"
+STACK = "bench"
+
+
+# --- statistics -----------------------------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank-with-interpolation percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"n": float(len(values)), "p50": percentile(values, 50), "p95": percentile(values, 95),
+            "p99": percentile(values, 99)}
+
+
+def ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """p50(a) / p50(b): how much slower a is than b."""
+    return percentile(a, 50) / percentile(b, 50) if a and b else float("nan")
+
+
+@dataclass
+class Budget:
+    """A loop bound in both count and wall time: `while budget.next(): ...`."""
+
+    max_count: int
+    max_seconds: float
+    count: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def next(self) -> bool:
+        if self.count >= self.max_count or self.elapsed() >= self.max_seconds:
+            return False
+        self.count += 1
+        return True
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def exhausted_by_time(self) -> bool:
+        return self.elapsed() >= self.max_seconds
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = await call()
+    return time.perf_counter() - started, result
+
+
+# --- a throwaway local fleet ----------------------------------------------------------------------------------
+
+def _free_base(count: int, attempts: int = 200) -> int:
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(attempts):
+        base = rng.randrange(20000, 32000 - count)  # below the ephemeral range
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {count} free ports in {attempts} attempts")
+
+
+def fleet_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("COPILOT_CLI_PATH", str(CLI))
+    env.setdefault("COPILOT_CACHE_HOME", str(CACHE))
+    return env
+
+
+@dataclass
+class LocalFleet:
+    """A shared-cli fleet (replicas, Redis, HAProxy, test model) in a temp project with free ports."""
+
+    dir: Path
+    replicas: int
+    target: Target | None = None
+    up_seconds: float = 0.0
+
+    @classmethod
+    def create(cls, replicas: int = 2) -> LocalFleet:
+        where = Path(tempfile.mkdtemp(prefix="copilot-fleet-bench-"))
+        (where / "stacks").mkdir()
+        (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+        base = _free_base(replicas + 3)
+        (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(f"""config:
+  fleet:isolation: shared-cli
+  fleet:platform: local
+  fleet:replicas: {replicas}
+  fleet:local:
+    replicaBasePort: {base}
+    endpointPort: {base + replicas}
+    redisPort: {base + replicas + 1}
+    modelPort: {base + replicas + 2}
+""")
+        return cls(where, replicas)
+
+    @property
+    def paths(self) -> StatePaths:
+        return StatePaths(self.dir, STACK)
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "copilot_fleet.cli", "--project-dir", str(self.dir), *args],
+                              env=fleet_env(), capture_output=True, text=True, timeout=timeout, check=False)
+
+    def up(self) -> Target:
+        started = time.perf_counter()
+        proc = self.cli("up", "--stack", STACK)
+        self.up_seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"copilot-fleet up failed:\n{proc.stdout}\n{proc.stderr}")
+        self.target = load_target(self.paths.target_file)
+        return self.target
+
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.paths)
+
+    def replica_name(self, index: int) -> str:
+        return f"copilot-cli-{index}"
+
+    def pid(self, name: str) -> int:
+        return int(self.supervisor().processes()[name]["pid"])
+
+    def rss_mib(self, name: str) -> float:
+        """VmRSS of a fleet process, from /proc/<pid>/status."""
+        kib = procfs.rss_kib(self.pid(name))
+        if kib is None:
+            raise RuntimeError(f"{name} has no VmRSS (not running?)")
+        return kib / 1024
+
+    def replica_of(self, session_id: str) -> str | None:
+        """The address of the replica that has `session_id` attached: the CLI writes
+        `session-state/<id>/inuse.<pid>.lock` while a client holds it open."""
+        assert self.target is not None
+        pids = {self.pid(self.replica_name(i)): addr for i, addr in enumerate(self.target.replicas)}
+        for lock in (self.paths.shared_session_state / session_id).glob("inuse.*.lock"):
+            addr = pids.get(int(lock.name.split(".")[1]))
+            if addr:
+                return addr
+        return None
+
+    def fleet_pids(self) -> list[int]:
+        record = read_record(self.paths)
+        return procfs.session_members(record.pid) if record else []
+
+    def down(self) -> None:
+        """`down --purge`, then SIGKILL by PID whatever is left of this fleet, then remove the project."""
+        try:
+            proc = self.cli("down", "--stack", STACK, "--purge", timeout=120)
+            if proc.returncode != 0:
+                print(proc.stdout, proc.stderr, file=sys.stderr)
+        finally:
+            for pid in self.fleet_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- SDK ------------------------------------------------------------------------------------------------------
+
+async def sdk_client(address: str, token: str | None) -> Any:
+    """One connected CopilotClient for one server (one per process and endpoint: many clients are slow)."""
+    from copilot import CopilotClient
+    from copilot.client import RuntimeConnection
+
+    client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    await client.start()
+    return client
+
+
+async def close_client(client: Any) -> None:
+    # stop() blocks about 1 s joining a reader thread; with no attached sessions force_stop() is enough.
+    await client.force_stop()
+
+
+def session_options(target: Target) -> dict[str, Any]:
+    from copilot.session import PermissionHandler
+
+    assert target.provider is not None, "the benchmark fleet runs the test model"
+    return {"provider": target.provider.to_sdk(), "model": target.model,
+            "on_permission_request": PermissionHandler.approve_all}
+
+
+async def send(session: Any, prompt: str = "echo: ping", timeout: float = 60) -> str:
+    event = await session.send_and_wait(prompt, timeout=timeout)
+    if event is None:
+        raise RuntimeError(f"no reply to {prompt!r}")
+    return str(event.data.content)
+
+
+def token_of(target: Target) -> str | None:
+    return target.connection_token.get_secret_value() if target.connection_token else None
+
+
+def new_id(prefix: str = "bench") -> str:
+    return f"{prefix}-{os.getpid()}-{time.monotonic_ns()}-{random.randrange(1 << 30):x}"
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+def fmt(value: float, unit: str = "") -> str:
+    if value != value:  # NaN
+        return "-"
+    return f"{value:.3f}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+         kind: str = "line") -> Path:
+    """A PNG with one line (or bar group) per series; Agg backend, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if kind == "bar":
+        names = list(series)
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            xs, ys = series[name]
+            ax.bar([x + i * width for x in range(len(xs))], ys, width, label=name)
+        first = series[names[0]][0] if names else []
+        ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(first))], [str(x) for x in first])
+    else:
+        for name, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o", label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,122 @@
+"""Smoke test of the benchmark modules: each runs at its smallest size against one real local fleet (2 CLI
+replicas, Redis, HAProxy, test model) and its output has the expected structure. No timing target is asserted:
+the machine is shared and the figures are what the benchmark is for.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import latency  # noqa: E402
+import overheads  # noqa: E402
+import run_all  # noqa: E402
+import scale  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- pure parts -------------------------------------------------------------------------------------------------
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    s = common.summary(values)
+    assert s["n"] == 100
+    assert s["p50"] == pytest.approx(50.5)
+    assert s["p95"] == pytest.approx(95.05)
+    assert s["p99"] == pytest.approx(99.01)
+    assert common.percentile([], 50) != common.percentile([], 50)  # NaN for no samples
+    assert common.ratio([2.0, 2.0], [1.0, 1.0]) == 2.0
+
+
+def test_budget_stops_on_count_and_on_time() -> None:
+    by_count = common.Budget(max_count=3, max_seconds=60)
+    assert sum(1 for _ in iter(by_count.next, False)) == 3
+    by_time = common.Budget(max_count=10**9, max_seconds=0.05)
+    started = time.monotonic()
+    n = 0
+    while by_time.next():
+        n += 1
+        time.sleep(0.01)
+    assert time.monotonic() - started < 1.0 and 0 < n < 20 and by_time.exhausted_by_time
+
+
+def test_skip_rejects_unknown_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_all.main(["--quick", "--skip", "latency,bogus"])
+    assert "bogus" in capsys.readouterr().err
+
+
+# --- against a real fleet ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[common.LocalFleet]:
+    if not common.CLI.exists():
+        pytest.skip(f"Copilot CLI not installed at {common.CLI}")
+    f = common.LocalFleet.create(replicas=2)
+    try:
+        f.up()
+        yield f
+    finally:
+        f.down()
+    assert not f.fleet_pids(), "processes of the benchmark fleet survived down"
+
+
+def test_each_benchmark_runs_smallest_size_and_reports(fleet: common.LocalFleet, tmp_path: Path) -> None:
+    target = fleet.target
+    assert target is not None
+    results = run_all.Results(load_start=(0.0, 0.0, 0.0))
+
+    results.latency = common.run(latency.measure(target, target.replicas[0], (1, 2), max_sessions=2))
+    assert [r.concurrency for r in results.latency] == [1, 2]
+    for r in results.latency:
+        assert sum(r.errors.values()) == 0, r.error_examples
+        assert len(r.samples["create"]) == len(r.samples["delete"]) == r.rounds * r.concurrency
+        assert len(r.samples["send"]) == 2 * r.rounds * r.concurrency  # one send after create, one after resume
+        assert all(t > 0 for op in latency.OPS for t in r.samples[op])
+
+    results.overheads, results.profile = common.run(overheads.measure(target, iterations=2, profile=False,
+                                                                             locate=fleet.replica_of))
+    assert [c.name for c in results.overheads] == ["endpoint", "fleet_client", "cross_replica_resume"]
+    for c in results.overheads:
+        assert c.errors == 0, c.error_examples
+        assert len(c.a) == len(c.b) == 2 and c.ratio > 0
+        assert isinstance(c.to_json()["met"], bool)
+
+    results.scale = common.run(scale.measure(fleet, (1, 2), settle=0.5))
+    sr = results.scale
+    assert [lv.sessions for lv in sr.levels] == [1, 2] and all(lv.errors == 0 for lv in sr.levels)
+    assert sr.idle_rss_mib > 50 and sr.after_detach_rss_mib > 50 and sr.after_recycle_rss_mib > 50
+    assert sr.stopped_because.startswith("reached the bound")
+    assert sr.recycle_seconds > 0
+
+    async def attached_where() -> str | None:
+        client = await common.sdk_client(target.replicas[1], common.token_of(target))
+        try:
+            sid = common.new_id("where")
+            session = await client.create_session(session_id=sid, name="where", **common.session_options(target))
+            where = fleet.replica_of(sid)
+            await session.disconnect()
+            await client.delete_session(sid)
+            return where
+        finally:
+            await common.close_client(client)
+
+    assert common.run(attached_where()) == target.replicas[1]  # how the HAProxy comparison finds its baseline
+
+    doc = tmp_path / "benchmarks.md"
+    run_all.write_doc(results, doc, quick=True)
+    text = doc.read_text()
+    for heading in ("## Latency on one replica", "## Overheads of the fleet", "## Sessions per replica"):
+        assert heading in text
+    assert "| 2 | send |" in text and "FleetClient (routing + lease)" in text
+    for png in ("latency.png", "overheads.png", "scale.png"):
+        assert (tmp_path / "benchmarks" / png).read_bytes()[:8] == PNG_MAGIC
