@@ -434,7 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be removed; remove nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--verbose", action="store_true", help="also list the sessions kept")
+    p.add_argument("--every", type=_interval, default=None, metavar="SECONDS",
+                   help="run again every SECONDS until SIGTERM/SIGINT (local fleets run it so under supervisord); "
+                        "default: run once")
+    p.add_argument("--max-runs", type=int, default=None, metavar="N", help="with --every: stop after N runs")
     return p
+
+
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 10 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: 10 to 86400 seconds")
+    return seconds
 
 
 async def _run(args: argparse.Namespace, redis_url: str | None) -> Report:
@@ -461,12 +475,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if redis_url is None and args.require_leases:
         parser.error(f"--require-leases: no lease store given (--redis-url-file or ${REDIS_URL_ENV})")
+    if args.every is None:
+        return 0 if _run_once(args, redis_url) else 1
+    return _loop(args, redis_url)
+
+
+def _run_once(args: argparse.Namespace, redis_url: str | None) -> bool:
     report = asyncio.run(_run(args, redis_url))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict(), indent=2), flush=True)
     else:
-        print("\n".join(report.lines(verbose=args.verbose)))
-    return 0 if report.ok else 1
+        print("\n".join(report.lines(verbose=args.verbose)), flush=True)
+    return report.ok
+
+
+def _loop(args: argparse.Namespace, redis_url: str | None) -> int:
+    """Run every `args.every` seconds until SIGTERM/SIGINT (or --max-runs). A failed run (e.g. the lease store
+    is down) is reported and retried at the next interval; the exit status says whether the last run was ok."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    runs, ok = 0, True
+    while not stop.is_set():
+        try:
+            ok = _run_once(args, redis_url)
+        except Exception as exc:  # noqa: BLE001 - one bad run must not end the loop; it is reported
+            print(f"janitor run failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            ok = False
+        runs += 1
+        if args.max_runs is not None and runs >= args.max_runs:
+            break
+        stop.wait(args.every)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
 from copilot_fleet.local.ports import port_holder, port_is_free
-from copilot_fleet.local.render import haproxy_cfg, redis_conf, supervisord_conf
+from copilot_fleet.local.render import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.spec import FleetSpec
@@ -127,6 +127,8 @@ def _stack_credentials(project_dir: Path, spec: FleetSpec) -> StackCredentials:
 def _render(plan: FleetPlan, tools: Tools, secrets: FleetSecrets) -> dict[Path, str]:
     paths = plan.paths
     configs = {paths.supervisord_conf: supervisord_conf(plan, tools)}
+    if plan.tasks:
+        configs[paths.tasks_conf] = tasks_conf(plan)
     if any(p.service.kind == "redis" for p in plan.programs):
         configs[paths.redis_conf] = redis_conf(plan, secrets)
     if plan.balance is not None:
@@ -152,9 +154,11 @@ def _check_ports(plan: FleetPlan) -> None:
 def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecrets) -> None:
     paths = plan.paths
     for d in (paths.root, paths.secrets_dir, paths.config_dir, paths.logs_dir, paths.run_dir, paths.servers_dir,
-              paths.work_dir):
+              paths.work_dir, paths.otel_dir):
         make_private_dir(d)
     write_new(paths, secrets)
+    if plan.target.redis_url is not None:  # for the janitor's --redis-url-file
+        write_private(plan.redis_url_file, plan.target.redis_url.get_secret_value() + "\n")
     for path, text in configs.items():
         write_private(path, text)
     for program in plan.programs:
@@ -213,6 +217,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
                                   "removes it)") from exc
         raise
     write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
+    shutil.rmtree(paths.root / "drain", ignore_errors=True)  # a fresh HAProxy has every replica in rotation
     phases = {"checks": t1 - t0, "supervisord": t2 - t1, "servers": time.monotonic() - t2}
     return UpResult(plan=plan, started=[p.name for p in plan.programs], ready_seconds=ready, phases=phases)
 
@@ -261,6 +266,11 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
         raise
     if not paths.target_file.is_file():
         write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
+    from copilot_fleet.local.operate import drained_servers, restore_rotation
+
+    for name in sorted(drained_servers(paths) & set(to_start)):  # a drained server started again: back in rotation
+        restore_rotation(paths, plan.services, name)
+        _say(out, f"  undrained {name}")
     if not to_start:
         _say(out, f"fleet {spec.stack} is already running and healthy; nothing changed")
     return UpResult(plan=plan, started=to_start, ready_seconds=ready)

@@ -22,6 +22,17 @@ def show_stat(socket_path: Path, timeout: float = 2.0) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def backend_rows(socket_path: Path, backend: str = HAPROXY_BACKEND) -> dict[str, dict[str, str]]:
+    """Replica name -> its `show stat` row (status, chkfail: failed health checks, downtime, ...). Empty if
+    HAProxy does not answer."""
+    try:
+        rows = show_stat(socket_path)
+    except OSError:
+        return {}
+    return {r["svname"]: r for r in rows
+            if r.get("pxname") == backend and r.get("svname") not in ("FRONTEND", "BACKEND")}
+
+
 def backend_states(socket_path: Path, backend: str = HAPROXY_BACKEND) -> dict[str, str]:
     """Replica name -> HAProxy's status for it (`UP`, `DOWN`, `UP 1/2`, `no check`, ...). Empty if HAProxy does
     not answer."""

@@ -10,6 +10,8 @@
     secrets/                  0700  connection-token, token-<user>, redis-password, model-api-key (0600 each)
     config/                   0700  supervisord.conf, redis.conf, haproxy.cfg (0600: they hold secrets)
     logs/                     0700  one log per process, supervisord.log
+    otel/                     0700  <server>.jsonl: each CLI server's OpenTelemetry spans and metrics
+    drain/                          <server>: a drained server (out of HAProxy's rotation and target.json)
     run/                      0700  supervisor.sock, haproxy.sock (moved under /tmp when the path is too long)
     servers/<name>/           0700  each server's own COPILOT_HOME (config, logs, session-store.db)
       session-state -> ../../session-state     shared patterns: only session-state/ is shared
@@ -98,6 +100,10 @@ class StatePaths:
         return self.config_dir / "supervisord.conf"
 
     @property
+    def tasks_conf(self) -> Path:
+        return self.config_dir / "tasks.conf"
+
+    @property
     def redis_conf(self) -> Path:
         return self.config_dir / "redis.conf"
 
@@ -132,6 +138,14 @@ class StatePaths:
 
     def group_work_dir(self, group: str) -> Path:
         return self.work_dir / group
+
+    @property
+    def otel_dir(self) -> Path:
+        return self.root / "otel"
+
+    def otel_file(self, name: str) -> Path:
+        """A CLI server's OpenTelemetry file exporter output (JSON lines)."""
+        return self.otel_dir / f"{name}.jsonl"
 
     def log_file(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"

@@ -83,6 +83,20 @@ class Program:
 
 
 @dataclass(frozen=True)
+class Task:
+    """A supervised helper without a port (no probe, not in fleet.json): the janitor."""
+
+    name: str
+    command: tuple[str, ...]
+    directory: Path
+    log: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+JANITOR_EVERY_SECONDS = 900  # the Kubernetes CronJob's default schedule, */15
+
+
+@dataclass(frozen=True)
 class FleetPlan:
     stack: str
     isolation: str
@@ -91,6 +105,12 @@ class FleetPlan:
     target: Target
     balance: Literal["roundrobin", "source"] | None  # None: no load balancer (per-user)
     uses_test_model: bool
+    tasks: tuple[Task, ...] = ()
+
+    @property
+    def redis_url_file(self) -> Path:
+        """The lease store URL for the janitor, 0600 (it holds the password)."""
+        return self.paths.config_dir / "janitor-redis-url"
 
     @property
     def services(self) -> list[Service]:
@@ -216,8 +236,27 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     balance: Literal["roundrobin", "source"] | None = None
     if topology.load_balanced:
         balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
+    tasks = _janitor_tasks(topology, paths, tools, programs)
     return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
-                     target=target, balance=balance, uses_test_model=uses_test_model)
+                     target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks)
+
+
+def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs: list[Program]) -> tuple[Task, ...]:
+    """The same janitor as the Kubernetes CronJob, every 15 minutes under supervisord: one for the shared
+    session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there)."""
+    package_root = Path(copilot_fleet.__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(package_root), "PYTHONUNBUFFERED": "1"}
+    base = (str(tools.python), "-m", "copilot_fleet.janitor", "--ttl", f"{topology.spec.session_ttl}s",
+            "--every", str(JANITOR_EVERY_SECONDS))
+    if topology.spec.isolation != "per-user":
+        leases: tuple[str, ...] = ()
+        if topology.lease_store is not None:
+            leases = ("--redis-url-file", str(paths.config_dir / "janitor-redis-url"), "--require-leases")
+        return (Task(name="janitor", command=(*base, "--session-state", str(paths.shared_session_state), *leases),
+                     directory=paths.root, log=str(paths.log_file("janitor")), env=env),)
+    return tuple(Task(name=f"janitor-{p.name}", directory=paths.root, log=str(paths.log_file(f"janitor-{p.name}")),
+                      command=(*base, "--session-state", str(p.service.session_state)), env=env)
+                 for p in programs if p.service.kind == "cli")
 
 
 def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths,
@@ -236,6 +275,14 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
         "COPILOT_AUTO_UPDATE": "false",
         "COPILOT_CACHE_HOME": str(tools.cache_home),
         "NO_COLOR": "1",
+        # Monitoring: the CLI's own OpenTelemetry, as JSON lines (spans and metrics) per server. Prompt and reply
+        # text stay out (the default; said explicitly so an inherited setting cannot turn it on).
+        "COPILOT_OTEL_ENABLED": "true",
+        "COPILOT_OTEL_EXPORTER_TYPE": "file",
+        "COPILOT_OTEL_FILE_EXPORTER_PATH": str(paths.otel_file(name)),
+        "OTEL_SERVICE_NAME": "copilot-fleet-cli",
+        "OTEL_RESOURCE_ATTRIBUTES": f"copilot_fleet.stack={spec.stack},copilot_fleet.server={name}",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false",
     }
     if group.credential == "provider" and spec.provider is not None:
         # Server-wide BYOK: sessions that name no provider use it. Clients still re-supply it on resume.

@@ -33,7 +33,9 @@ class ServiceStatus:
     healthy: bool = False
     health: str = ""  # what the probe saw
     latency_ms: float | None = None
-    balancer: str | None = None  # HAProxy's view of a replica (UP, DOWN, ...)
+    balancer: str | None = None  # HAProxy's view of a replica (UP, DOWN, DRAIN, MAINT, ...)
+    check_failures: int | None = None  # HAProxy's failed health checks of the replica since HAProxy started
+    drained: bool = False  # taken out of rotation by `copilot-fleet drain`
     sessions_on_disk: int | None = None
     sessions_shared: bool = False
     attached: int | None = None
@@ -111,7 +113,8 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
         except (OSError, xmlrpc.client.Error) as exc:
             unknown_state = f"unknown (supervisord does not answer: {exc})"
     results = probes.probe_all(services, _secret_values(paths, services)) if running else {}
-    lb = lbstats.backend_states(paths.haproxy_socket) if running and manifest.get("balance") else {}
+    lb = lbstats.backend_rows(paths.haproxy_socket) if running and manifest.get("balance") else {}
+    drained = _drained(paths)
 
     for svc in services:
         info = infos.get(svc.name, {})
@@ -136,12 +139,23 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
             row.sessions_shared = svc.shared_session_state
             row.sessions_on_disk = len(session_dirs(state_dir))
             row.attached = attached_sessions(state_dir, row.pid) if row.pid else 0
+            row.drained = svc.name in drained
             if lb:
-                row.balancer = lb.get(svc.name, "unknown")
+                lb_row = lb.get(svc.name, {})
+                row.balancer = lb_row.get("status", "unknown")
+                chkfail = lb_row.get("chkfail", "")
+                row.check_failures = int(chkfail) if chkfail.isdigit() else None
                 if not row.balancer.startswith("UP"):
                     row.healthy = False
         status.services.append(row)
     return status
+
+
+def _drained(paths: StatePaths) -> set[str]:
+    try:
+        return {p.name for p in (paths.root / "drain").iterdir()}
+    except OSError:
+        return set()
 
 
 def _duration(seconds: float | None) -> str:
@@ -156,17 +170,19 @@ def _duration(seconds: float | None) -> str:
 
 
 def format_table(status: FleetStatus) -> str:
-    header = ["NAME", "KIND", "STATE", "PID", "ADDRESS", "HEALTH", "LATENCY", "UPTIME", "RSS", "LB", "ON DISK",
-              "ATTACHED"]
+    header = ["NAME", "KIND", "STATE", "PID", "ADDRESS", "HEALTH", "LATENCY", "UPTIME", "RSS", "LB", "CHK FAIL",
+              "ON DISK", "ATTACHED"]
     rows = [header]
     for s in status.services:
         health = "ok" if s.healthy else f"FAIL: {s.health}"
         on_disk = "-" if s.sessions_on_disk is None else (
             f"{s.sessions_on_disk} shared" if s.sessions_shared else str(s.sessions_on_disk))
         rows.append([
-            s.name + (f" ({s.user})" if s.user else ""), s.kind, s.state, str(s.pid or "-"), s.address, health,
+            s.name + (f" ({s.user})" if s.user else ""), s.kind, s.state + (" (drained)" if s.drained else ""),
+            str(s.pid or "-"), s.address, health,
             "-" if s.latency_ms is None else f"{s.latency_ms:.0f} ms", _duration(s.uptime_seconds),
-            "-" if s.rss_mib is None else f"{s.rss_mib:.0f} MiB", s.balancer or "-", on_disk,
+            "-" if s.rss_mib is None else f"{s.rss_mib:.0f} MiB", s.balancer or "-",
+            "-" if s.check_failures is None else str(s.check_failures), on_disk,
             "-" if s.attached is None else str(s.attached),
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

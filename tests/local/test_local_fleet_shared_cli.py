@@ -88,7 +88,7 @@ def test_state_dir_modes_and_no_secret_in_process_arguments(project: h.Project) 
     assert exposed == []
     secrets = [f.read_text().strip() for f in secret_files]
     pids = project.fleet_pids(STACK)
-    assert len(pids) == 6  # supervisord, 2 CLIs, redis, haproxy, model
+    assert len(pids) == 7  # supervisord, 2 CLIs, redis, haproxy, model, janitor
     for pid in pids:
         args = " ".join(procfs.cmdline(pid) or [])
         assert args, pid

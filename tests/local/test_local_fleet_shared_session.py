@@ -66,7 +66,7 @@ def test_a_killed_supervisord_leaves_nothing_that_up_and_down_cannot_clean(proje
     record = read_record(paths)
     assert record is not None
     orphans = [p for p in project.fleet_pids(STACK) if p != record.pid]
-    assert len(orphans) == 5
+    assert len(orphans) == 6  # 2 CLI servers, Redis, HAProxy, the model, the janitor
     os.kill(record.pid, signal.SIGKILL)
     h.wait_for(lambda: not record.alive(), 15, "supervisord gone")
     assert all(procfs.is_alive(p) for p in orphans)  # its programs outlive it ...
@@ -74,7 +74,7 @@ def test_a_killed_supervisord_leaves_nothing_that_up_and_down_cannot_clean(proje
     assert status.returncode == 1 and "not running" in status.stdout
 
     up = project.run_ok("up", "--stack", STACK)  # ... until the next up stops them and starts afresh
-    assert "stopped 5 leftover process(es)" in up.stdout
+    assert "stopped 6 leftover process(es)" in up.stdout
     assert not any(procfs.is_alive(p) for p in orphans)
     assert project.status(STACK)["healthy"]
     reply = h.run(h.resume_session(target.replicas[1], token, target, sid, "recall", delete=True))

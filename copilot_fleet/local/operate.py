@@ -1,0 +1,351 @@
+"""Draining and recycling the CLI servers of a local fleet.
+
+Drain (`copilot-fleet drain`):
+1. HAProxy puts the server in DRAIN (admin socket, `level admin`): no new connection through the endpoint goes
+   there; connections it already has keep working.
+2. Direct-to-replica clients: the server's address is removed from `target.json` (`copilot-fleet target`), and a
+   marker `drain/<server>` is written, so clients that (re)load the target route around it (rendezvous hashing
+   moves only that server's keys). A client still holding the old target keeps its connection until the server
+   stops, then fails over to its next replica (the fleet client's failover order).
+3. It waits until no session attached to the server (an `inuse.<pid>.lock` with the server's PID) has a turn in
+   flight, bounded by `--timeout`. A turn is in flight when the session's events.jsonl does not end with
+   `assistant.turn_end` (or a session lifecycle event), or was written in the last second (tool rounds).
+4. supervisord stops the server (SIGTERM; it stays STOPPED). Sessions still attached but idle are disconnected;
+   everything they completed is already in events.jsonl.
+
+Undrain (`copilot-fleet undrain`, also done by `up` for a drained server it starts): start, wait until it
+answers, HAProxy READY, the address back in target.json.
+
+Recycle (`copilot-fleet recycle`): a server over `maxRssMb` (VmRSS) or over `maxSessions` (creates + resumes in its
+own log since it started) is drained and started again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from copilot_fleet.local import probes, procfs
+from copilot_fleet.local import supervisor as sv
+from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
+from copilot_fleet.local.plan import HAPROXY_BACKEND, Service, load_manifest
+from copilot_fleet.local.status import session_dirs
+
+DEFAULT_DRAIN_TIMEOUT = 60.0
+_POLL = 0.2
+_RECENT_WRITE_SECONDS = 1.0
+# Events after which a session waits for its user: no turn in flight.
+_IDLE_EVENTS = frozenset({"assistant.turn_end", "session.start", "session.resume", "session.shutdown",
+                          "session.idle", "session.model_change", "session.info", "session.error"})
+# What the CLI logs (at info) when a process attaches a session.
+_SESSION_LOG = re.compile(rb"\[INFO\] (?:Created|Resumed) session: ")
+
+
+@dataclass
+class DrainResult:
+    server: str
+    pid: int | None
+    seconds: float  # from the start of the drain until the server stopped
+    wait_seconds: float  # of which waiting for turns to finish
+    attached_at_start: int
+    busy_at_start: int
+    cut_turns: list[str] = field(default_factory=list)  # sessions still in a turn when the timeout ended the wait
+    was_running: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class RecycleCandidate:
+    server: str
+    pid: int | None
+    rss_mib: float | None
+    sessions_served: int | None
+    reasons: list[str]
+    recycled: bool = False
+    rss_after_mib: float | None = None
+    drain: DrainResult | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --- the fleet's files ------------------------------------------------------------------------------------------
+
+def _services(paths: StatePaths, stack: str) -> list[Service]:
+    try:
+        _, services = load_manifest(paths.manifest.read_text())
+    except FileNotFoundError:
+        raise LocalFleetError(f"fleet {stack} has never been started here; start it with "
+                              f"`copilot-fleet up --stack {stack}`") from None
+    return services
+
+
+def cli_service(paths: StatePaths, stack: str, server: str) -> Service:
+    clis = [s for s in _services(paths, stack) if s.kind == "cli"]
+    for svc in clis:
+        if svc.name == server:
+            return svc
+    raise LocalFleetError(f"fleet {stack} has no CLI server {server!r}; its servers are: "
+                          + ", ".join(s.name for s in clis))
+
+
+def _running_supervisor(paths: StatePaths, stack: str) -> sv.Supervisor:
+    record = sv.read_record(paths)
+    if record is None or not record.alive():
+        raise LocalFleetError(f"fleet {stack} is not running; start it with `copilot-fleet up --stack {stack}`")
+    return sv.Supervisor(paths)
+
+
+def drain_marker(paths: StatePaths, server: str) -> Path:
+    return paths.root / "drain" / server
+
+
+def drained_servers(paths: StatePaths) -> set[str]:
+    try:
+        return {p.name for p in (paths.root / "drain").iterdir()}
+    except OSError:
+        return set()
+
+
+def _rewrite_target(paths: StatePaths, services: list[Service]) -> None:
+    """target.json lists the replicas that are not drained (the original order)."""
+    try:
+        doc = json.loads(paths.target_file.read_text())
+    except (OSError, ValueError):
+        return  # no target yet: `up` writes it
+    drained = drained_servers(paths)
+    doc["replicas"] = [s.address for s in services if s.kind == "cli" and s.user is None and s.name not in drained]
+    write_private(paths.target_file, json.dumps(doc, indent=2) + "\n")
+
+
+# --- HAProxy ----------------------------------------------------------------------------------------------------
+
+def haproxy_command(socket_path: Path, command: str, timeout: float = 2.0) -> str:
+    """One command on HAProxy's admin socket; its answer (empty when a `set` succeeded)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(socket_path))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def set_lb_state(paths: StatePaths, server: str, state: str) -> None:
+    """`ready`, `drain` or `maint` for a replica in HAProxy."""
+    answer = haproxy_command(paths.haproxy_socket, f"set server {HAPROXY_BACKEND}/{server} state {state}")
+    if answer:
+        raise LocalFleetError(f"HAProxy refused `set server {HAPROXY_BACKEND}/{server} state {state}`: {answer}")
+
+
+# --- sessions ---------------------------------------------------------------------------------------------------
+
+def _last_event_type(events: Path) -> str | None:
+    try:
+        with open(events, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return str(json.loads(line).get("type"))
+        except ValueError:
+            continue  # a partial line being written, or the cut start of the tail
+    return None
+
+
+def turn_in_flight(session_dir: Path) -> bool:
+    events = session_dir / "events.jsonl"
+    try:
+        if time.time() - events.stat().st_mtime < _RECENT_WRITE_SECONDS:
+            return True
+    except OSError:
+        return False
+    return _last_event_type(events) not in _IDLE_EVENTS
+
+
+def attached_dirs(session_state: Path, pid: int) -> list[Path]:
+    lock = f"inuse.{pid}.lock"
+    return [d for d in session_dirs(session_state) if (d / lock).exists()]
+
+
+def sessions_served(home: Path, pid: int) -> int | None:
+    """Creates + resumes the server logged since it started: its own `logs/process-<ms>-<pid>.log` (the CLI
+    writes one per process). None when there is no such log (logLevel none/error log no sessions)."""
+    logs = sorted((home / "logs").glob(f"process-*-{pid}.log"))
+    if not logs:
+        return None
+    total = 0
+    for log in logs:
+        try:
+            total += len(_SESSION_LOG.findall(log.read_bytes()))
+        except OSError:
+            return None
+    return total
+
+
+# --- drain / undrain --------------------------------------------------------------------------------------------
+
+def _say(out: Callable[[str], None] | None, text: str) -> None:
+    if out is not None:
+        out(text)
+
+
+def drain(project_dir: Path, stack: str, server: str, *, timeout: float = DEFAULT_DRAIN_TIMEOUT,
+          out: Callable[[str], None] | None = None) -> DrainResult:
+    paths = StatePaths(project_dir, stack)
+    with stack_lock(paths):
+        return _drain(paths, stack, server, timeout, out)
+
+
+def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
+           out: Callable[[str], None] | None) -> DrainResult:
+    began = time.monotonic()
+    svc = cli_service(paths, stack, server)
+    services = _services(paths, stack)
+    supervisor = _running_supervisor(paths, stack)
+    info = supervisor.processes().get(server, {})
+    pid = int(info.get("pid") or 0) or None
+    balanced = any(s.kind == "haproxy" for s in services)
+    write_private(drain_marker(paths, server), f"{time.time():.0f}\n")
+    _rewrite_target(paths, services)
+    if balanced:
+        set_lb_state(paths, server, "drain")
+        _say(out, f"  {server}: HAProxy DRAIN (no new connections through the endpoint)")
+    if info.get("statename") != "RUNNING" or pid is None:
+        _say(out, f"  {server}: not running ({info.get('statename', 'unknown')}); marked drained")
+        return DrainResult(server=server, pid=None, seconds=time.monotonic() - began, wait_seconds=0.0,
+                           attached_at_start=0, busy_at_start=0, was_running=False)
+    state_dir = Path(svc.session_state or "")
+    attached = attached_dirs(state_dir, pid)
+    busy = [d for d in attached if turn_in_flight(d)]
+    busy_at_start = len(busy)
+    _say(out, f"  {server}: pid {pid}, {len(attached)} session(s) attached, {len(busy)} in a turn; waiting up to "
+              f"{timeout:.0f} s")
+    wait_began = time.monotonic()
+    deadline = wait_began + timeout
+    while busy and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        busy = [d for d in attached_dirs(state_dir, pid) if turn_in_flight(d)]
+    waited = time.monotonic() - wait_began
+    cut = [d.name for d in busy]
+    if cut:
+        _say(out, f"  {server}: timeout: {len(cut)} turn(s) still running are cut off: {', '.join(cut)}")
+    try:
+        supervisor.stop_process(server)
+    except xmlrpc.client.Fault as fault:
+        if "NOT_RUNNING" not in fault.faultString:
+            raise LocalFleetError(f"supervisord could not stop {server}: {fault.faultString}") from fault
+    seconds = time.monotonic() - began
+    _say(out, f"  {server}: stopped after {seconds:.1f} s ({waited:.1f} s waiting for turns)")
+    return DrainResult(server=server, pid=pid, seconds=seconds, wait_seconds=waited,
+                       attached_at_start=len(attached), busy_at_start=busy_at_start, cut_turns=cut)
+
+
+def undrain(project_dir: Path, stack: str, server: str, *, timeout: float = 60.0,
+            out: Callable[[str], None] | None = None) -> float:
+    """Start a drained (or stopped) server, wait until it answers, and put it back in rotation. Returns seconds."""
+    paths = StatePaths(project_dir, stack)
+    with stack_lock(paths):
+        return _undrain(paths, stack, server, timeout, out)
+
+
+def _undrain(paths: StatePaths, stack: str, server: str, timeout: float,
+             out: Callable[[str], None] | None) -> float:
+    began = time.monotonic()
+    svc = cli_service(paths, stack, server)
+    services = _services(paths, stack)
+    supervisor = _running_supervisor(paths, stack)
+    if supervisor.processes().get(server, {}).get("statename") not in ("RUNNING", "STARTING"):
+        try:
+            supervisor.start_process(server)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" not in fault.faultString:
+                raise LocalFleetError(f"supervisord could not start {server}: {fault.faultString}") from fault
+    wait_answering(paths, svc, began + timeout)
+    restore_rotation(paths, services, server)
+    seconds = time.monotonic() - began
+    _say(out, f"  {server}: answering and back in rotation after {seconds:.1f} s")
+    return seconds
+
+
+def wait_answering(paths: StatePaths, svc: Service, deadline: float) -> None:
+    token = paths.secret_file(svc.token_secret).read_text().strip() if svc.token_secret else ""
+    last = ""
+    while time.monotonic() < deadline:
+        result = probes.probe_all([svc], {svc.token_secret or "": token}, timeout=1.0)[svc.name]
+        if result.ok:
+            return
+        last = result.detail
+        time.sleep(_POLL)
+    raise LocalFleetError(f"{svc.name} did not answer within the timeout ({last}):\n"
+                          + sv.tail(Path(svc.log)))
+
+
+def restore_rotation(paths: StatePaths, services: list[Service], server: str) -> None:
+    """HAProxy READY, the drain marker gone, the address back in target.json."""
+    if any(s.kind == "haproxy" for s in services):
+        set_lb_state(paths, server, "ready")
+    drain_marker(paths, server).unlink(missing_ok=True)
+    _rewrite_target(paths, services)
+
+
+# --- recycle ----------------------------------------------------------------------------------------------------
+
+def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sessions: int | None,
+            dry_run: bool = False, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT, start_timeout: float = 60.0,
+            out: Callable[[str], None] | None = None) -> list[RecycleCandidate]:
+    """Every CLI server over a bound is drained and started again, one at a time (the others keep serving)."""
+    if max_rss_mb is None and max_sessions is None:
+        raise LocalFleetError("no recycle bound: pass --max-rss-mb and/or --max-sessions, or set fleet:recycle "
+                              "(maxRssMb, maxSessions) in the stack file")
+    paths = StatePaths(project_dir, stack)
+    with stack_lock(paths):
+        services = _services(paths, stack)
+        supervisor = _running_supervisor(paths, stack)
+        infos = supervisor.processes()
+        drained = drained_servers(paths)
+        result = []
+        for svc in (s for s in services if s.kind == "cli"):
+            info = infos.get(svc.name, {})
+            pid = int(info.get("pid") or 0) or None
+            if pid is None or info.get("statename") != "RUNNING" or svc.name in drained:
+                continue  # stopped or drained by an operator: not ours to restart
+            rss = procfs.rss_kib(pid)
+            rss_mib = round(rss / 1024, 1) if rss is not None else None
+            served = sessions_served(Path(svc.home or ""), pid)
+            reasons = []
+            if max_rss_mb is not None and rss_mib is not None and rss_mib > max_rss_mb:
+                reasons.append(f"RSS {rss_mib:.0f} MiB > {max_rss_mb:g} MiB")
+            if max_sessions is not None and served is not None and served >= max_sessions:
+                reasons.append(f"served {served} sessions >= {max_sessions}")
+            result.append(RecycleCandidate(server=svc.name, pid=pid, rss_mib=rss_mib, sessions_served=served,
+                                           reasons=reasons))
+        for cand in result:
+            if not cand.reasons:
+                _say(out, f"  {cand.server}: ok (RSS {cand.rss_mib} MiB, {cand.sessions_served} sessions served)")
+                continue
+            if dry_run:
+                _say(out, f"  {cand.server}: would recycle: {'; '.join(cand.reasons)}")
+                continue
+            _say(out, f"  {cand.server}: recycling: {'; '.join(cand.reasons)}")
+            cand.drain = _drain(paths, stack, cand.server, drain_timeout, out)
+            _undrain(paths, stack, cand.server, start_timeout, out)
+            new = supervisor.processes().get(cand.server, {})
+            new_pid = int(new.get("pid") or 0)
+            rss = procfs.rss_kib(new_pid) if new_pid else None
+            cand.rss_after_mib = round(rss / 1024, 1) if rss is not None else None
+            cand.recycled = True
+        return result
