@@ -27,10 +27,11 @@ CONTAINER_NAME = "copilot"
 # The non-root user of images/cli/Dockerfile.
 RUN_AS_USER = 1000
 
-# Drain before SIGTERM: while the endpoints controller and kube-proxy take the pod out of every Service (a few
-# seconds, asynchronously), the server still gets connections; sleeping keeps it serving them and lets in-flight
-# turns finish. Half the grace period, at most 30 s, leaves the rest for the CLI to shut down.
+# Drain before SIGTERM: the endpoints controller and kube-proxy take the pod out of every Service within a few
+# seconds (asynchronously; the short sleep covers that), then `copilot_fleet.drain` waits until no attached session
+# of this server has a turn in flight. Half the grace period, at most 30 s, leaves the rest for the CLI to stop.
 MAX_PRESTOP_SECONDS = 30
+ENDPOINT_REMOVAL_SECONDS = 2
 
 
 def cli_args(meta: FleetMeta) -> list[str]:
@@ -78,6 +79,9 @@ def cli_env(meta: FleetMeta, group: CliGroup) -> list[dict[str, Any]]:
         env += [
             {"name": "POD_NAME", "value_from": {"field_ref": {"field_path": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "value_from": {"field_ref": {"field_path": "metadata.namespace"}}},
+            {"name": "COPILOT_OTEL_ENABLED", "value": "true"},
+            # Spans carry token counts and timings; prompts and answers stay out of the telemetry.
+            {"name": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "value": "false"},
             {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": spec.otlp_endpoint},
             {"name": "OTEL_SERVICE_NAME", "value": "copilot-cli"},
             {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": ",".join(attributes)},
@@ -92,16 +96,23 @@ class Probes:
     liveness: dict[str, Any]
 
 
-def cli_probes(port: int) -> Probes:
-    """The one place that decides how the CLI's health is checked (a TCP connect on its port, for now).
+def health_command(port: int, timeout: int) -> dict[str, Any]:
+    """`copilot_fleet.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
+    server that accepts TCP but does not answer fails the probe."""
+    return {"exec": {"command": ["python3", "-m", "copilot_fleet.health", "--port", str(port),
+                                 "--timeout", str(timeout)]}}
 
-    The startup probe covers the first launch, which unpacks about 235 MB into the cache before listening.
+
+def cli_probes(port: int) -> Probes:
+    """The one place that decides how the CLI's health is checked.
+
+    The startup probe is a TCP connect: it only covers the first launch, which unpacks about 235 MB into the cache
+    before listening. Readiness and liveness do the real round trip.
     """
-    tcp = {"tcp_socket": {"port": port}}
     return Probes(
-        startup={**tcp, "period_seconds": 2, "timeout_seconds": 2, "failure_threshold": 60},
-        readiness={**tcp, "period_seconds": 5, "timeout_seconds": 2, "failure_threshold": 2},
-        liveness={**tcp, "period_seconds": 20, "timeout_seconds": 5, "failure_threshold": 3},
+        startup={"tcp_socket": {"port": port}, "period_seconds": 2, "timeout_seconds": 2, "failure_threshold": 60},
+        readiness={**health_command(port, 2), "period_seconds": 10, "timeout_seconds": 5, "failure_threshold": 2},
+        liveness={**health_command(port, 3), "period_seconds": 20, "timeout_seconds": 5, "failure_threshold": 3},
     )
 
 
@@ -149,8 +160,10 @@ def cli_container(meta: FleetMeta, group: CliGroup,
             "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
             "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
         },
-        "lifecycle": {"pre_stop": {"exec": {
-            "command": ["/bin/sh", "-c", f"sleep {prestop_seconds(spec.termination_grace_seconds)}"]}}},
+        "lifecycle": {"pre_stop": {"exec": {"command": [
+            "/bin/sh", "-c",
+            f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.drain --session-state {SESSION_STATE} "
+            f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
         "volume_mounts": [
             {"name": "copilot-home", "mount_path": HOME},

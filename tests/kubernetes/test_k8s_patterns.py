@@ -295,15 +295,18 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
     (sts,) = cli_sets(fleet, kube)
     pod = sts["spec"]["template"]["spec"]
     (cli,) = pod["containers"]
+    assert cli["startupProbe"]["tcpSocket"]["port"] == 4400
     for probe in ("readinessProbe", "livenessProbe"):
-        assert cli[probe]["tcpSocket"]["port"] == 4400
+        # a real JSON-RPC round trip, not a TCP connect: a server that accepts but never answers fails it
+        command = cli[probe]["exec"]["command"]
+        assert command[:3] == ["python3", "-m", "copilot_fleet.health"] and command[command.index("--port") + 1] == "4400"
     assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
-    found = re.search(r"sleep (\d+)", command[-1])
+    found = re.search(r"copilot_fleet\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
     assert found, command
-    sleep = int(found.group(1))
-    assert 0 < sleep < 90
+    assert found.group(1).endswith("/session-state")
+    assert 0 < int(found.group(2)) < 90
 
 
 def test_client_service_type_and_affinity(make_fleet, kube):
@@ -358,6 +361,8 @@ def test_credentials_follow_the_configured_model_access(make_fleet, kube):
     assert env["COPILOT_OFFLINE"]["value"] == "true"
     assert "COPILOT_GITHUB_TOKEN" not in env
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel.example:4318"
+    assert env["COPILOT_OTEL_ENABLED"]["value"] == "true"
+    assert env["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"]["value"] == "false"
     assert "$(POD_NAME)" in env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
     names = [e["name"] for e in cli["env"]]
     assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")  # $(VAR) refers back only
