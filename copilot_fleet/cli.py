@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from copilot_fleet import __version__
+from copilot_fleet.errors import CommandError, StackFileError
 from copilot_fleet.spec import ConfigError
 
 # Subcommand modules under copilot_fleet.commands, in help order. A module that is missing is skipped so that a
@@ -15,8 +16,7 @@ from copilot_fleet.spec import ConfigError
 COMMAND_MODULES = ("render", "local", "verify", "sessions", "operate")
 
 
-class CommandError(RuntimeError):
-    """A failure the user can act on: printed without a traceback, exit status 1."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"copilot-fleet: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, FileNotFoundError, LookupError) as exc:
+    except (CommandError, StackFileError, FileNotFoundError, LookupError) as exc:
         msg = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
         print(f"copilot-fleet {args.command}: {msg}", file=sys.stderr)
         return 1

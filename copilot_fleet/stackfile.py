@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from copilot_fleet.errors import StackFileError
 from copilot_fleet.spec import NAMESPACE, OFFLINE_SECRET, FleetSpec, RawConfig, load_spec, namespace_values
 _STACK_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -76,10 +77,10 @@ def read_stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], se
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        raise StackFileError(f"{path}: not valid YAML: {exc}") from exc
     config = doc.get("config") or {}
     if not isinstance(config, Mapping):
-        raise ValueError(f"{path}: 'config' must be a mapping of namespace:key to value")
+        raise StackFileError(f"{path}: 'config' must be a mapping of namespace:key to value")
     values: dict[str, Any] = {}
     secret: set[str] = set()
     for key, raw in config.items():
