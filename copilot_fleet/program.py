@@ -68,7 +68,6 @@ def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEnd
     fleet = KubernetesFleet("copilot-fleet", KubernetesFleetArgs(
         topology=topology,
         tokens=tokens,
-        # Keys proposed for spec.py (docs/kubernetes.md): read them when the spec has them.
         client_namespace_selector=spec.client_namespace_selector,
         source_ranges=tuple(spec.load_balancer.source_ranges),
     ))
