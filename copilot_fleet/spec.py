@@ -113,12 +113,13 @@ DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 
 # A user id must be usable in resource names (per-user servers) and in session ids: a DNS label of at most 40
 # characters. It may contain '-', which the fleet client's session ids handle (unlike the seeds' split("-")).
-_USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+# 39 at most: the StatefulSet `copilot-user-<id>` must stay within 52 characters (its pods get a revision label).
+_USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,37}[a-z0-9])?$")
 
 
 def _check_user_id(value: str) -> str:
     if not _USER_ID.match(value):
-        raise ValueError("user ids are 1-40 lowercase letters, digits and '-', starting and ending with a letter "
+        raise ValueError("user ids are 1-39 lowercase letters, digits and '-', starting and ending with a letter "
                          f"or digit, got {value!r}")
     return value
 

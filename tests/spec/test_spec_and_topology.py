@@ -168,3 +168,10 @@ def test_azure_limits_are_refused_up_front(azure: dict[str, object], storage: di
         spec_of({"githubToken"}, isolation="shared-cli", platform="azure", image=f"r/c:{CLI_VERSION}",
                 githubToken="t", azure=azure, storage=storage)
     assert key in str(info.value)
+
+
+def test_user_ids_fit_kubernetes_statefulset_names() -> None:
+    ok = spec_of(isolation="per-user", platform="local", users=[{"id": "a" * 39}])
+    assert len(f"copilot-user-{ok.users[0].id}") == 52  # the StatefulSet name limit
+    with pytest.raises(ConfigError, match="1-39"):
+        spec_of(isolation="per-user", platform="local", users=[{"id": "a" * 40}])
