@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from copilot_fleet.local import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
 from copilot_fleet.target import Target, load_target  # noqa: E402
+from copilot_fleet.local.ports import free_port_block
 
 CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 CACHE = ROOT / ".tools/copilot-cache"
@@ -87,25 +87,6 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
 
 # --- a throwaway local fleet ----------------------------------------------------------------------------------
 
-def _free_base(count: int, attempts: int = 200) -> int:
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(attempts):
-        base = rng.randrange(20000, 32000 - count)  # below the ephemeral range
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free ports in {attempts} attempts")
-
-
 def fleet_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("COPILOT_CLI_PATH", str(CLI))
@@ -127,7 +108,7 @@ class LocalFleet:
         where = Path(tempfile.mkdtemp(prefix="copilot-fleet-bench-"))
         (where / "stacks").mkdir()
         (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-        base = _free_base(replicas + 3)
+        base = free_port_block(replicas + 3)
         (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(f"""config:
   fleet:isolation: shared-cli
   fleet:platform: local

@@ -17,7 +17,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from copilot_fleet.local import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor  # noqa: E402
+from copilot_fleet.local.ports import free_port_block
 
 DOC = ROOT / "docs" / "local-fleet.md"
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
@@ -59,23 +59,11 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_base(count: int) -> int:
-    for base in range(29000, 32700, 50):  # below the ephemeral range (32768-)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
 def write_project(where: Path) -> None:
     (where / "stacks").mkdir(parents=True)
     (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     for replicas in (1, 3):
-        base = free_base(replicas + 3)
+        base = free_port_block(replicas + 3)
         (where / "stacks" / f"Pulumi.bench{replicas}.yaml").write_text(f"""config:
   fleet:isolation: shared-cli
   fleet:platform: local

@@ -10,10 +10,8 @@ machine seeing it, and nothing is left mounted once the fleet's processes are go
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import yaml
 import copilot_fleet
 from copilot_fleet.local import procfs, probes
 from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.ports import free_port_block
 from copilot_fleet.local.supervisor import Supervisor, read_record
 from copilot_fleet.target import Target, load_target
 
@@ -35,28 +34,9 @@ PROJECT_CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 PROJECT_CACHE = ROOT / ".tools/copilot-cache"
 
 
+
 class FleetFault(RuntimeError):
     """The fleet under test could not be started, reached or restored."""
-
-
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """A base port such that base .. base+count-1 are all free on 127.0.0.1 right now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(attempts):
-        base = rng.randrange(20000, 40000 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise FleetFault(f"no block of {count} free ports found in {attempts} attempts")
 
 
 def fleet_env(**overrides: str | None) -> dict[str, str]:

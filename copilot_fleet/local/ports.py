@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
+import time
 from pathlib import Path
 
 from copilot_fleet.local import procfs
@@ -61,3 +63,24 @@ def port_holder(port: int) -> str | None:
             except OSError:
                 continue
     return "a process this user cannot see"
+
+
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """A base port such that base .. base+count-1 are all free on 127.0.0.1 now: for fleets that tests, benchmarks
+    and fault runs start side by side. Random bases below the ephemeral range (32768-) keep parallel runs apart."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(attempts):
+        base = rng.randrange(20000, 32000 - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {count} free ports on 127.0.0.1 found in {attempts} attempts")

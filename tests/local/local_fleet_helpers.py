@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from typing import Any
 import yaml
 
 from copilot_fleet.local import procfs
+from copilot_fleet.local.ports import free_port_block  # noqa: F401  (re-exported for the test folders)
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.target import Target, load_target
@@ -30,26 +29,6 @@ from copilot_fleet.target import Target, load_target
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 PROJECT_CACHE = ROOT / ".tools/copilot-cache"
-
-
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """A base port such that base .. base+count-1 are all free on 127.0.0.1 now."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(attempts):
-        base = rng.randrange(20000, 32000 - count)  # below the ephemeral range (32768-)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free ports found in {attempts} attempts")
 
 
 def fleet_env(**overrides: str | None) -> dict[str, str]:
