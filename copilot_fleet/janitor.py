@@ -328,7 +328,9 @@ class Janitor:
 
     def _delete_dir(self, session_dir: Path) -> None:
         trash = self.state_dir / TRASH_DIR
-        trash.mkdir(exist_ok=True)
+        # Histories pass through here on their way out: private, whatever the process umask.
+        trash.mkdir(mode=0o700, exist_ok=True)
+        trash.chmod(0o700)
         # A rename is atomic: the CLI never sees a half-deleted session.
         target = trash / f"{session_dir.name}.{secrets.token_hex(4)}"
         os.rename(session_dir, target)

@@ -175,3 +175,16 @@ def test_user_ids_fit_kubernetes_statefulset_names() -> None:
     assert len(f"copilot-user-{ok.users[0].id}") == 52  # the StatefulSet name limit
     with pytest.raises(ConfigError, match="1-39"):
         spec_of(isolation="per-user", platform="local", users=[{"id": "a" * 40}])
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"replicas": True}, "fleet:replicas"),
+    ({"port": False}, "fleet:port"),
+    ({"local": {"redisPort": True}}, "fleet:local.redisPort"),
+    ({"infiniteSessions": {"backgroundCompactionThreshold": True}}, "fleet:infiniteSessions"),
+])
+def test_booleans_are_not_numbers(values: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match="boolean") as info:
+        spec_of(isolation="shared-cli", platform="local", **values)
+    assert key in str(info.value)
+    assert spec_of(isolation="shared-cli", platform="local", allowDebugLogging=True).allow_debug_logging
