@@ -278,7 +278,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
 
 def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, str], deadline: float, out: TextIO,
                 proc: subprocess.Popen[bytes] | None, announce: bool = True) -> dict[str, float]:
-    """Probe every service until it answers, printing each as it becomes ready. A program supervisord gave up on
+    """Probe every service until it answers and supervisord counts it RUNNING, printing each as it becomes ready. A program supervisord gave up on
     (FATAL), a dead supervisord or the deadline ends the wait with the log tail of what is not ready."""
     began = time.monotonic()
     pending: dict[str, Service] = {s.name: s for s in plan.services}
@@ -299,6 +299,11 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
             svc = pending[name]
             if result.ok and svc.kind == "haproxy":
                 result = _all_backends_up(plan, result)
+            state = infos.get(name, {}).get("statename")
+            if result.ok and state != "RUNNING":
+                # A warm CLI answers within supervisord's startsecs; until supervisord counts it RUNNING, `status`
+                # calls it unhealthy and a crash would still count against its start retries.
+                result = probes.ProbeResult(False, result.latency_ms, f"answers, but supervisord says {state}")
             if result.ok:
                 ready[name] = time.monotonic() - began
                 del pending[name]

@@ -274,21 +274,24 @@ def _undrain(paths: StatePaths, stack: str, server: str, timeout: float,
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise LocalFleetError(f"supervisord could not start {server}: {fault.faultString}") from fault
-    wait_answering(paths, svc, began + timeout)
+    wait_answering(paths, supervisor, svc, began + timeout)
     restore_rotation(paths, services, server)
     seconds = time.monotonic() - began
     _say(out, f"  {server}: answering and back in rotation after {seconds:.1f} s")
     return seconds
 
 
-def wait_answering(paths: StatePaths, svc: Service, deadline: float) -> None:
+def wait_answering(paths: StatePaths, supervisor: sv.Supervisor, svc: Service, deadline: float) -> None:
+    """Until the server answers and supervisord counts it RUNNING (what `status` calls healthy): a warm CLI answers
+    within supervisord's startsecs."""
     token = paths.secret_file(svc.token_secret).read_text().strip() if svc.token_secret else ""
     last = ""
     while time.monotonic() < deadline:
         result = probes.probe_all([svc], {svc.token_secret or "": token}, timeout=1.0)[svc.name]
-        if result.ok:
+        state = supervisor.processes().get(svc.name, {}).get("statename")
+        if result.ok and state == "RUNNING":
             return
-        last = result.detail
+        last = result.detail if not result.ok else f"answers, but supervisord says {state}"
         time.sleep(_POLL)
     raise LocalFleetError(f"{svc.name} did not answer within the timeout ({last}):\n"
                           + sv.tail(Path(svc.log)))
