@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HOST, FleetPlan, Program, Task
@@ -40,11 +41,21 @@ def _environment(env: Mapping[str, str], what: str) -> str:
 
 def _program_section(program: Program) -> str:
     svc = program.service
+    return _section(svc.name, program.command, program.directory, program.priority, svc.log, program.env)
+
+
+def _task_section(task: Task) -> str:
+    return _section(task.name, task.command, task.directory, 40, task.log, task.env)  # 40: starts last, stops first
+
+
+def _section(name: str, command: Sequence[str], directory: Path, priority: int, log: str | Path,
+             env: Mapping[str, str] | None) -> str:
+    """One supervised program: restarted when it exits, stopped with its whole process group."""
     lines = [
-        f"[program:{svc.name}]",
-        f"command={_supervisor_value(shlex.join(program.command), f'the command of {svc.name}')}",
-        f"directory={_supervisor_value(str(program.directory), 'a directory')}",
-        f"priority={program.priority}",
+        f"[program:{name}]",
+        f"command={_supervisor_value(shlex.join(command), f'the command of {name}')}",
+        f"directory={_supervisor_value(str(directory), 'a directory')}",
+        f"priority={priority}",
         "autostart=true",
         "autorestart=true",
         f"startsecs={START_SECONDS}",
@@ -55,36 +66,12 @@ def _program_section(program: Program) -> str:
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
-        f"stdout_logfile={_supervisor_value(svc.log, 'a log path')}",
+        f"stdout_logfile={_supervisor_value(str(log), 'a log path')}",
         "stdout_logfile_maxbytes=10MB",
         "stdout_logfile_backups=3",
     ]
-    if program.env:
-        lines.append(f"environment={_environment(program.env, svc.name)}")
-    return "\n".join(lines)
-
-
-def _task_section(task: Task) -> str:
-    lines = [
-        f"[program:{task.name}]",
-        f"command={_supervisor_value(shlex.join(task.command), f'the command of {task.name}')}",
-        f"directory={_supervisor_value(str(task.directory), 'a directory')}",
-        "priority=40",  # starts last, stops first
-        "autostart=true",
-        "autorestart=true",
-        f"startsecs={START_SECONDS}",
-        f"startretries={START_RETRIES}",
-        "stopsignal=TERM",
-        f"stopwaitsecs={STOP_WAIT_SECONDS}",
-        "stopasgroup=true",
-        "killasgroup=true",
-        "redirect_stderr=true",
-        f"stdout_logfile={_supervisor_value(task.log, 'a log path')}",
-        "stdout_logfile_maxbytes=10MB",
-        "stdout_logfile_backups=3",
-    ]
-    if task.env:
-        lines.append(f"environment={_environment(task.env, task.name)}")
+    if env:
+        lines.append(f"environment={_environment(env, name)}")
     return "\n".join(lines)
 
 
