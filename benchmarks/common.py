@@ -94,6 +94,21 @@ def fleet_env() -> dict[str, str]:
     return env
 
 
+def shared_cli_stack(replicas: int) -> str:
+    """A throwaway shared-cli local stack on a free block of ports (replicas, then endpoint, redis, model)."""
+    base = free_port_block(replicas + 3)
+    return f"""config:
+  fleet:isolation: shared-cli
+  fleet:platform: local
+  fleet:replicas: {replicas}
+  fleet:local:
+    replicaBasePort: {base}
+    endpointPort: {base + replicas}
+    redisPort: {base + replicas + 1}
+    modelPort: {base + replicas + 2}
+"""
+
+
 @dataclass
 class LocalFleet:
     """A shared-cli fleet (replicas, Redis, HAProxy, test model) in a temp project with free ports."""
@@ -108,17 +123,7 @@ class LocalFleet:
         where = Path(tempfile.mkdtemp(prefix="copilot-fleet-bench-"))
         (where / "stacks").mkdir()
         (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-        base = free_port_block(replicas + 3)
-        (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(f"""config:
-  fleet:isolation: shared-cli
-  fleet:platform: local
-  fleet:replicas: {replicas}
-  fleet:local:
-    replicaBasePort: {base}
-    endpointPort: {base + replicas}
-    redisPort: {base + replicas + 1}
-    modelPort: {base + replicas + 2}
-""")
+        (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(shared_cli_stack(replicas))
         return cls(where, replicas)
 
     @property

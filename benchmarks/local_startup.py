@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT))
 from copilot_fleet.local import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor  # noqa: E402
-from copilot_fleet.local.ports import free_port_block
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import shared_cli_stack  # noqa: E402
 
 DOC = ROOT / "docs" / "local-fleet.md"
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
@@ -63,17 +65,7 @@ def write_project(where: Path) -> None:
     (where / "stacks").mkdir(parents=True)
     (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
     for replicas in (1, 3):
-        base = free_port_block(replicas + 3)
-        (where / "stacks" / f"Pulumi.bench{replicas}.yaml").write_text(f"""config:
-  fleet:isolation: shared-cli
-  fleet:platform: local
-  fleet:replicas: {replicas}
-  fleet:local:
-    replicaBasePort: {base}
-    endpointPort: {base + replicas}
-    redisPort: {base + replicas + 1}
-    modelPort: {base + replicas + 2}
-""")
+        (where / "stacks" / f"Pulumi.bench{replicas}.yaml").write_text(shared_cli_stack(replicas))
 
 
 def fleet(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
