@@ -176,12 +176,12 @@ class Lease:
         if task is None or task.done():
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves: propagate
+        # `wait`, not `await task`: the renewer's own CancelledError must not end a release that runs in a cleanup
+        # after *our* task was cancelled (the lease would then stay held for its whole ttl); a new cancellation of
+        # us still interrupts the wait.
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("lease renewer for %s ended with %r", self.session_id, task.exception())
 
     async def release(self) -> bool:
         """Stop renewing and delete the lease if it is still ours. True if deleted.

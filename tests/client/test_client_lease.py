@@ -124,6 +124,33 @@ async def test_background_renewer_keeps_a_long_turn_leased(redis_server: RedisSe
         await other.aclose()
 
 
+async def test_a_cancelled_holder_still_releases_its_lease(redis_server: RedisServer) -> None:
+    """Cleanup after a cancellation (a Ctrl-C, a caller's timeout) deletes the key: the next writer need not wait
+    out the ttl."""
+    leases = manager(redis_server, ttl=30.0)
+    holding = asyncio.Event()
+
+    async def holder() -> None:
+        lease = await leases.acquire(SID)
+        lease.start_renewing()
+        try:
+            holding.set()
+            await asyncio.sleep(60)
+        finally:
+            await lease.release()  # runs while this task is being cancelled
+
+    try:
+        task = asyncio.ensure_future(holder())
+        await asyncio.wait_for(holding.wait(), 5)
+        assert await raw_get(redis_server, leases.key(SID)) is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await raw_get(redis_server, leases.key(SID)) is None, "the cancelled holder kept its lease"
+    finally:
+        await leases.aclose()
+
+
 @pytest.mark.parametrize("how", ["deleted", "taken over"])
 async def test_renewer_detects_a_lost_lease(redis_server: RedisServer, how: str) -> None:
     leases = manager(redis_server, ttl=0.6)
