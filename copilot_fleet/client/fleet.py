@@ -21,6 +21,7 @@ from copilot import CopilotClient, CopilotSession, PermissionHandler, SessionLis
 from copilot_fleet.target import Target
 
 from .cap import SessionCap, Slot
+from .creates import CreateRequests
 from .errors import AccessDenied, FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionNotFound
 from .handle import FleetSession, translate_sdk_error
 from .ids import SessionIdParts, validate_id_part, new_session_id, parse_session_id, shared_session_id
@@ -130,9 +131,8 @@ class FleetClient:
         opts.setdefault("name", purpose[:NAME_MAX_LENGTH])
         route = self.router.route(self.user)
         kwargs = self._session_options(opts)
-        return await self._attach(
-            session_id, route, wait, lambda client: client.create_session(session_id=session_id, **kwargs)
-        )
+        creates = CreateRequests(session_id)
+        return await self._attach(session_id, route, wait, lambda client: creates.send(client, **kwargs), creates)
 
     async def resume_session(self, session_id: str, *, wait: float | None = None, **opts: Any) -> FleetSession:
         """Resume one of this user's sessions (or a shared session they belong to), with the provider re-supplied.
@@ -157,16 +157,18 @@ class FleetClient:
         kwargs = self._session_options(opts)
         create_kwargs = {**kwargs, "name": kwargs.get("name", name[:NAME_MAX_LENGTH])}
 
+        creates = CreateRequests(session_id)
+
         async def resume_or_create(client: CopilotClient) -> CopilotSession:
             try:
                 return await client.resume_session(session_id, **kwargs)
             except Exception as exc:
                 # We hold the lease, so nobody else can be creating it at this moment.
                 if create and isinstance(translate_sdk_error(exc, session_id), SessionNotFound):
-                    return await client.create_session(session_id=session_id, **create_kwargs)
+                    return await creates.send(client, **create_kwargs)
                 raise
 
-        return await self._attach(session_id, route, wait, resume_or_create)
+        return await self._attach(session_id, route, wait, resume_or_create, creates)
 
     async def create_ephemeral_session(self, **opts: Any) -> FleetSession:
         """A throw-away session (CLI-generated id, no lease): deleted from disk when closed."""
@@ -259,7 +261,11 @@ class FleetClient:
         route: Route,
         wait: float | None,
         operation: Callable[[CopilotClient], Awaitable[CopilotSession]],
+        creates: CreateRequests | None = None,
     ) -> FleetSession:
+        """`creates`: the create requests `operation` sends, undone if the caller does not get the session
+        (cancelled, timed out, lease lost): the server may make it after we gave up, and its id is known only here.
+        Undone while the lease is still held, so nobody can attach it in between."""
         lease = await self._take_lease(session_id, wait)
         slot: Slot | None = None
         try:
@@ -268,10 +274,14 @@ class FleetClient:
             if lease is not None:
                 lease.check()  # lost while attaching (e.g. Redis gone for a whole ttl): do not hand it out
         except BaseException:
-            if slot is not None:
-                slot.cancel()
-            if lease is not None:
-                await lease.release()
+            try:
+                if creates is not None:
+                    await creates.undo()
+            finally:  # even if the undo is interrupted in turn
+                if slot is not None:
+                    slot.cancel()
+                if lease is not None:
+                    await lease.release()
             raise
         return await self._admit(self._track(FleetSession(sdk=sdk, client=client, address=address, lease=lease)), slot)
 

@@ -300,3 +300,68 @@ async def test_per_user_target_routes_to_the_users_own_server(cli_fleet: CliFlee
     async with FleetClient(target, user="jack") as jack:
         with pytest.raises(NoRoute, match="no CLI server for user 'jack'"):
             await jack.create_session("none", **OPTS)
+
+
+class _CreateSeen:
+    """An SDK client factory whose clients signal when a create request has been handed to the real client, and
+    keep that request so a test can wait for the server's own answer (the session exists on disk from then on)."""
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+        self.requests: list[asyncio.Future[Any]] = []
+
+    def __call__(self, address: str, token: str | None) -> Any:
+        from copilot import CopilotClient, RuntimeConnection
+
+        real = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+        seen = self
+
+        class Watched:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            async def create_session(self, **kwargs: Any) -> Any:
+                request = asyncio.ensure_future(real.create_session(**kwargs))
+                seen.requests.append(request)
+                await asyncio.sleep(0.05)  # the request is on the wire before the caller hears of it
+                seen.sent.set()
+                return await request
+
+        return Watched()
+
+    async def answered(self) -> None:
+        """Until the server has answered every create it was sent (whatever the caller did meanwhile)."""
+        await asyncio.wait_for(asyncio.gather(*self.requests, return_exceptions=True), 30)
+
+
+def fleet_session_dirs(fleet: CliFleet, user: str) -> set[str]:
+    return {p.name for p in fleet.shared_state.iterdir() if p.name.startswith(f"u-{len(user)}-{user}-")}
+
+
+async def test_a_cancelled_create_leaves_no_session(cli_fleet: CliFleet) -> None:
+    """The caller gave up after the request left: the server's session is deleted, not left for the janitor."""
+    factory = _CreateSeen()
+    async with ClientPool(client_factory=factory) as pool:
+        async with FleetClient(make_target(cli_fleet, [cli_fleet.a.address]), user="gail", pool=pool) as fleet:
+            creating = asyncio.ensure_future(fleet.create_session("cancelled", **OPTS))
+            await asyncio.wait_for(factory.sent.wait(), 30)
+            creating.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await creating
+            await factory.answered()
+            assert not fleet_session_dirs(cli_fleet, "gail"), "the cancelled create left its session on disk"
+            assert not [m for m in await fleet.list_sessions() if m.session_id.startswith("u-4-gail-cancelled-")]
+            assert not fleet.open_sessions
+
+
+async def test_a_timed_out_create_leaves_no_session(cli_fleet: CliFleet) -> None:
+    """A create slower than call_timeout fails with ReplicaUnavailable, and the session it made late is removed."""
+    factory = _CreateSeen()
+    async with ClientPool(client_factory=factory) as pool:
+        target = make_target(cli_fleet, [cli_fleet.a.address])
+        async with FleetClient(target, user="hal", pool=pool, call_timeout=0.01) as fleet:
+            await pool.get(cli_fleet.a.address, cli_fleet.token)  # connected: only the create is this slow
+            with pytest.raises(ReplicaUnavailable, match="did not answer within"):
+                await fleet.create_session("slow", **OPTS)
+            await factory.answered()
+            assert not fleet_session_dirs(cli_fleet, "hal"), "the timed-out create left its session on disk"
