@@ -22,6 +22,7 @@ from copilot_fleet.target import Target
 
 from .cap import SessionCap, Slot
 from .creates import CreateRequests
+from .draining import DrainingReplicas
 from .errors import AccessDenied, FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionNotFound
 from .handle import FleetSession, translate_sdk_error
 from .ids import SessionIdParts, validate_id_part, new_session_id, parse_session_id, shared_session_id
@@ -94,6 +95,8 @@ class FleetClient:
         if members is None and target.isolation == "shared-session" and leases is not None:
             members = RedisMembership(leases.redis)
         self.members = members
+        # Replicas being drained are tried last (the mark lives next to the leases).
+        self.draining = DrainingReplicas(leases.redis) if leases is not None else None
         self._open: set[FleetSession] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ class FleetClient:
         """A throw-away session (CLI-generated id, no lease): deleted from disk when closed."""
         if "session_id" in opts:
             raise TypeError("ephemeral sessions get their id from the CLI; do not pass session_id=")
-        route = self.router.route(self.user)
+        route = await self._avoid_draining(self.router.route(self.user))
         kwargs = self._session_options(opts)
         slot = await self._reserve(route)
         try:
@@ -268,6 +271,7 @@ class FleetClient:
         Undone while the lease is still held, so nobody can attach it in between."""
         lease = await self._take_lease(session_id, wait)
         slot: Slot | None = None
+        route = await self._avoid_draining(route)
         try:
             slot = await self._reserve(route)  # after the lease: never evict for an attach that cannot happen
             client, address, sdk = await self._on_replicas(route, session_id, operation)
@@ -284,6 +288,11 @@ class FleetClient:
                     await lease.release()
             raise
         return await self._admit(self._track(FleetSession(sdk=sdk, client=client, address=address, lease=lease)), slot)
+
+    async def _avoid_draining(self, route: Route) -> Route:
+        if self.draining is None or len(route.addresses) < 2:
+            return route  # nowhere else to go (a per-user server, a single replica)
+        return route.avoiding(await self.draining.among(route.addresses))
 
     async def _reserve(self, route: Route) -> Slot | None:
         """Room on the route's first replica, if a session cap is set (evicts that replica's LRU session if full)."""

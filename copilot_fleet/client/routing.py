@@ -49,6 +49,13 @@ class Route:
     def failover(self) -> tuple[str, ...]:
         return self.addresses[1:]
 
+    def avoiding(self, draining: set[str]) -> Route:
+        """The same route with `draining` addresses moved last (kept: better a draining server than none)."""
+        if not draining.intersection(self.addresses):
+            return self
+        ordered = [a for a in self.addresses if a not in draining] + [a for a in self.addresses if a in draining]
+        return Route(key=self.key, addresses=tuple(ordered), token=self.token)
+
 
 class Router:
     """Routes keys (users, or shared sessions) over one target's servers."""

@@ -3,10 +3,9 @@
 Drain (`copilot-fleet drain`):
 1. HAProxy puts the server in DRAIN (admin socket, `level admin`): no new connection through the endpoint goes
    there; connections it already has keep working.
-2. Direct-to-replica clients: the server's address is removed from `target.json` (`copilot-fleet target`), and a
-   marker `drain/<server>` is written, so clients that (re)load the target route around it (rendezvous hashing
-   moves only that server's keys). A client still holding the old target keeps its connection until the server
-   stops, then fails over to its next replica (the fleet client's failover order).
+2. Direct-to-replica clients: the server's address is removed from `target.json` (`copilot-fleet target`), a
+   marker `drain/<server>` is written, and the draining mark `copilot-fleet:draining:<address>` is set in the
+   fleet's Redis: fleet clients try the server last on every attach, also those holding the old target.
 3. It waits until no session attached to the server (an `inuse.<pid>.lock` with the server's PID) has a turn in
    flight, bounded by `--timeout`. A turn is in flight when the session's events.jsonl does not end with
    `assistant.turn_end` (or a session lifecycle event), or was written in the last second (tool rounds).
@@ -14,7 +13,7 @@ Drain (`copilot-fleet drain`):
    everything they completed is already in events.jsonl.
 
 Undrain (`copilot-fleet undrain`, also done by `up` for a drained server it starts): start, wait until it
-answers, HAProxy READY, the address back in target.json.
+answers, HAProxy READY, the address back in target.json, the draining mark cleared.
 
 Recycle (`copilot-fleet recycle`): a server over `maxRssMb` (VmRSS) or over `maxSessions` (creates + resumes in its
 own log since it started) is drained and started again.
@@ -31,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import redis
+
+from copilot_fleet.client.draining import clear_draining, mark_draining
 from copilot_fleet.local import probes, procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
@@ -221,6 +223,7 @@ def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
     balanced = any(s.kind == "haproxy" for s in services)
     write_private(drain_marker(paths, server), f"{time.time():.0f}\n")
     _rewrite_target(paths, services)
+    _set_draining_mark(paths, svc, True, out)
     if balanced:
         set_lb_state(paths, server, "drain")
         _say(out, f"  {server}: HAProxy DRAIN (no new connections through the endpoint)")
@@ -303,6 +306,37 @@ def restore_rotation(paths: StatePaths, services: list[Service], server: str) ->
         set_lb_state(paths, server, "ready")
     drain_marker(paths, server).unlink(missing_ok=True)
     _rewrite_target(paths, services)
+    svc = next((s for s in services if s.name == server), None)
+    if svc is not None:
+        _set_draining_mark(paths, svc, False, None)
+
+
+def _target_redis_url(paths: StatePaths) -> str | None:
+    try:
+        url = json.loads(paths.target_file.read_text()).get("redis_url")
+    except (OSError, ValueError):
+        return None
+    return url if isinstance(url, str) and url else None
+
+
+def _set_draining_mark(paths: StatePaths, svc: Service, draining: bool, out: Callable[[str], None] | None) -> None:
+    """The mark in the lease store that makes fleet clients with an older target try this replica last."""
+    url = _target_redis_url(paths)
+    if url is None or svc.user is not None:
+        return  # no lease store (per-user), or a user's own server: no other replica to send anyone to
+    try:
+        if draining:
+            mark_draining(url, svc.address, svc.name)
+            _say(out, f"  {svc.name}: marked draining in the lease store (fleet clients try it last)")
+        else:
+            clear_draining(url, svc.address)
+    except redis.exceptions.RedisError as exc:
+        what = "mark" if draining else "clear the draining mark of"
+        warning = (f"  {svc.name}: could not {what} it in the lease store ({exc}); fleet clients holding an old "
+                   f"target {'may still open sessions on it until it stops' if draining else 'try it last until `copilot-fleet undrain` succeeds'}")
+        _say(out, warning)
+        if not draining:
+            raise LocalFleetError(warning.strip()) from exc
 
 
 # --- recycle ----------------------------------------------------------------------------------------------------

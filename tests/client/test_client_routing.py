@@ -99,3 +99,14 @@ def test_endpoint_only_and_per_user_targets() -> None:
         Router(per_user).route("carol")
     with pytest.raises(NoRoute, match="neither replicas nor an endpoint"):
         Router(pooled([], endpoint=None)).route("bob")
+
+
+def test_draining_replicas_go_last_and_the_rest_keep_their_order() -> None:
+    route = Router(pooled(REPLICAS)).route("alice")
+    first, second, third, endpoint = route.addresses
+    moved = route.avoiding({first})
+    assert moved.addresses == (second, third, endpoint, first)
+    assert moved.token == route.token and moved.key == route.key
+    assert route.avoiding({"10.9.9.9:1"}) is route  # not on this route: unchanged
+    every = set(route.addresses)
+    assert route.avoiding(every).addresses == route.addresses  # all draining: still somewhere to try

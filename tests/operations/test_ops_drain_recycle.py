@@ -29,6 +29,7 @@ from local_fleet_helpers import (  # noqa: E402
     service,
 )
 
+from copilot_fleet.client import rank_replicas  # noqa: E402
 from copilot_fleet.local import lbstats, procfs  # noqa: E402
 from copilot_fleet.local.operate import drain, recycle, sessions_served, undrain  # noqa: E402
 
@@ -99,7 +100,7 @@ def test_drain_finishes_the_turn_routes_new_sessions_away_and_stops(project: Pro
     turn: dict[str, Any] = {}
 
     def in_flight() -> None:
-        turn["result"] = run(_turn_on(address0, token, target, "sleep: 4\nremember: drained", started))
+        turn["result"] = run(_turn_on(address0, token, target, "sleep: 6\nremember: drained", started))
 
     worker = threading.Thread(target=in_flight)
     worker.start()
@@ -109,7 +110,14 @@ def test_drain_finishes_the_turn_routes_new_sessions_away_and_stops(project: Pro
     drainer = threading.Thread(target=lambda: drained.setdefault(
         "result", drain(project.dir, STACK, "copilot-cli-0", timeout=60)))
     drainer.start()
-    time.sleep(1.0)  # HAProxy DRAIN is set within the first second of the drain
+    time.sleep(1.0)  # HAProxy DRAIN and the draining mark are set within the first second of the drain
+    # A fleet client holding the target from before the drain, for a user whose first replica is the drained one,
+    # opens its new session on the other replica (the mark in the lease store), while the drained one still runs.
+    user = next(u for u in (f"drainee{i}" for i in range(200)) if rank_replicas(u, target.replicas)[0] == address0)
+    assert run(_draining_mark(target, address0)) == "copilot-cli-0"
+    routed_to = run(_fleet_create_and_delete(target, user))
+    assert drainer.is_alive(), "the drain ended before the check: it proves nothing"
+    assert routed_to != address0, f"the fleet client opened {user}'s new session on the draining replica"
     # A new session during the drain goes through the endpoint to the other replica.
     new_id, new_reply = run(create_session(endpoint(target), token, target, "echo: during drain"))
     assert "during drain" in new_reply
@@ -125,7 +133,7 @@ def test_drain_finishes_the_turn_routes_new_sessions_away_and_stops(project: Pro
     answers = [e for e in events if e["type"] == "assistant.message"]
     assert answers and "remembered: drained" in str(answers[-1]["data"]), "the completed turn is not persisted"
     assert result.cut_turns == [] and result.busy_at_start == 1
-    assert result.seconds >= 2.0  # it waited for the 4 s turn, not stopped at once
+    assert result.seconds >= 2.0  # it waited for the 6 s turn, not stopped at once
     # Then the server stopped, and is out of every route.
     status = project.status(STACK)
     assert service(status, "copilot-cli-0")["state"] == "STOPPED"
@@ -140,6 +148,29 @@ def test_drain_finishes_the_turn_routes_new_sessions_away_and_stops(project: Pro
     assert lbstats.backend_states(project.paths(STACK).haproxy_socket)["copilot-cli-0"].startswith("UP") or \
         _wait_up(project)
     assert address0 in json.loads(project.paths(STACK).target_file.read_text())["replicas"]
+    assert run(_draining_mark(target, address0)) is None, "undrain left the draining mark"
+
+
+async def _draining_mark(target: Any, address: str) -> str | None:
+    import redis.asyncio as aioredis
+
+    from copilot_fleet.client.draining import draining_key
+
+    async with aioredis.from_url(target.redis_url.get_secret_value()) as raw:
+        value = await raw.get(draining_key(address))
+    return value.decode() if value is not None else None
+
+
+async def _fleet_create_and_delete(target: Any, user: str) -> str:
+    """Where the fleet client opens a new session for `user` (the session is deleted again)."""
+    from copilot_fleet.client import FleetClient
+
+    async with FleetClient(target, user=user) as fleet:
+        handle = await fleet.create_session("drain-route", available_tools=[])
+        address = handle.address
+        await handle.close()
+        await fleet.delete_session(handle.session_id)
+    return address
 
 
 def _wait_up(project: Project) -> bool:
