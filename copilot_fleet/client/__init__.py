@@ -24,6 +24,7 @@ from .errors import (
     NoRoute,
     ProviderMissing,
     ReplicaUnavailable,
+    SessionDisconnected,
     SessionInUse,
     SessionNotFound,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "Router",
     "SessionCap",
     "SessionCapReached",
+    "SessionDisconnected",
     "SessionIdParts",
     "SessionInUse",
     "SessionNotFound",

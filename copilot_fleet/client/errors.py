@@ -47,5 +47,10 @@ class ReplicaUnavailable(FleetClientError, ConnectionError):
     """No CLI server of the route answered (connection refused, timed out, or it went away)."""
 
 
+class SessionDisconnected(ReplicaUnavailable):
+    """The connection to an attached session's CLI server ended (the server crashed, restarted or is shutting
+    down), mid-turn or before the call. The session is kept on disk: close the handle and resume the session."""
+
+
 class NoRoute(FleetClientError, LookupError):
     """The target has no CLI server for this user (per-user fleet without the user, or no addresses at all)."""

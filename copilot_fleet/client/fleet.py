@@ -339,7 +339,7 @@ class FleetClient:
                 if not is_transport_failure(exc):
                     raise
                 logger.warning("CLI server %s went away (%s); trying the next replica", address, exc)
-                await self.pool.discard(address, route.token)
+                await self.pool.discard(address, route.token, client)
                 failures.append(f"CLI server {address} went away: {exc}")
                 continue
             return client, address, result

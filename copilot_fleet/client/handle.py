@@ -1,7 +1,8 @@
 """`FleetSession`: an attached session plus the lease that makes it ours; closing it detaches, then releases.
 
-It wraps the SDK's `CopilotSession` (available as `.sdk` for everything not wrapped here) and turns the CLI's
-error strings into the fleet client's typed errors.
+It wraps the SDK's `CopilotSession` (available as `.sdk` for everything not wrapped here), turns the CLI's
+error strings into the fleet client's typed errors, and ends a call as soon as the connection to the session's
+server ends (SessionDisconnected), which the SDK alone does not do for a turn in flight (liveness.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from copilot import CopilotSession
 from copilot.session_events import SessionEvent
 
-from .errors import ProviderMissing, SessionNotFound
+from .errors import FleetClientError, ProviderMissing, SessionDisconnected, SessionNotFound
 from .lease import Lease
-from .pool import forget_detached_session
+from .liveness import client_connected, closed_event, transport_closed
+from .pool import forget_detached_session, is_transport_failure
 
 if TYPE_CHECKING:
     from copilot import CopilotClient
@@ -45,6 +47,12 @@ def translate_sdk_error(exc: BaseException, session_id: str | None) -> BaseExcep
             "name is not saved - or deleted)"
         )
     return exc
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class FleetSession:
@@ -81,12 +89,28 @@ class FleetSession:
         """True once the lease is lost: another client may be writing; do not send more."""
         return self.lease is not None and self.lease.lost
 
+    @property
+    def disconnected(self) -> bool:
+        """True once the connection to the session's CLI server has ended: close this handle and resume."""
+        return transport_closed(self.sdk) or not client_connected(self._client)
+
     def check(self) -> None:
-        """Raise LeaseLost if the lease is gone, RuntimeError if the session is closed."""
+        """Raise RuntimeError if the session is closed, LeaseLost if the lease is gone, SessionDisconnected if the
+        connection to its server has ended."""
         if self._closed:
             raise RuntimeError(f"session {self.session_id!r} is closed; resume it again")
         if self.lease is not None:
             self.lease.check()
+        if self.disconnected:
+            raise self._disconnected_error(None)
+
+    def _disconnected_error(self, cause: BaseException | None) -> SessionDisconnected:
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        return SessionDisconnected(
+            f"session {self.session_id!r} lost its connection to CLI server {self.address}: the server crashed, "
+            f"restarted or is shutting down{detail}. The session is kept on disk: close this handle and resume it "
+            "(resume_session); a turn that was in flight may or may not have been saved"
+        )
 
     def _on_lease_lost(self, lease: Lease) -> None:
         # Stop the turn in flight: its further writes would interleave with the new holder's.
@@ -102,17 +126,40 @@ class FleetSession:
     async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
         self.check()
         try:
-            result = await call()
+            result = await self._unless_disconnected(call)
         except Exception as exc:
-            translated = translate_sdk_error(exc, self.session_id)
             if self.lease is not None and self.lease.lost:
                 self.lease.check()  # losing the lease explains the failure better than the SDK's error
+            if isinstance(exc, FleetClientError):
+                raise
+            translated = translate_sdk_error(exc, self.session_id)
+            if translated is exc and (is_transport_failure(exc) or self.disconnected):
+                translated = self._disconnected_error(exc)
             if translated is exc:
                 raise
             raise translated from exc
         if self.lease is not None:
             self.lease.check()  # a reply produced while someone else may have written is not a clean success
         return result
+
+    async def _unless_disconnected(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`, ended with SessionDisconnected as soon as the session's connection ends: the SDK does not wake
+        a waiting `send_and_wait` then, so a replica that dies mid-turn would cost the caller the whole timeout."""
+        closed = closed_event(self.sdk)
+        if closed is None:  # not an SDK session we can watch: the SDK's own behaviour
+            return await call()
+        work = asyncio.ensure_future(call())
+        work.add_done_callback(_consume)
+        ended = asyncio.ensure_future(closed.wait())
+        try:
+            await asyncio.wait((work, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when our caller cancels us: nothing of the call outlives it
+            ended.cancel()
+            if not work.done():
+                work.cancel()
+        if work.done():  # it ended first (or with the connection): its result or its own error counts
+            return work.result()
+        raise self._disconnected_error(None)
 
     async def send(self, prompt: str, **kwargs: Any) -> str:
         """Send without waiting (see CopilotSession.send); returns the message id."""
@@ -145,6 +192,15 @@ class FleetSession:
             return
         self._closed = True
         try:
+            if self.disconnected:
+                # Nothing to detach from (the server let go of it when the connection ended), and a stopped SDK
+                # client would reconnect by itself for the delete below: skip both; the data on disk is intact.
+                logger.info("session %s: the connection to %s had ended; nothing to detach", self.session_id,
+                            self.address)
+                if self.ephemeral:
+                    logger.warning("ephemeral session %s was not deleted (its server went away); the janitor "
+                                   "removes it after the session TTL", self.session_id)
+                return
             try:
                 await self.sdk.disconnect()
             except Exception:

@@ -17,6 +17,7 @@ from copilot import CopilotClient, CopilotSession, RuntimeConnection
 from copilot._jsonrpc import JsonRpcError, ProcessExitedError
 
 from .errors import ReplicaUnavailable
+from .liveness import client_connected
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,11 @@ ClientFactory = Callable[[str, str | None], CopilotClient]
 
 
 AUTH_FAILED_CODE = -32002
+# A draining server (SIGTERM) refuses new requests with -32000 and this message: it did not act on the request.
+SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+# RuntimeError texts of the SDK for a server it cannot reach: its own connect (when it auto-starts a client that
+# was stopped, e.g. one the pool discarded while another call still held it), and a server that exited during start.
+_SDK_GONE = ("failed to connect to cli server", "cli process exited", "not connected")
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -40,7 +46,9 @@ def is_transport_failure(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
         return True
-    return isinstance(exc, RuntimeError) and "not connected" in str(exc).lower()
+    if isinstance(exc, JsonRpcError):
+        return SHUTTING_DOWN in str(exc)
+    return isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _SDK_GONE)
 
 
 # SDK 1.0.25 keeps every session object it ever created or resumed in `CopilotClient._sessions`, disconnected
@@ -90,16 +98,25 @@ class ClientPool:
         return [address for address, _ in self._clients]
 
     async def get(self, address: str, token: str | None) -> CopilotClient:
-        """The connected client for `address`, connecting on first use; ReplicaUnavailable if it does not answer."""
+        """The connected client for `address`, connecting on first use and again after its connection ended;
+        ReplicaUnavailable if the server does not answer."""
         if self._closed:
             raise RuntimeError("this ClientPool is closed")
         key = (address, token)
         client = self._clients.get(key)
-        if client is not None:
+        if client is not None and client_connected(client):
             return client
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             client = self._clients.get(key)
+            if client is not None and not client_connected(client):
+                # Its server went away (crash, restart, drain) since we connected. The SDK never reconnects a
+                # client, so handing it out would fail the caller's call: with one address (per-user fleets) the
+                # first call after every restart. Retire it and connect afresh.
+                logger.info("connection to CLI server %s ended; reconnecting", address)
+                del self._clients[key]
+                await self._force_stop(client)
+                client = None
             if client is None:
                 client = await self._connect(address, token)
                 self._clients[key] = client
@@ -142,11 +159,17 @@ class ClientPool:
         except Exception:  # already broken; nothing more to free
             logger.debug("force_stop of a failed client raised", exc_info=True)
 
-    async def discard(self, address: str, token: str | None) -> None:
-        """Drop a client whose server went away, so the next `get` reconnects."""
-        client = self._clients.pop((address, token), None)
-        if client is not None:
-            await self._force_stop(client)
+    async def discard(self, address: str, token: str | None, client: CopilotClient | None = None) -> None:
+        """Drop a client whose server went away, so the next `get` reconnects.
+
+        With `client`, only if that is still the pooled one: a concurrent `get` may already have replaced it with a
+        fresh connection that other calls are using."""
+        key = (address, token)
+        pooled = self._clients.get(key)
+        if pooled is None or (client is not None and pooled is not client):
+            return
+        del self._clients[key]
+        await self._force_stop(pooled)
 
     async def aclose(self) -> None:
         """Stop every client: detach what is still attached, then close the connections."""

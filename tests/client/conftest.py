@@ -153,11 +153,13 @@ class CliServer:
         return f"127.0.0.1:{self.port}"
 
 
-def start_cli(name: str, root: Path, shared_state: Path, token: str) -> CliServer:
-    """One headless CLI with its own COPILOT_HOME whose session-state/ is the shared directory."""
+def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int = 0) -> CliServer:
+    """One headless CLI with its own COPILOT_HOME whose session-state/ is the shared directory (started again on
+    the same home when it exists: a restart)."""
     home = root / name / "home"
-    home.mkdir(parents=True)
-    (home / "session-state").symlink_to(shared_state, target_is_directory=True)
+    if not home.exists():
+        home.mkdir(parents=True)
+        (home / "session-state").symlink_to(shared_state, target_is_directory=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(root / name),
@@ -167,7 +169,8 @@ def start_cli(name: str, root: Path, shared_state: Path, token: str) -> CliServe
         "COPILOT_AUTO_UPDATE": "false",
     }
     proc = subprocess.Popen(
-        [str(CLI_BINARY), "--headless", "--no-auto-update", "--no-auto-login", "--log-level", "info", "--port", "0"],
+        [str(CLI_BINARY), "--headless", "--no-auto-update", "--no-auto-login", "--log-level", "info",
+         "--port", str(port)],
         cwd=root / name,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -241,3 +244,41 @@ def cli_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliFleet]:
         for proc in reversed(started):
             _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class SpareCli:
+    """A third CLI on the fleet's shared session-state, on a fixed port, that a test may kill and start again."""
+
+    fleet: CliFleet
+    port: int = field(default_factory=free_port)
+    server: CliServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CliServer:
+        root = self.fleet.shared_state.parent
+        self.server = start_cli("spare", root, self.fleet.shared_state, self.fleet.token, port=self.port)
+        return self.server
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no chance to close its connections in order."""
+        if self.server is not None and self.server.proc.poll() is None:
+            self.server.proc.kill()
+            self.server.proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            _stop(self.server.proc)
+
+
+@pytest.fixture
+def spare_cli(cli_fleet: CliFleet) -> Iterator[SpareCli]:
+    spare = SpareCli(cli_fleet)
+    spare.start()
+    try:
+        yield spare
+    finally:
+        spare.stop()

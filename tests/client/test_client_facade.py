@@ -64,7 +64,8 @@ class FakePool(ClientPool):
     async def get(self, address: str, token: str | None) -> Any:
         return self.fakes[address]
 
-    async def discard(self, address: str, token: str | None) -> None:
+    async def discard(self, address: str, token: str | None, client: Any = None) -> None:
+        assert client is None or client is self.fakes[address]  # the client that failed, not a replacement
         self.discarded.append(address)
 
 

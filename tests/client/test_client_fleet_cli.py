@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,6 +22,7 @@ from copilot_fleet.client import (
     ProviderMissing,
     RedisMembership,
     ReplicaUnavailable,
+    SessionDisconnected,
     SessionInUse,
     SessionNotFound,
     new_session_id,
@@ -29,7 +31,7 @@ from copilot_fleet.client import (
 from copilot_fleet.target import ProviderTarget, Target
 
 if TYPE_CHECKING:
-    from conftest import CliFleet
+    from conftest import CliFleet, SpareCli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 
@@ -155,6 +157,33 @@ async def test_failover_to_the_next_replica_when_the_first_is_down(cli_fleet: Cl
         async with await fleet.create_session("failover", **OPTS) as handle:
             assert handle.address == cli_fleet.a.address
             assert "remembered: elder" in (await handle.reply("remember: elder") or "")
+
+
+async def test_a_crash_mid_turn_ends_the_reply_at_once_and_the_restarted_server_is_reconnected(
+    cli_fleet: CliFleet, spare_cli: SpareCli
+) -> None:
+    """SDK 1.0.25 alone leaves the reply waiting for its whole timeout, and hands out the dead pooled connection
+    after the restart; with one address (a per-user fleet) that failed the first call after every restart."""
+    async with ClientPool() as pool, FleetClient(make_target(cli_fleet, [spare_cli.address]), user="kim",
+                                                 pool=pool) as fleet:
+        session = await fleet.create_session("crash", **OPTS)
+        await session.reply("remember: before")
+        turn = asyncio.ensure_future(session.reply("sleep: 8 remember: during", timeout=30))
+        await asyncio.sleep(0.7)
+        spare_cli.kill()
+        killed = time.monotonic()
+        with pytest.raises(SessionDisconnected, match=spare_cli.address):
+            await turn
+        assert time.monotonic() - killed < 3, "the reply waited on a dead server"
+        assert session.disconnected
+        await session.close()
+        assert not await lease_key_exists(cli_fleet, session.session_id)
+
+        dead_client = pool._clients[(spare_cli.address, cli_fleet.token)]
+        spare_cli.start()  # same port, same home: a supervisor's restart
+        async with await fleet.resume_session(session.session_id, **OPTS) as again:  # the first call succeeds
+            assert "before" in (await again.reply("recall") or "")
+        assert pool._clients[(spare_cli.address, cli_fleet.token)] is not dead_client
 
 
 async def test_delete_then_resume_is_session_not_found(cli_fleet: CliFleet) -> None:
