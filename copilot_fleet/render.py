@@ -463,7 +463,7 @@ def file_name(doc: Mapping[str, Any]) -> str:
 
 
 class _ManifestDumper(yaml.SafeDumper):
-    """Multi-line strings (the janitor's script) as literal blocks, readable in review."""
+    """Multi-line strings (e.g. a SecretProviderClass's `objects`) as literal blocks, readable in review."""
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

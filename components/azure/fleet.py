@@ -123,8 +123,9 @@ class AzureFleet(pulumi.ComponentResource):
         elif topology.lease_store == "external" and spec.redis.url is not None:
             external_redis = pulumi.Output.secret(spec.redis.url.get_secret_value())
 
-        # The Secrets the CLI pods read (in-cluster Redis is never deployed here, so no Redis password Secret).
-        material = secret_material(topology, args.tokens, None)
+        # The Secrets the pods read (in-cluster Redis is never deployed here, so no Redis password Secret; the
+        # janitor's lease store URL is the cache's).
+        material = secret_material(topology, args.tokens, None, external_redis)
         layout = secret_layout(
             material,
             {v: StorageCredentials(s.account_name, s.account_key) for v, s in shares.items()},

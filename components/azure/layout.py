@@ -3,8 +3,10 @@
 The Kubernetes fleet decides the Secrets its pods read (`components.kubernetes.secrets.secret_material`: name ->
 key -> value); on Azure every one of them is stored in Key Vault under `<secret>-<key>` and synced back under the
 same name and key. Azure adds one Secret per session volume for the Azure Files CSI mount
-(`azurestorageaccountname`/`azurestorageaccountkey`, the names the driver reads) and the lease store's key and URL,
-which only applications read (not synced).
+(`azurestorageaccountname`/`azurestorageaccountkey`, the names the driver reads) and the lease store's key and URL.
+The key only applications read (not synced); the URL is also what the session janitor takes leases with, so it is
+stored once, as `lease-store-redis-url`, and synced into the janitor's Secret (`copilot-janitor-credentials`,
+key `redis-url`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pulumi
 
 from components.azure.names import kv_secret_name
 from components.azure.secret_sync import SyncedSecret
+from components.kubernetes.secrets import JANITOR_CREDENTIALS, REDIS_URL_KEY
 
 # Keys the Azure Files CSI driver reads from a node-stage Secret.
 ACCOUNT_NAME_KEY = "azurestorageaccountname"
@@ -54,17 +57,25 @@ def secret_layout(material: Mapping[str, Mapping[str, pulumi.Input[str]]],
                   redis_key: pulumi.Input[str] | None = None,
                   redis_url: pulumi.Input[str] | None = None) -> SecretLayout:
     """Everything the vault holds: the fleet's Secrets (synced), the share credentials (synced), the lease store's
-    key and URL (kept for applications)."""
+    key (kept for applications) and URL (kept for applications, synced for the janitor when it reads one)."""
     layout = SecretLayout()
+    janitor_url = (JANITOR_CREDENTIALS, REDIS_URL_KEY)
     for name, data in sorted(material.items()):
         for key, value in sorted(data.items()):
+            if (name, key) == janitor_url:
+                continue  # the lease store URL below: one Key Vault secret, not two copies that could drift
             layout.add(kv_secret_name(name, key), value, name, key)
+    wants_url = REDIS_URL_KEY in material.get(JANITOR_CREDENTIALS, {})
+    if wants_url and redis_url is None:
+        raise ValueError(f"the janitor reads {JANITOR_CREDENTIALS}/{REDIS_URL_KEY} but no lease store URL was given")
     for volume, creds in sorted(storage.items()):
         secret = files_secret_name(volume)
         layout.add(kv_secret_name(secret, "account-name"), creds.account_name, secret, ACCOUNT_NAME_KEY)
         layout.add(kv_secret_name(secret, "account-key"), creds.account_key, secret, ACCOUNT_KEY_KEY)
     if redis_key is not None:
         layout.add(REDIS_KEY_SECRET, redis_key)
-    if redis_url is not None:
+    if redis_url is not None and wants_url:
+        layout.add(REDIS_URL_SECRET, redis_url, *janitor_url)
+    elif redis_url is not None:
         layout.add(REDIS_URL_SECRET, redis_url)
     return layout

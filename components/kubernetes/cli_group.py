@@ -20,6 +20,7 @@ from components.kubernetes import network, pod, storage
 from components.kubernetes.hooks import PlatformHooks
 from components.kubernetes.janitor import janitor_cron_job
 from components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
+from components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
 # Kubernetes' own default for ClientIP affinity, used when the idle timeout is off; the API allows 1..86400.
@@ -35,6 +36,7 @@ class CliGroupArgs:
     service_type: str
     session_affinity: str
     source_ranges: tuple[str, ...] = ()
+    janitor_lease_store: SecretKeyRef | None = None  # the Secret key holding the lease store URL, if any
 
 
 def affinity_seconds(idle_timeout: int) -> int:
@@ -127,5 +129,5 @@ class CliGroupDeployment(pulumi.ComponentResource):
                 opts=child,
             )
         self.ingress_policy = network.cli_ingress(meta, group, args.clients, child)
-        self.janitor = janitor_cron_job(meta, group, child)
+        self.janitor = janitor_cron_job(meta, group, child, args.janitor_lease_store)
         self.register_outputs({})

@@ -14,7 +14,7 @@ from components.kubernetes.cli_group import CliGroupArgs, CliGroupDeployment
 from components.kubernetes.hooks import PlatformHooks
 from components.kubernetes.meta import CLI, HEADLESS_SERVICE, REDIS, SERVICE_ACCOUNT, FleetMeta
 from components.kubernetes.pod import PORT_NAME
-from components.kubernetes.redis import InClusterRedis, InClusterRedisArgs, redis_password
+from components.kubernetes.redis import InClusterRedis, InClusterRedisArgs, in_cluster_url, redis_password
 from copilot_fleet.topology import Topology
 
 
@@ -68,7 +68,15 @@ class KubernetesFleet(pulumi.ComponentResource):
 
         in_cluster_redis = (topology.lease_store == "in-cluster" and hooks.external_redis_url is None)
         password = redis_password(f"{REDIS}-password", child) if in_cluster_redis else None
-        self.secret_material = secrets.secret_material(topology, args.tokens, password)
+        # The lease store URL: the target's redis_url, and what the janitor takes leases with (a Secret file).
+        redis_url: pulumi.Output[str] | None = None
+        if password is not None:
+            redis_url = in_cluster_url(meta, password)
+        elif hooks.external_redis_url is not None and topology.lease_store is not None:
+            redis_url = pulumi.Output.secret(hooks.external_redis_url)
+        elif topology.lease_store == "external" and spec.redis.url is not None:
+            redis_url = pulumi.Output.secret(spec.redis.url.get_secret_value())
+        self.secret_material = secrets.secret_material(topology, args.tokens, password, redis_url)
         self.secrets = secrets.create_secrets(meta, self.secret_material, child) if hooks.manage_secrets else {}
 
         def after_secrets(*names: str) -> pulumi.ResourceOptions:
@@ -104,16 +112,12 @@ class KubernetesFleet(pulumi.ComponentResource):
         self.default_deny = network.default_deny(meta, child)
 
         self.redis: InClusterRedis | None = None
-        redis_url: pulumi.Input[str] | None = None
         if password is not None:
             self.redis = InClusterRedis(REDIS, InClusterRedisArgs(meta), password,
                                         opts=after_secrets(secrets.REDIS_SECRET))
             network.redis_ingress(meta, clients, child)
-            redis_url = self.redis.url
-        elif hooks.external_redis_url is not None and topology.lease_store is not None:
-            redis_url = pulumi.Output.secret(hooks.external_redis_url)
-        elif topology.lease_store == "external" and spec.redis.url is not None:
-            redis_url = pulumi.Output.secret(spec.redis.url.get_secret_value())
+        janitor_lease_store = (secrets.janitor_redis_url_ref()
+                               if secrets.JANITOR_CREDENTIALS in self.secret_material else None)
 
         self.groups = [
             CliGroupDeployment(
@@ -123,8 +127,10 @@ class KubernetesFleet(pulumi.ComponentResource):
                     service_type=spec.load_balancer.service_type,
                     session_affinity=spec.load_balancer.session_affinity,
                     source_ranges=tuple(args.source_ranges),
+                    janitor_lease_store=janitor_lease_store,
                 ),
-                opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group)),
+                opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
+                                   secrets.JANITOR_CREDENTIALS),
             )
             for group in topology.groups
         ]

@@ -22,9 +22,11 @@ Contract, field by field:
   mounts its volume). Names must not clash with the fleet's own volumes: `copilot-home`, `sessions`, `tmp`.
 - `manage_secrets`: when False the fleet creates no Kubernetes Secret at all; another system (Key Vault sync)
   must create every Secret listed by `KubernetesFleet.secret_material` (name -> key -> value), under exactly those
-  names and keys. Pods read them with `secretKeyRef` either way, so nothing else changes.
+  names and keys. Pods read them with `secretKeyRef` (the janitor through a secret volume) either way, so
+  nothing else changes.
 - `external_redis_url`: the lease store lives outside the cluster (e.g. Azure Cache for Redis). No in-cluster
-  Redis is deployed, whatever `fleet:redis.mode` says, and this URL (a secret) becomes the target's `redis_url`.
+  Redis is deployed, whatever `fleet:redis.mode` says, and this URL (a secret) becomes the target's `redis_url`
+  and the session janitor's (Secret `copilot-janitor-credentials`, key `redis-url`, mounted as a file).
 
 The Kubernetes provider (a cluster built by the platform) is passed as `opts=ResourceOptions(provider=...)` on the
 KubernetesFleet itself; every child inherits it through `parent`.

@@ -1,12 +1,15 @@
 """The session janitor: a CronJob that removes sessions older than `fleet:sessionTtl` from a session volume.
 
 The CLI never deletes sessions on its own, and `delete_session` leaves `.session-operation-locks/<id>.lock` behind
-(facts: copilot-runtime.md). A session counts as live while its directory, `workspace.yaml` or `events.jsonl`
-changed within the TTL (the spec requires a TTL of at least 1 h, so a sweep never races a live turn).
+(facts: copilot-runtime.md). The job runs `python3 -m copilot_fleet.janitor`, the same janitor local fleets run
+(see its docstring): it never removes a session a client holds the lease of or a CLI has attached.
 
 One janitor per session volume: the shared patterns have one; `per-user` has one per user, scheduled onto the node
 of the user's server when the volume is ReadWriteOnce (a second pod can only mount it there).
-The job runs the CLI image (Debian: /bin/sh and find) as the same non-root user, with a read-only root filesystem.
+With a lease store (the shared patterns) the job reads the Redis URL from a Secret mounted as a file and refuses to
+run without it (`--require-leases`): replicas sharing `session-state/` may have a session attached that only its
+lease shows. Per-user fleets have no lease store; there the CLI's in-use lock is the guard.
+The job runs the CLI image (it carries copilot-fleet) as the same non-root user, with a read-only root filesystem.
 """
 
 from __future__ import annotations
@@ -18,64 +21,61 @@ import pulumi_kubernetes.batch.v1 as batch
 
 from components.kubernetes.meta import CLI, JANITOR, FleetMeta
 from components.kubernetes.pod import container_security_context, pod_security_context
+from components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
 MOUNT = "/sessions"
-
-# POSIX sh (dash, busybox ash) and find -mmin (GNU or busybox). Inputs: SESSION_ROOT, SESSION_TTL_SECONDS.
-SWEEP_SCRIPT = r"""set -eu
-root="${SESSION_ROOT:?}"
-ttl_min=$(( (${SESSION_TTL_SECONDS:?} + 59) / 60 ))
-locks="$root/.session-operation-locks"
-removed=0
-stale=0
-for dir in "$root"/*; do
-  [ -d "$dir" ] || continue
-  id=${dir##*/}
-  case "$id" in *[!A-Za-z0-9_-]*) continue ;; esac
-  recent=$(find "$dir" -maxdepth 1 \( -path "$dir" -o -name workspace.yaml -o -name events.jsonl \) -mmin "-$ttl_min" -print | head -n 1)
-  [ -z "$recent" ] || continue
-  rm -rf -- "$dir"
-  rm -f -- "$locks/$id.lock"
-  removed=$((removed + 1))
-done
-if [ -d "$locks" ]; then
-  for lock in "$locks"/*.lock; do
-    [ -f "$lock" ] || continue
-    id=${lock##*/}
-    id=${id%.lock}
-    [ ! -d "$root/$id" ] || continue
-    recent=$(find "$lock" -mmin "-$ttl_min" -print)
-    [ -z "$recent" ] || continue
-    rm -f -- "$lock"
-    stale=$((stale + 1))
-  done
-fi
-echo "session-janitor: removed $removed sessions and $stale orphaned lock files idle for over $ttl_min min in $root"
-"""
+LEASE_STORE_DIR = "/var/run/copilot-fleet"
+LEASE_STORE_FILE = "redis-url"
+# Read-only for the owner (root) and the fsGroup (the janitor's gid): the kubelet gives the files to the fsGroup.
+LEASE_STORE_MODE = 0o440
+# Python with redis-py: about 45 MiB resident; deleting a large tree stays well within the limit.
+RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
 
 
-def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOptions) -> batch.CronJob:
+def janitor_command(session_ttl: int, lease_store: bool) -> list[str]:
+    """The container command: `copilot_fleet.janitor` once over the mounted volume (tests parse it with the
+    janitor's own argument parser)."""
+    command = ["python3", "-m", "copilot_fleet.janitor", "--session-state", MOUNT, "--ttl", f"{session_ttl}s"]
+    if lease_store:
+        command += ["--redis-url-file", f"{LEASE_STORE_DIR}/{LEASE_STORE_FILE}", "--require-leases"]
+    return command
+
+
+def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOptions,
+                     lease_store: SecretKeyRef | None = None) -> batch.CronJob:
+    """`lease_store`: the Secret key holding the lease store URL; None when the fleet has no lease store."""
     spec = meta.spec
     name = meta.janitor(group)
+    mounts: list[dict[str, Any]] = [{"name": "sessions", "mount_path": MOUNT}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
+    ]
+    if lease_store is not None:
+        # A file, never an env value or an argument: those show in `kubectl describe` and in /proc/<pid>/cmdline.
+        mounts.append({"name": "lease-store", "mount_path": LEASE_STORE_DIR, "read_only": True})
+        volumes.append({"name": "lease-store", "secret": {
+            "secret_name": lease_store.name,
+            "items": [{"key": lease_store.key, "path": LEASE_STORE_FILE}],
+            "default_mode": LEASE_STORE_MODE,
+        }})
     pod_spec: dict[str, Any] = {
         "restart_policy": "Never",
         "automount_service_account_token": False,
+        "enable_service_links": False,
         "security_context": pod_security_context(),
         "containers": [{
             "name": "janitor",
             "image": spec.image,
             "image_pull_policy": "IfNotPresent",
-            "command": ["/bin/sh", "-c", SWEEP_SCRIPT],
-            "env": [
-                {"name": "SESSION_ROOT", "value": MOUNT},
-                {"name": "SESSION_TTL_SECONDS", "value": str(spec.session_ttl)},
-            ],
-            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
+            "command": janitor_command(spec.session_ttl, lease_store is not None),
+            # The root filesystem is read-only: no bytecode to write; print each line as it comes.
+            "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+            "resources": RESOURCES,
             "security_context": container_security_context(),
-            "volume_mounts": [{"name": "sessions", "mount_path": MOUNT}],
+            "volume_mounts": mounts,
         }],
-        "volumes": [{"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}}],
+        "volumes": volumes,
     }
     if spec.storage.access_mode == "ReadWriteOnce":
         pod_spec["affinity"] = {"pod_affinity": {"required_during_scheduling_ignored_during_execution": [{

@@ -3,7 +3,8 @@
 - default deny: every pod of the fleet (CLI servers, Redis, janitors) refuses all ingress;
 - CLI port: only from client pods (`fleet:clientSelector`); in `per-user`, a user's server only from client pods
   that also carry `copilot-fleet/user: <id>`, so no user's pods reach another user's server;
-- Redis: only from the CLI pods and the client pods (the fleet client takes the leases).
+- Redis: only from the CLI pods, the client pods (the fleet client takes the leases) and the janitor pods (the
+  janitor takes a session's lease before it deletes the session).
 
 Clients in other namespaces are admitted when `client_namespace_selector` is given (namespaceSelector AND
 podSelector in one peer); without it only client pods in the fleet's namespace match. `source_ranges` (CIDRs) admit
@@ -23,6 +24,7 @@ import pulumi_kubernetes.networking.v1 as networking
 from components.kubernetes.meta import (
     CLI,
     DEFAULT_DENY_POLICY,
+    JANITOR,
     LEASE_STORE,
     REDIS,
     REDIS_PORT,
@@ -80,6 +82,7 @@ def cli_ingress(meta: FleetMeta, group: CliGroup, clients: ClientPeers,
 def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
     name = f"{REDIS}-ingress"
     cli_pods = {"pod_selector": {"match_labels": meta.selector(CLI)}}
+    janitor_pods = {"pod_selector": {"match_labels": meta.selector(JANITOR)}}
     return networking.NetworkPolicy(
         name,
         metadata=meta.metadata(name, LEASE_STORE),
@@ -88,7 +91,7 @@ def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOp
             "policy_types": ["Ingress"],
             # Redis is never exposed outside the cluster: no ipBlock peers here.
             "ingress": [{
-                "from": [cli_pods, clients.peers()[0]],
+                "from": [cli_pods, janitor_pods, clients.peers()[0]],
                 "ports": [{"port": REDIS_PORT, "protocol": "TCP"}],
             }],
         },

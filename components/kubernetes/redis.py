@@ -33,6 +33,13 @@ def redis_password(name: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str
     return pulumi.Output.secret(password.result)
 
 
+def in_cluster_url(meta: FleetMeta, password: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The in-cluster Redis' URL (a secret): known before the StatefulSet exists, so the janitor's Secret can hold
+    it too."""
+    host = f"{REDIS}.{meta.namespace}.svc.cluster.local:{REDIS_PORT}"
+    return pulumi.Output.secret(pulumi.Output.concat("redis://:", password, "@", host, "/0"))
+
+
 class InClusterRedis(pulumi.ComponentResource):
     """Service `copilot-redis` + StatefulSet `copilot-redis` (data on a volumeClaimTemplate); the password Secret
     is one of the fleet's Secrets (see secrets.py)."""
@@ -97,6 +104,5 @@ class InClusterRedis(pulumi.ComponentResource):
             },
             opts=child,
         )
-        host = f"{REDIS}.{meta.namespace}.svc.cluster.local:{REDIS_PORT}"
-        self.url = pulumi.Output.secret(pulumi.Output.concat("redis://:", password, "@", host, "/0"))
+        self.url = in_cluster_url(meta, password)
         self.register_outputs({"url": self.url})

@@ -1,14 +1,16 @@
 """The fleet's Kubernetes Secrets: which exist, under which names and keys, and what goes in them.
 
-Pods only ever read credentials through `secretKeyRef` to the names and keys below. The fleet creates the Secrets
-itself unless `PlatformHooks.manage_secrets` is False; then another system (Key Vault sync) must create exactly the
-Secrets of `secret_material(...)`.
+Pods only ever read credentials through `secretKeyRef` to the names and keys below (the janitor through a secret
+volume: its lease store URL is a file, see janitor.py). The fleet creates the Secrets itself unless
+`PlatformHooks.manage_secrets` is False; then another system (Key Vault sync) must create exactly the Secrets of
+`secret_material(...)`.
 
 | Secret | keys | when |
 |---|---|---|
 | `copilot-fleet-credentials` | `github-token`, `provider-api-key` | a fleet GitHub token / a BYOK provider is set |
 | `<group>-credentials` | `connection-token`, and `github-token` for a per-user user with their own token | always |
 | `copilot-redis` | `password` | in-cluster Redis |
+| `copilot-janitor-credentials` | `redis-url` | a lease store (shared patterns): the janitor mounts it as a file |
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pulumi
 import pulumi_kubernetes.core.v1 as core
 
 from components.common import ConnectionTokens
-from components.kubernetes.meta import REDIS, FleetMeta
+from components.kubernetes.meta import JANITOR, LEASE_STORE, REDIS, FleetMeta
 from copilot_fleet.topology import CliGroup, Topology
 
 FLEET_CREDENTIALS = "copilot-fleet-credentials"
@@ -29,6 +31,9 @@ PROVIDER_API_KEY_KEY = "provider-api-key"
 CONNECTION_TOKEN_KEY = "connection-token"
 REDIS_SECRET = REDIS
 REDIS_PASSWORD_KEY = "password"
+# The lease store URL for the session janitor, in a Secret of its own: the CLI pods never see it.
+JANITOR_CREDENTIALS = "copilot-janitor-credentials"
+REDIS_URL_KEY = "redis-url"
 
 SecretMaterial = dict[str, dict[str, pulumi.Output[str]]]
 
@@ -68,9 +73,17 @@ def redis_password_ref() -> SecretKeyRef:
     return SecretKeyRef(REDIS_SECRET, REDIS_PASSWORD_KEY)
 
 
+def janitor_redis_url_ref() -> SecretKeyRef:
+    return SecretKeyRef(JANITOR_CREDENTIALS, REDIS_URL_KEY)
+
+
 def secret_material(topology: Topology, tokens: ConnectionTokens,
-                    redis_password: pulumi.Output[str] | None) -> SecretMaterial:
-    """Every Secret the fleet's pods read: name -> key -> value (each value a Pulumi secret)."""
+                    redis_password: pulumi.Output[str] | None,
+                    lease_store_url: pulumi.Input[str] | None = None) -> SecretMaterial:
+    """Every Secret the fleet's pods read: name -> key -> value (each value a Pulumi secret).
+
+    `lease_store_url` is the Redis URL the janitor takes leases with; it is used only when the topology has a lease
+    store (per-user fleets have none, and their janitors run without leases)."""
     spec = topology.spec
     out: SecretMaterial = {}
     fleet: dict[str, pulumi.Output[str]] = {}
@@ -88,6 +101,11 @@ def secret_material(topology: Topology, tokens: ConnectionTokens,
         out[FleetMeta.credentials_secret(group)] = data
     if redis_password is not None:
         out[REDIS_SECRET] = {REDIS_PASSWORD_KEY: redis_password}
+    if topology.lease_store is not None:
+        if lease_store_url is None:
+            # Fail here rather than deploy a janitor that deletes on a shared volume without leases.
+            raise ValueError("the topology has a lease store but no lease store URL was given for the janitor")
+        out[JANITOR_CREDENTIALS] = {REDIS_URL_KEY: pulumi.Output.secret(lease_store_url)}
     return out
 
 
@@ -96,7 +114,7 @@ def create_secrets(meta: FleetMeta, material: Mapping[str, Mapping[str, pulumi.O
     """One Opaque Secret per entry; `stringData` is a Pulumi secret, so the engine stores it encrypted."""
     created = {}
     for name, data in sorted(material.items()):
-        component = "lease-store" if name == REDIS_SECRET else "cli"
+        component = {REDIS_SECRET: LEASE_STORE, JANITOR_CREDENTIALS: JANITOR}.get(name, "cli")
         created[name] = core.Secret(
             name,
             metadata=meta.metadata(name, component),

@@ -94,6 +94,10 @@ def test_an_external_lease_store_replaces_azure_cache(run_mocked: Callable[..., 
     assert "redis_url" in run.secret_outputs
     names = {s.inputs["secretName"] for s in run.of_type("azure-native:keyvault:Secret")}
     assert "lease-store-redis-url" in names and "lease-store-redis-key" not in names
+    # the janitor takes its leases there too: the URL is synced into its Secret
+    provider_class = next(m for m in run.manifests() if m["kind"] == "SecretProviderClass")["spec"]
+    synced = {(s["secretName"], d["key"]): d["objectName"] for s in provider_class["secretObjects"] for d in s["data"]}
+    assert synced[("copilot-janitor-credentials", "redis-url")] == "lease-store-redis-url"
 
 
 def test_the_fleet_hands_back_where_things_landed(run_mocked: Callable[..., Run]) -> None:

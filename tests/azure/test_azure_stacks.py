@@ -168,6 +168,10 @@ def test_every_secret_a_pod_or_volume_reads_is_synced_from_key_vault(run: Run) -
             for env in container.get("env", []):
                 if ref := env.get("valueFrom", {}).get("secretKeyRef"):
                     wanted.add((ref["name"], ref["key"]))
+        for volume in pod["volumes"]:  # secret volumes (the janitor's lease store URL file)
+            if secret := volume.get("secret"):
+                assert secret.get("items"), f"{volume['name']}: a secret volume names the keys it mounts"
+                wanted |= {(secret["secretName"], item["key"]) for item in secret["items"]}
     for pv in run.kind("PersistentVolume"):
         ref = pv["spec"]["csi"]["nodeStageSecretRef"]
         assert ref["namespace"] == pv["spec"]["claimRef"]["namespace"]
@@ -207,6 +211,38 @@ def test_only_the_sync_pods_carry_the_workload_identity(run: Run) -> None:
 
 
 # --- Redis ----------------------------------------------------------------------------------------------------
+
+def test_the_janitor_takes_leases_with_the_cache_url_from_key_vault(stack: str, run: Run) -> None:
+    """The janitor CronJob on AKS: the Kubernetes one, its Redis URL file synced from `lease-store-redis-url`."""
+    from copilot_fleet.janitor import build_parser
+
+    jobs = run.kind("CronJob")
+    assert len(jobs) == len(build_topology(spec_of(stack)).session_volumes)
+    provider_class = run.get("SecretProviderClass", SYNC_NAME)["spec"]
+    synced = {(s["secretName"], d["key"]): d["objectName"] for s in provider_class["secretObjects"] for d in s["data"]}
+    vault = {s.inputs["secretName"]: clear(s.inputs)["properties"]["value"]
+             for s in run.of_type(f"{AZ}keyvault:Secret")}
+    for job in jobs:
+        pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.janitor"]
+        args = build_parser().parse_args(c["command"][3:])
+        assert args.session_state == next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "sessions")
+        secret_volumes = [v for v in pod["volumes"] if "secret" in v]
+        if stack not in SHARED:
+            assert args.redis_url_file is None and not secret_volumes
+            continue
+        (volume,) = secret_volumes
+        (item,) = volume["secret"]["items"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+        assert args.redis_url_file == f"{mount['mountPath']}/{item['path']}" and args.require_leases
+        # one Key Vault secret holds the cache's URL: what applications read and what the janitor gets synced
+        assert synced[(volume["secret"]["secretName"], item["key"])] == "lease-store-redis-url"
+        assert vault["lease-store-redis-url"] == run.outputs["redis_url"]
+        assert not [n for n in vault if n.startswith("copilot-janitor")]
+    if stack not in SHARED:
+        assert not [k for k in synced if k[0] == "copilot-janitor-credentials"]
+
 
 def test_redis_is_tls_only_for_shared_patterns_and_absent_for_per_user(stack: str, run: Run) -> None:
     caches = run.of_type(f"{AZ}redis:Redis")

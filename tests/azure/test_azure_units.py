@@ -1,4 +1,5 @@
-"""Pure parts of the Azure platform: names Azure accepts, the SecretProviderClass body, the Redis URL."""
+"""Pure parts of the Azure platform: names Azure accepts, the SecretProviderClass body, the Redis URL, the secret
+layout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import yaml
 
 from components.azure import names
 from components.azure.cache import redis_url, sku_family
+from components.azure.layout import REDIS_URL_SECRET, secret_layout
 from components.azure.secret_sync import SyncedSecret, provider_class_spec
 
 
@@ -72,3 +74,21 @@ def test_redis_url_is_tls_and_premium_sizes_are_checked() -> None:
     assert sku_family("Standard", 0) == "C" and sku_family("Premium", 1) == "P"
     with pytest.raises(ValueError, match="fleet:azure.redisCapacity"):
         sku_family("Premium", 0)
+
+
+def test_the_lease_store_url_is_one_key_vault_secret_synced_for_the_janitor() -> None:
+    url = "rediss://:k@h.redis.cache.windows.net:6380/0"
+    material = {"copilot-cli-credentials": {"connection-token": "t"},
+                "copilot-janitor-credentials": {"redis-url": url}}
+    layout = secret_layout(material, {}, redis_key="k", redis_url=url)
+    assert layout.values == {"copilot-cli-credentials-connection-token": "t", "lease-store-redis-key": "k",
+                             REDIS_URL_SECRET: url}
+    assert {(i.vault_secret, i.k8s_secret, i.key) for i in layout.synced} == {
+        ("copilot-cli-credentials-connection-token", "copilot-cli-credentials", "connection-token"),
+        (REDIS_URL_SECRET, "copilot-janitor-credentials", "redis-url")}
+    # without a janitor that reads it (per-user), the URL is kept for applications only
+    plain = secret_layout({"copilot-cli-credentials": {"connection-token": "t"}}, {}, redis_url=url)
+    assert plain.values[REDIS_URL_SECRET] == url and [i.vault_secret for i in plain.synced] == [
+        "copilot-cli-credentials-connection-token"]
+    with pytest.raises(ValueError, match="no lease store URL"):
+        secret_layout(material, {})

@@ -95,6 +95,8 @@ def test_externally_managed_secrets_and_identity(make_fleet, kube):
     # the lease store is the platform's: no in-cluster Redis, and its URL is the target's
     assert not [s for s in fleet.of_kind("StatefulSet") if "redis" in s["metadata"]["name"]]
     assert "copilot-redis" not in material
+    # ... and the janitor's: the platform must supply its URL file's Secret too
+    assert material["copilot-janitor-credentials"] == ["redis-url"]
     assert fleet.outputs["redis_url"] == "rediss://:pw@cache.example:6380/0"
     assert "redis_url" in fleet.run.secret_outputs
 

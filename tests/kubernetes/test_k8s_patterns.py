@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from copilot_fleet.janitor import build_parser
+
 PATTERNS = ("shared-cli", "shared-session", "per-user")
 CREDENTIAL_NAME = re.compile(r"TOKEN|KEY|PASSWORD|SECRET", re.IGNORECASE)
 
@@ -211,7 +213,8 @@ def test_network_policies_admit_only_clients(make_fleet, kube):
     assert admitted(redis, client, 6379)
     assert admitted(redis, cli, 6379)
     assert not admitted(redis, stranger, 6379)
-    assert not admitted(redis, pods["copilot-session-janitor"], 6379)
+    # the janitor takes a session's lease before deleting it
+    assert admitted(redis, pods["copilot-session-janitor"], 6379)
 
 
 def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube):
@@ -338,11 +341,14 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
         (c,) = pod["containers"]
         (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
         janitor_claims.add(claim)
-        env = kube.env_of(c)
-        assert env["SESSION_TTL_SECONDS"]["value"] == str(2 * 86400)
+        # the same janitor as local fleets, once per run, over the mounted session volume
+        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.janitor"]
+        args = build_parser().parse_args(c["command"][3:])
         mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-        assert env["SESSION_ROOT"]["value"] == mount[[v["name"] for v in pod["volumes"]][0]]
-        assert ".session-operation-locks" in c["command"][-1]
+        claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+        assert args.session_state == mount[claim_volume]
+        assert args.ttl == 2 * 86400
+        assert args.every is None and not args.dry_run
         assert pod["securityContext"]["runAsNonRoot"] is True
         if pattern == "per-user":  # ReadWriteOnce: the janitor must land on the server's node
             term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
