@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from copilot_fleet.local.operate import attached_dirs, turn_in_flight
-from copilot_fleet.local.ports import port_holder
+from copilot_fleet.local.ports import port_holder, port_holder_pid
 
 _POLL = 0.5
 
@@ -38,16 +38,6 @@ def wait_idle(session_state: Path, pid: int, timeout: float) -> list[str]:
         time.sleep(_POLL)
         busy = busy_sessions(session_state, pid)
     return busy
-
-
-def _pid_of_port(port: int) -> int | None:
-    holder = port_holder(port)  # "pid NNN (name)" or None
-    if holder is None:
-        return None
-    for word in holder.replace("(", " ").split():
-        if word.isdigit():
-            return int(word)
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if holder is None:
             print(f"drain: nothing listens on port {args.port}; nothing to wait for", flush=True)
             return 0
-        pid = _pid_of_port(args.port)
+        pid = port_holder_pid(args.port)
         if pid is None:
             p.error(f"cannot tell the PID of what listens on port {args.port} ({holder}); pass --pid")
     began = time.monotonic()

@@ -12,6 +12,10 @@ matters for a Kubernetes exec probe that runs every few seconds in every pod.
 Command line (Kubernetes exec probe, HAProxy external check, scripts):
 
     python -m copilot_fleet.health --host 127.0.0.1 --port 4321 [--token-file F] [--timeout 2] [--json]
+        [--recycle-rss-mb MIB] [--recycle-sessions N] [--home DIR]
+
+With recycle bounds, a server that answers but whose process (found from the listening port, so on this machine)
+is past a bound fails too: that is how a Kubernetes pod gets recycled (copilot_fleet/wear.py).
 
 The token comes from `--token-file`, else `$COPILOT_CONNECTION_TOKEN` (the variable the CLI server itself reads,
 so inside the CLI's container the probe needs no extra configuration). Exit 0 when healthy, 1 when not, 2 on
@@ -28,12 +32,13 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_TIMEOUT = 2.0
 TOKEN_ENV = "COPILOT_CONNECTION_TOKEN"
+HOME_ENV = "COPILOT_HOME"
 # An answer to `connect`/`status.get` is about 100 bytes; anything huge is not a CLI server talking.
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_HEADER_LINES = 32
@@ -238,7 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT,
                    help=f"seconds for the whole check (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    bounds = p.add_argument_group(
+        "recycle bounds (fleet:recycle)",
+        "fail, although the server answers, once the CLI listening on --port on this machine is past a bound: on "
+        "Kubernetes the pod then leaves the Service (readiness) and is restarted after its preStop drain (liveness)")
+    bounds.add_argument("--recycle-rss-mb", type=_bound, default=None, metavar="MIB",
+                        help="resident memory (VmRSS) above this many MiB")
+    bounds.add_argument("--recycle-sessions", type=_bound, default=None, metavar="N",
+                        help="this many session creates + resumes served since the process started")
+    bounds.add_argument("--home", default=None, metavar="DIR",
+                        help=f"the server's COPILOT_HOME, whose logs count the sessions (default ${HOME_ENV})")
     return p
+
+
+def _bound(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None) -> list[str]:
+    """Why the CLI listening on `port` here is past its recycle bounds (empty: it is not, or it cannot be told)."""
+    from copilot_fleet.local.ports import port_holder_pid
+    from copilot_fleet.wear import measure
+
+    pid = port_holder_pid(port)
+    if pid is None:
+        return []  # not visible from here (another user's process, another host): the bound cannot be judged
+    return measure(pid, home).over(max_rss_mb, max_sessions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +290,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     result = check(address, token, args.timeout)
+    if result.ok and (args.recycle_rss_mb is not None or args.recycle_sessions is not None):
+        home = args.home or os.environ.get(HOME_ENV)
+        reasons = recycle_reasons(parse_address(address)[1], Path(home) if home else None,
+                                  args.recycle_rss_mb, args.recycle_sessions)
+        if reasons:
+            result = replace(result, ok=False, error=f"answers, but is past its recycle bound ({'; '.join(reasons)}): "
+                                                     "drain and restart it")
     print(json.dumps(result.to_dict()) if args.json else result.line(), flush=True)
     return 0 if result.ok else 1
 

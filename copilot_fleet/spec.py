@@ -298,6 +298,12 @@ class RecycleSpec(_Section):
 
     max_rss_mb: Annotated[int, Field(ge=64, le=65536)] | None = None
     max_sessions: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # Local fleets: how often the supervised recycler checks (Kubernetes: the probes' own periods).
+    check_every: Annotated[Duration, Field(ge=10, le=86400)] = 300
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_rss_mb is not None or self.max_sessions is not None
 
 
 class FleetSpec(_Section):
@@ -419,6 +425,12 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
                      "distinct ports")
     if spec.platform == "azure":
         p.extend(_azure_problems(spec))
+    if spec.platform in ("kubernetes", "azure") and spec.recycle.max_rss_mb is not None:
+        limit_mib = quantity_value(spec.resources.limits.memory) / 1024.0**2
+        if spec.recycle.max_rss_mb >= limit_mib:
+            p.append(f"fleet:recycle.maxRssMb: {spec.recycle.max_rss_mb} MiB is not below the container's memory "
+                     f"limit (fleet:resources.limits.memory {spec.resources.limits.memory} = {limit_mib:g} MiB): "
+                     "the OOM killer would stop the server first, without a drain")
     if spec.idle_timeout and spec.idle_timeout < 60:
         p.append(f"fleet:idleTimeout: at least 60 seconds, or 0 to disable (got {spec.idle_timeout})")
     if spec.session_ttl < 3600:

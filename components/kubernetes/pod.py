@@ -16,6 +16,7 @@ from typing import Any
 
 from components.kubernetes import secrets
 from components.kubernetes.meta import FleetMeta
+from copilot_fleet.spec import RecycleSpec
 from copilot_fleet.topology import CliGroup
 
 HOME = "/var/lib/copilot"
@@ -96,23 +97,35 @@ class Probes:
     liveness: dict[str, Any]
 
 
-def health_command(port: int, timeout: int) -> dict[str, Any]:
+def health_command(port: int, timeout: int, recycle: RecycleSpec | None = None) -> dict[str, Any]:
     """`copilot_fleet.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
-    server that accepts TCP but does not answer fails the probe."""
-    return {"exec": {"command": ["python3", "-m", "copilot_fleet.health", "--port", str(port),
-                                 "--timeout", str(timeout)]}}
+    server that accepts TCP but does not answer fails the probe; with `fleet:recycle` bounds, so does a server past
+    one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits)."""
+    command = ["python3", "-m", "copilot_fleet.health", "--port", str(port), "--timeout", str(timeout)]
+    if recycle is not None and recycle.max_rss_mb is not None:
+        command += ["--recycle-rss-mb", str(recycle.max_rss_mb)]
+    if recycle is not None and recycle.max_sessions is not None:
+        command += ["--recycle-sessions", str(recycle.max_sessions)]
+    return {"exec": {"command": command}}
 
 
-def cli_probes(port: int) -> Probes:
+def cli_probes(port: int, recycle: RecycleSpec | None = None) -> Probes:
     """The one place that decides how the CLI's health is checked.
 
     The startup probe is a TCP connect: it only covers the first launch, which unpacks about 235 MB into the cache
     before listening. Readiness and liveness do the real round trip.
+
+    Recycling (the CLI never gives memory back): past a `fleet:recycle` bound both probes fail. Readiness first
+    (after 2 x 10 s the pod leaves the Services: no new connections), then liveness (after 3 x 20 s the kubelet
+    restarts the container; the preStop hook drains its turns first). Same pod, same volumes, so sessions resume
+    with their history; a fresh process is under the bounds again.
     """
     return Probes(
         startup={"tcp_socket": {"port": port}, "period_seconds": 2, "timeout_seconds": 2, "failure_threshold": 60},
-        readiness={**health_command(port, 2), "period_seconds": 10, "timeout_seconds": 5, "failure_threshold": 2},
-        liveness={**health_command(port, 3), "period_seconds": 20, "timeout_seconds": 5, "failure_threshold": 3},
+        readiness={**health_command(port, 2, recycle), "period_seconds": 10, "timeout_seconds": 5,
+                   "failure_threshold": 2},
+        liveness={**health_command(port, 3, recycle), "period_seconds": 20, "timeout_seconds": 5,
+                  "failure_threshold": 3},
     )
 
 
@@ -144,7 +157,7 @@ def pod_security_context(uid: int = RUN_AS_USER) -> dict[str, Any]:
 def cli_container(meta: FleetMeta, group: CliGroup,
                   extra_mounts: Sequence[Mapping[str, Any] | Any] = ()) -> dict[str, Any]:
     spec = meta.spec
-    probes = cli_probes(spec.port)
+    probes = cli_probes(spec.port, spec.recycle)
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,

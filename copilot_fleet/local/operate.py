@@ -22,7 +22,6 @@ own log since it started) is drained and started again.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 import xmlrpc.client
@@ -33,12 +32,13 @@ from pathlib import Path
 import redis
 
 from copilot_fleet.client.draining import clear_draining, mark_draining
-from copilot_fleet.local import probes, procfs
+from copilot_fleet.local import lbstats, probes, procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
-from copilot_fleet.local.plan import HAPROXY_BACKEND, Service, load_manifest
+from copilot_fleet.local.plan import HAPROXY_BACKEND, HAPROXY_PROGRAM, Service, load_manifest
 from copilot_fleet.local.status import session_dirs
+from copilot_fleet.wear import measure
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
 _POLL = 0.2
@@ -46,8 +46,6 @@ _RECENT_WRITE_SECONDS = 1.0
 # Events after which a session waits for its user: no turn in flight.
 _IDLE_EVENTS = frozenset({"assistant.turn_end", "session.start", "session.resume", "session.shutdown",
                           "session.idle", "session.model_change", "session.info", "session.error"})
-# What the CLI logs (at info) when a process attaches a session.
-_SESSION_LOG = re.compile(rb"\[INFO\] (?:Created|Resumed) session: ")
 
 
 @dataclass
@@ -183,21 +181,6 @@ def attached_dirs(session_state: Path, pid: int) -> list[Path]:
     return [d for d in session_dirs(session_state) if (d / lock).exists()]
 
 
-def sessions_served(home: Path, pid: int) -> int | None:
-    """Creates + resumes the server logged since it started: its own `logs/process-<ms>-<pid>.log` (the CLI
-    writes one per process). None when there is no such log (logLevel none/error log no sessions)."""
-    logs = sorted((home / "logs").glob(f"process-*-{pid}.log"))
-    if not logs:
-        return None
-    total = 0
-    for log in logs:
-        try:
-            total += len(_SESSION_LOG.findall(log.read_bytes()))
-        except OSError:
-            return None
-    return total
-
-
 # --- drain / undrain --------------------------------------------------------------------------------------------
 
 def _say(out: Callable[[str], None] | None, text: str) -> None:
@@ -279,6 +262,8 @@ def _undrain(paths: StatePaths, stack: str, server: str, timeout: float,
                 raise LocalFleetError(f"supervisord could not start {server}: {fault.faultString}") from fault
     wait_answering(paths, supervisor, svc, began + timeout)
     restore_rotation(paths, services, server)
+    if any(s.kind == "haproxy" for s in services):
+        _wait_balancer_up(paths, server, began + timeout)
     seconds = time.monotonic() - began
     _say(out, f"  {server}: answering and back in rotation after {seconds:.1f} s")
     return seconds
@@ -298,6 +283,19 @@ def wait_answering(paths: StatePaths, supervisor: sv.Supervisor, svc: Service, d
         time.sleep(_POLL)
     raise LocalFleetError(f"{svc.name} did not answer within the timeout ({last}):\n"
                           + sv.tail(Path(svc.log)))
+
+
+def _wait_balancer_up(paths: StatePaths, server: str, deadline: float) -> None:
+    """Until HAProxy's own health check passes again (READY only re-enables checking): before that the endpoint
+    sends nothing to the server, and `status` calls the fleet unhealthy."""
+    state = ""
+    while time.monotonic() < deadline:
+        state = lbstats.backend_states(paths.haproxy_socket).get(server, "")
+        if state.startswith("UP"):
+            return
+        time.sleep(_POLL)
+    raise LocalFleetError(f"{server} answers, but HAProxy still reports it {state or 'unknown'}; see "
+                          f"{paths.display(paths.log_file(HAPROXY_PROGRAM))}")
 
 
 def restore_rotation(paths: StatePaths, services: list[Service], server: str) -> None:
@@ -341,15 +339,24 @@ def _set_draining_mark(paths: StatePaths, svc: Service, draining: bool, out: Cal
 
 # --- recycle ----------------------------------------------------------------------------------------------------
 
+class FleetBusy(LocalFleetError):
+    """Another command holds the fleet (a periodic check skips its turn rather than queue behind it)."""
+
+
+def _busy() -> None:
+    raise FleetBusy("another command is changing the fleet")
+
+
 def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sessions: int | None,
             dry_run: bool = False, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT, start_timeout: float = 60.0,
-            out: Callable[[str], None] | None = None) -> list[RecycleCandidate]:
-    """Every CLI server over a bound is drained and started again, one at a time (the others keep serving)."""
+            out: Callable[[str], None] | None = None, wait_for_lock: bool = True) -> list[RecycleCandidate]:
+    """Every CLI server over a bound is drained and started again, one at a time (the others keep serving).
+    `wait_for_lock=False`: raise FleetBusy instead of waiting while another command changes the fleet."""
     if max_rss_mb is None and max_sessions is None:
         raise LocalFleetError("no recycle bound: pass --max-rss-mb and/or --max-sessions, or set fleet:recycle "
                               "(maxRssMb, maxSessions) in the stack file")
     paths = StatePaths(project_dir, stack)
-    with stack_lock(paths):
+    with stack_lock(paths, on_wait=None if wait_for_lock else _busy):
         services = _services(paths, stack)
         supervisor = _running_supervisor(paths, stack)
         infos = supervisor.processes()
@@ -360,16 +367,10 @@ def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sess
             pid = int(info.get("pid") or 0) or None
             if pid is None or info.get("statename") != "RUNNING" or svc.name in drained:
                 continue  # stopped or drained by an operator: not ours to restart
-            rss = procfs.rss_kib(pid)
-            rss_mib = round(rss / 1024, 1) if rss is not None else None
-            served = sessions_served(Path(svc.home or ""), pid)
-            reasons = []
-            if max_rss_mb is not None and rss_mib is not None and rss_mib > max_rss_mb:
-                reasons.append(f"RSS {rss_mib:.0f} MiB > {max_rss_mb:g} MiB")
-            if max_sessions is not None and served is not None and served >= max_sessions:
-                reasons.append(f"served {served} sessions >= {max_sessions}")
-            result.append(RecycleCandidate(server=svc.name, pid=pid, rss_mib=rss_mib, sessions_served=served,
-                                           reasons=reasons))
+            wear = measure(pid, Path(svc.home or ""))
+            result.append(RecycleCandidate(server=svc.name, pid=pid, rss_mib=wear.rss_mib,
+                                           sessions_served=wear.sessions_served,
+                                           reasons=wear.over(max_rss_mb, max_sessions)))
         for cand in result:
             if not cand.reasons:
                 _say(out, f"  {cand.server}: ok (RSS {cand.rss_mib} MiB, {cand.sessions_served} sessions served)")

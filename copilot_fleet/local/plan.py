@@ -84,7 +84,7 @@ class Program:
 
 @dataclass(frozen=True)
 class Task:
-    """A supervised helper without a port (no probe, not in fleet.json): the janitor."""
+    """A supervised helper without a port (no probe, not in fleet.json): the janitor, the recycler."""
 
     name: str
     command: tuple[str, ...]
@@ -236,7 +236,7 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     balance: Literal["roundrobin", "source"] | None = None
     if topology.load_balanced:
         balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
-    tasks = _janitor_tasks(topology, paths, tools, programs)
+    tasks = _janitor_tasks(topology, paths, tools, programs) + _recycler_tasks(topology, paths, tools)
     return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
                      target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks)
 
@@ -244,8 +244,7 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
 def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs: list[Program]) -> tuple[Task, ...]:
     """The same janitor as the Kubernetes CronJob, every 15 minutes under supervisord: one for the shared
     session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there)."""
-    package_root = Path(copilot_fleet.__file__).resolve().parents[1]
-    env = {"PYTHONPATH": str(package_root), "PYTHONUNBUFFERED": "1"}
+    env = _python_task_env()
     base = (str(tools.python), "-m", "copilot_fleet.janitor", "--ttl", f"{topology.spec.session_ttl}s",
             "--every", str(JANITOR_EVERY_SECONDS))
     if topology.spec.isolation != "per-user":
@@ -257,6 +256,23 @@ def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs
     return tuple(Task(name=f"janitor-{p.name}", directory=paths.root, log=str(paths.log_file(f"janitor-{p.name}")),
                       command=(*base, "--session-state", str(p.service.session_state)), env=env)
                  for p in programs if p.service.kind == "cli")
+
+
+def _recycler_tasks(topology: Topology, paths: StatePaths, tools: Tools) -> tuple[Task, ...]:
+    """With fleet:recycle bounds: `copilot-fleet recycle --every` under supervisord, so a server past a bound is
+    drained and restarted without an operator (Kubernetes does the same through its probes)."""
+    bounds = topology.spec.recycle
+    if not bounds.bounded:
+        return ()
+    command = (str(tools.python), "-m", "copilot_fleet.cli", "--project-dir", str(paths.project_dir), "recycle",
+               "--stack", paths.stack, "--every", str(bounds.check_every))
+    return (Task(name="recycler", command=command, directory=paths.root, log=str(paths.log_file("recycler")),
+                 env=_python_task_env()),)
+
+
+def _python_task_env() -> dict[str, str]:
+    """Supervised Python helpers import this very copilot_fleet (also from a checkout that is not installed)."""
+    return {"PYTHONPATH": str(Path(copilot_fleet.__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
 
 
 def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths,

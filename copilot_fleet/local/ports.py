@@ -43,9 +43,9 @@ def _listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def port_holder(port: int) -> str | None:
-    """`pid 123 (redis-server *:6390)` for the process listening on `port`, if it can be told (other users'
-    processes are only visible to root)."""
+def port_holder_pid(port: int) -> int | None:
+    """The PID of the process listening on `port`; None if nothing listens or it is another user's (only root
+    sees those)."""
     inodes = _listening_inodes(port)
     if not inodes:
         return None
@@ -59,10 +59,19 @@ def port_holder(port: int) -> str | None:
         for fd in fds:
             try:
                 if os.readlink(f"{fd_dir}/{fd}") in targets:
-                    return procfs.describe(pid)
+                    return pid
             except OSError:
                 continue
-    return "a process this user cannot see"
+    return None
+
+
+def port_holder(port: int) -> str | None:
+    """`pid 123 (redis-server *:6390)` for the process listening on `port`, if it can be told (other users'
+    processes are only visible to root)."""
+    pid = port_holder_pid(port)
+    if pid is not None:
+        return procfs.describe(pid)
+    return "a process this user cannot see" if _listening_inodes(port) else None
 
 
 def free_port_block(count: int, attempts: int = 200) -> int:

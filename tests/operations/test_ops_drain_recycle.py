@@ -31,7 +31,8 @@ from local_fleet_helpers import (  # noqa: E402
 
 from copilot_fleet.client import rank_replicas  # noqa: E402
 from copilot_fleet.local import lbstats, procfs  # noqa: E402
-from copilot_fleet.local.operate import drain, recycle, sessions_served, undrain  # noqa: E402
+from copilot_fleet.local.operate import drain, recycle, undrain  # noqa: E402
+from copilot_fleet.wear import sessions_served  # noqa: E402
 
 STACK = "ops-drain"
 FIGURES: dict[str, Any] = {}
@@ -42,7 +43,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     if not PROJECT_CLI.exists():
         pytest.skip(f"Copilot CLI binary missing at {PROJECT_CLI}")
     proj = Project.create(tmp_path_factory.mktemp("ops-drain"))
-    proj.local_stack(STACK, "shared-cli", replicas=2)
+    # A recycler that checks every 10 s against a bound no server reaches: it runs, and never disturbs the tests.
+    proj.local_stack(STACK, "shared-cli", replicas=2, recycle={"maxRssMb": 65536, "checkEvery": "10s"})
     try:
         proc = proj.run("up", "--stack", STACK, "--timeout", "120", timeout=180)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -145,8 +147,8 @@ def test_drain_finishes_the_turn_routes_new_sessions_away_and_stops(project: Pro
     FIGURES["undrain_seconds"] = round(undrain(project.dir, STACK, "copilot-cli-0", timeout=90), 2)
     status = project.status(STACK)
     assert service(status, "copilot-cli-0")["state"] == "RUNNING"
-    assert lbstats.backend_states(project.paths(STACK).haproxy_socket)["copilot-cli-0"].startswith("UP") or \
-        _wait_up(project)
+    # undrain returns once HAProxy's own check has the server UP again
+    assert lbstats.backend_states(project.paths(STACK).haproxy_socket)["copilot-cli-0"].startswith("UP")
     assert address0 in json.loads(project.paths(STACK).target_file.read_text())["replicas"]
     assert run(_draining_mark(target, address0)) is None, "undrain left the draining mark"
 
@@ -171,15 +173,6 @@ async def _fleet_create_and_delete(target: Any, user: str) -> str:
         await handle.close()
         await fleet.delete_session(handle.session_id)
     return address
-
-
-def _wait_up(project: Project) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if lbstats.backend_states(project.paths(STACK).haproxy_socket).get("copilot-cli-0", "").startswith("UP"):
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_drain_of_unknown_server_names_the_servers(project: Project) -> None:
@@ -296,3 +289,28 @@ def test_the_janitor_runs_under_supervisord(project: Project) -> None:
         time.sleep(0.5)
     text = log.read_text(errors="replace")
     assert "lease check on" in text and "STOPPED" not in text, text[-2000:]
+
+
+def test_the_recycler_runs_under_supervisord(project: Project) -> None:
+    from copilot_fleet.local.supervisor import Supervisor
+
+    infos = Supervisor(project.paths(STACK), timeout=10).processes()
+    assert infos["recycler"]["statename"] == "RUNNING"
+    log = project.paths(STACK).log_file("recycler")
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and "copilot-cli-1: ok (RSS" not in log.read_text(errors="replace"):
+        time.sleep(0.5)
+    text = log.read_text(errors="replace")
+    assert "copilot-cli-0: ok (RSS" in text and "copilot-cli-1: ok (RSS" in text, text[-2000:]
+    assert "recycling" not in text
+
+
+def test_recycle_every_checks_repeatedly(project: Project) -> None:
+    proc = project.run("recycle", "--stack", STACK, "--max-rss-mb", "64", "--dry-run", "--json",
+                       "--every", "0.5", "--max-runs", "2", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]  # JSON Lines, one per check
+    assert len(docs) == 2, proc.stdout
+    for doc in docs:
+        assert {c["server"] for c in doc} == {"copilot-cli-0", "copilot-cli-1"}
+        assert all(c["reasons"] and not c["recycled"] for c in doc), doc

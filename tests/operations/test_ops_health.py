@@ -174,3 +174,47 @@ def test_command_line_probe_exit_codes_and_one_line(ops_fleet: OpsFleet, silent:
 
     usage = _probe()
     assert usage.returncode == 2 and "--port" in usage.stderr
+
+
+async def _one_session_on(ops_fleet: OpsFleet, address: str) -> None:
+    from copilot_fleet.client import FleetClient
+
+    async with FleetClient(ops_fleet.target([address]), user="wearer") as fleet:
+        handle = await fleet.create_session("wear", **ops_fleet.small)
+        await handle.close()
+        await fleet.delete_session(handle.session_id)
+
+
+def test_probe_fails_a_server_past_its_recycle_bounds(ops_fleet: OpsFleet) -> None:
+    """The Kubernetes recycle: an answering CLI over fleet:recycle's bounds fails readiness and liveness."""
+    import asyncio
+
+    from copilot_fleet.local.ports import port_holder_pid
+    from copilot_fleet.wear import measure
+
+    server = ops_fleet.a
+    asyncio.run(_one_session_on(ops_fleet, server.address))
+    pid = port_holder_pid(server.port)
+    assert pid == server.proc.pid
+    wear = measure(pid, server.home)
+    assert wear.rss_mib is not None and wear.rss_mib > 64, wear
+    assert wear.sessions_served is not None and wear.sessions_served >= 1, wear
+    env = {"COPILOT_CONNECTION_TOKEN": ops_fleet.token, "COPILOT_HOME": str(server.home)}
+    port = str(server.port)
+
+    fat = _probe("--port", port, "--recycle-rss-mb", "64", env=env)
+    assert fat.returncode == 1, fat.stdout + fat.stderr
+    assert "past its recycle bound" in fat.stdout and "MiB > 64 MiB" in fat.stdout
+
+    worn = _probe("--port", port, "--recycle-sessions", str(wear.sessions_served), env=env)
+    assert worn.returncode == 1 and f"served {wear.sessions_served} sessions" in worn.stdout, worn.stdout
+
+    fine = _probe("--port", port, "--recycle-rss-mb", "65536", "--recycle-sessions", "1000000", env=env)
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+
+    # Without COPILOT_HOME the sessions cannot be counted: that bound is not met (never a false restart).
+    no_home = _probe("--port", port, "--recycle-sessions", "1", env={"COPILOT_CONNECTION_TOKEN": ops_fleet.token})
+    assert no_home.returncode == 0, no_home.stdout
+
+    bad = _probe("--port", port, "--recycle-rss-mb", "0", env=env)
+    assert bad.returncode == 2 and "--recycle-rss-mb" in bad.stderr

@@ -123,6 +123,10 @@ def test_secure_values_are_secrets_offline(tmp_path: Path) -> None:
         ({"isolation": "shared-cli", "platform": "local", "replicaz": 2}, set(), "did you mean fleet:replicas?"),
         ({"isolation": "shared-cli", "platform": "local", "logLevel": "all"}, set(), "fleet:logLevel"),
         ({"isolation": "shared-cli", "platform": "local", "local": {"endpointPort": 4401}}, set(), "fleet:local"),
+        ({"isolation": "shared-cli", "platform": "kubernetes", "image": f"r/c:{CLI_VERSION}", "githubToken": "t",
+          "recycle": {"maxRssMb": 4096}}, {"githubToken"}, "fleet:recycle.maxRssMb: 4096 MiB is not below"),
+        ({"isolation": "shared-cli", "platform": "local", "recycle": {"checkEvery": "5s"}}, set(),
+         "recycle.checkEvery"),
     ],
 )
 def test_refusals_name_the_key(values: dict[str, object], secret: set[str], key: str) -> None:
