@@ -83,8 +83,8 @@ async def restart_identity(fleet: FleetUnderTest, *, restarts: int, budget: floa
                 try:
                     again = await fc.resume_session(s.session_id, wait=10, **SMALL)
                 except ReplicaUnavailable as exc:
-                    # The pooled connection died with the old process; the fleet client gives up on the address
-                    # instead of reconnecting once (see docs/reliability.md, findings). Count it, then retry.
+                    # The pooled connection died with the old process. The pool reconnects such a connection
+                    # (docs/reliability.md, finding 2, fixed); a failure here is that regression. Count it, retry.
                     r.error(exc)
                     r.bump("first_call_failed_on_stale_connection")
                     again = await fc.resume_session(s.session_id, wait=10, **SMALL)

@@ -1,11 +1,9 @@
 """Sessions as the fault scenarios drive them: small requests, `remember:`/`recall` bookkeeping, and a reply that
-notices a server that died mid-turn.
+reports a server that died mid-turn as `ReplicaGone`.
 
-Why `reply_watching`: with SDK 1.0.25, when the CLI server behind a TCP connection dies during a turn, the SDK's
-reader thread fails the pending JSON-RPC requests and marks the client disconnected, but `send_and_wait` is
-waiting for the session's idle *event*, which never comes: it returns only at its timeout (60 s by default). An
-application would wait that long for every crash. The scenarios wait for the reply or the connection's end,
-whichever comes first, so a crash costs milliseconds (docs/reliability.md reports both).
+With SDK 1.0.25 alone, a turn on a CLI server that dies returns only at its timeout (the SDK does not wake
+`send_and_wait` when the connection drops). The fleet client ends such a turn itself with `SessionDisconnected`
+(client/liveness.py); the scenarios rely on that, as an application would, so their `detect` figures measure it.
 """
 
 from __future__ import annotations
@@ -17,6 +15,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from copilot_fleet.client import SessionDisconnected
 
 if TYPE_CHECKING:
     from copilot_fleet.client import FleetSession
@@ -45,31 +45,12 @@ def recalled_words(reply: str | None) -> list[str] | None:
     return [] if body == "(nothing)" else [w.strip() for w in body.split(",") if w.strip()]
 
 
-def connection_closed(session: FleetSession) -> bool:
-    """Whether the SDK client the session is attached through has lost its connection (private SDK state: the
-    pinned SDK has no public accessor; unknown reads as open)."""
-    client = getattr(session, "_client", None)
-    return getattr(client, "_state", "connected") == "disconnected"
-
-
-async def reply_watching(session: FleetSession, prompt: str, *, timeout: float = 60.0,
-                         poll: float = 0.05) -> str | None:
-    """`session.reply(prompt)`, but raise ReplicaGone as soon as the connection to its server ends."""
-    task = asyncio.ensure_future(session.reply(prompt, timeout=timeout))
+async def reply_watching(session: FleetSession, prompt: str, *, timeout: float = 60.0) -> str | None:
+    """`session.reply(prompt)`, with the end of the connection to its server raised as ReplicaGone."""
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
-                return task.result()
-            if connection_closed(session):
-                raise ReplicaGone(f"CLI server {session.address} went away during the turn")
-    finally:
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except BaseException:  # noqa: BLE001 - the cancelled call's own error does not matter any more
-                pass
+        return await session.reply(prompt, timeout=timeout)
+    except SessionDisconnected as exc:
+        raise ReplicaGone(str(exc)) from exc
 
 
 async def close_quietly(session: FleetSession | None) -> None:
