@@ -38,6 +38,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.rpc import _special_secret_sig, _special_sig_key
 
+from copilot_fleet import schema_check
 from copilot_fleet.stackfile import as_engine_config, read_stack_config
 
 SECRET_MASK = "<secret>"
@@ -343,6 +344,10 @@ class SchemaValidator:
     The library re-reads a 1.4 MB definitions file on every call (about 11 ms); a per-user fleet of 1000 users has
     thousands of objects. This builds the same Draft 2020-12 validator from the same bundled schema files, once per
     kind, and reports every error of an object rather than the first.
+
+    Each kind's schema is also compiled once into a yes/no check (`schema_check`, about 20 times faster than
+    jsonschema's walk): an object it passes has no schema error; any other object goes through jsonschema, which
+    gives the messages. A kind whose schema the compiler does not support is checked by jsonschema alone.
     """
 
     def __init__(self, version: str = DEFAULT_K8S_VERSION, strict: bool = True) -> None:
@@ -359,6 +364,8 @@ class SchemaValidator:
         self._dir = f"v{supported[-1]}-local" + ("-strict" if strict else "")
         self._validators: dict[tuple[str, str], Any] = {}
         self._definitions: Any = None
+        self._compiler: schema_check.SchemaCompiler | None = None
+        self._checks: dict[tuple[str, str], schema_check.Check | None] = {}
 
     def _validator(self, kind: str, api_version: str) -> Any:
         import re
@@ -380,7 +387,17 @@ class SchemaValidator:
                     kv.schema_contents(f"kubernetes-json-schema/{self._dir}/_definitions.json", self.version))
             registry = self._definitions @ (Resource.from_contents(schema) @ Registry())
             self._validators[key] = jsonschema.validators.Draft202012Validator(schema, registry=registry)
+            self._checks[key] = self._compile(schema)
         return self._validators[key]
+
+    def _compile(self, schema: Mapping[str, Any]) -> schema_check.Check | None:
+        try:
+            if self._compiler is None:
+                self._compiler = schema_check.SchemaCompiler({})
+                self._compiler.add(self._definitions.contents)
+            return self._compiler.compile(self._compiler.add(schema))
+        except schema_check.Unsupported:
+            return None  # jsonschema alone for this kind
 
     def errors(self, doc: Mapping[str, Any]) -> list[str]:
         """One line per schema error: `Kind/name: field.path: message`."""
@@ -392,6 +409,9 @@ class SchemaValidator:
                 return []
             return [f"{where}: no Kubernetes {self.version} schema for apiVersion {doc.get('apiVersion')!r} "
                     f"kind {doc.get('kind')!r}"]
+        check = self._checks.get((str(doc.get("kind")), str(doc.get("apiVersion"))))
+        if check is not None and check(doc):
+            return []
         found = []
         for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
             found.append(f"{where}: {field_path(err.absolute_path) or '(object)'}: {_short(err.message)}")
