@@ -27,6 +27,7 @@ from .errors import (
     SessionDisconnected,
     SessionInUse,
     SessionNotFound,
+    is_storage_error,
 )
 from .ids import (
     MAX_SESSION_ID_LENGTH,
@@ -104,6 +105,7 @@ __all__ = [
     "check_access",
     "check_owner",
     "is_fleet_session_id",
+    "is_storage_error",
     "new_session_id",
     "parse_session_id",
     "rank_replicas",

@@ -33,6 +33,11 @@ class CreateRequests:
         self._sent.append((client, request))
         return asyncio.shield(request)  # a timeout or cancellation stops our wait, not the request
 
+    def made(self, session: object) -> bool:
+        """True when `session` is what one of these create requests returned (not, say, a resume's session)."""
+        return any(request.done() and not request.cancelled() and request.exception() is None
+                   and request.result() is session for _, request in self._sent)
+
     async def undo(self) -> None:
         """Detach and delete what the servers made for a caller that never got it. Never raises for the servers:
         the caller's own failure is what it must see."""

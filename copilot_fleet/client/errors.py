@@ -54,3 +54,21 @@ class SessionDisconnected(ReplicaUnavailable):
 
 class NoRoute(FleetClientError, LookupError):
     """The target has no CLI server for this user (per-user fleet without the user, or no addresses at all)."""
+
+
+# What the CLI (and the OS under it) says when session-state/ is full or read-only, matched as substrings,
+# case-insensitively: "ENOSPC: No space left on device (os error 28)", "Read-only file system (os error 30)".
+STORAGE_ERROR_MARKERS = (
+    "no space left",
+    "enospc",
+    "read-only file system",
+    "erofs",
+    "os error 28",
+    "os error 30",
+)
+
+
+def is_storage_error(exc: BaseException | str) -> bool:
+    """True when an error's text names a full or read-only file system (the CLI could not write session-state)."""
+    text = str(exc).lower()
+    return any(marker in text for marker in STORAGE_ERROR_MARKERS)

@@ -287,7 +287,9 @@ class FleetClient:
                 if lease is not None:
                     await lease.release()
             raise
-        return await self._admit(self._track(FleetSession(sdk=sdk, client=client, address=address, lease=lease)), slot)
+        created = creates is not None and creates.made(sdk)  # join_shared_session may have resumed instead
+        handle = FleetSession(sdk=sdk, client=client, address=address, lease=lease, created=created)
+        return await self._admit(self._track(handle), slot)
 
     async def _avoid_draining(self, route: Route) -> Route:
         if self.draining is None or len(route.addresses) < 2:

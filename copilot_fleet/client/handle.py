@@ -3,6 +3,10 @@
 It wraps the SDK's `CopilotSession` (available as `.sdk` for everything not wrapped here), turns the CLI's
 error strings into the fleet client's typed errors, and ends a call as soon as the connection to the session's
 server ends (SessionDisconnected), which the SDK alone does not do for a turn in flight (liveness.py).
+
+A session this handle created, on which no turn completed and whose CLI reported a full or read-only
+session-state, is deleted on close (`stillborn`): CLI 1.0.102 would otherwise leave it listed but not resumable
+(docs/reliability.md, finding 4).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from copilot import CopilotSession
 from copilot.session_events import SessionEvent
 
-from .errors import FleetClientError, ProviderMissing, SessionDisconnected, SessionNotFound
+from .errors import FleetClientError, ProviderMissing, SessionDisconnected, SessionNotFound, is_storage_error
 from .lease import Lease
 from .liveness import client_connected, closed_event, transport_closed
 from .pool import forget_detached_session, is_transport_failure
@@ -28,6 +32,8 @@ logger = logging.getLogger(__name__)
 # What the CLI says (facts/copilot-runtime.md); matched as substrings, case-insensitively.
 _NO_AUTH = "no github oauth token or copilot hmac key provided"
 _NOT_FOUND = ("session not found", "session file not found")
+
+DELETE_ON_CLOSE_TIMEOUT = 5.0  # seconds for the delete close() makes (ephemeral and stillborn sessions)
 
 PROVIDER_HINT = (
     "this fleet uses a BYOK provider; pass provider={'type': ..., 'base_url': ..., 'api_key': ...} "
@@ -66,6 +72,7 @@ class FleetSession:
         address: str,
         lease: Lease | None,
         ephemeral: bool = False,
+        created: bool = False,
         on_close: Callable[[FleetSession], None] | None = None,
     ) -> None:
         self.sdk = sdk
@@ -73,6 +80,9 @@ class FleetSession:
         self.address = address
         self.lease = lease
         self.ephemeral = ephemeral
+        self.created = created  # this handle made the session (create, join's create path), not a resume
+        self._turn_sent = False  # a send/send_and_wait returned normally: the session may have history now
+        self._storage_error: str | None = None  # the first storage error the CLI reported on this handle
         self._client = client
         self._on_close = on_close
         self._closed = False
@@ -88,6 +98,13 @@ class FleetSession:
     def lost(self) -> bool:
         """True once the lease is lost: another client may be writing; do not send more."""
         return self.lease is not None and self.lease.lost
+
+    @property
+    def stillborn(self) -> bool:
+        """True when this handle created the session, no turn has completed on it (no `send`/`send_and_wait`
+        returned normally) and the CLI reported a full or read-only session-state: it has no history, and CLI
+        1.0.102 would leave it listed but not resumable, so `close()` deletes it."""
+        return self.created and not self.ephemeral and not self._turn_sent and self._storage_error is not None
 
     @property
     def disconnected(self) -> bool:
@@ -123,11 +140,13 @@ class FleetSession:
         except Exception:
             logger.debug("abort after lease loss failed for %s", self.session_id, exc_info=True)
 
-    async def _guarded(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _guarded(self, call: Callable[[], Awaitable[Any]], *, turn: bool = False) -> Any:
         self.check()
         try:
             result = await self._unless_disconnected(call)
         except Exception as exc:
+            if self._storage_error is None and is_storage_error(exc):
+                self._storage_error = str(exc)
             if self.lease is not None and self.lease.lost:
                 self.lease.check()  # losing the lease explains the failure better than the SDK's error
             if isinstance(exc, FleetClientError):
@@ -138,6 +157,8 @@ class FleetSession:
             if translated is exc:
                 raise
             raise translated from exc
+        if turn:
+            self._turn_sent = True
         if self.lease is not None:
             self.lease.check()  # a reply produced while someone else may have written is not a clean success
         return result
@@ -163,11 +184,11 @@ class FleetSession:
 
     async def send(self, prompt: str, **kwargs: Any) -> str:
         """Send without waiting (see CopilotSession.send); returns the message id."""
-        return await self._guarded(lambda: self.sdk.send(prompt, **kwargs))
+        return await self._guarded(lambda: self.sdk.send(prompt, **kwargs), turn=True)
 
     async def send_and_wait(self, prompt: str, *, timeout: float = 60.0, **kwargs: Any) -> SessionEvent | None:
         """Send and wait for the session to go idle (see CopilotSession.send_and_wait)."""
-        return await self._guarded(lambda: self.sdk.send_and_wait(prompt, timeout=timeout, **kwargs))
+        return await self._guarded(lambda: self.sdk.send_and_wait(prompt, timeout=timeout, **kwargs), turn=True)
 
     async def reply(self, prompt: str, *, timeout: float = 60.0, **kwargs: Any) -> str | None:
         """`send_and_wait` and return the assistant's text (None when there was no message)."""
@@ -187,7 +208,8 @@ class FleetSession:
         await self.sdk.abort()
 
     async def close(self) -> None:
-        """Detach (and for ephemeral sessions delete), then release the lease. Idempotent."""
+        """Detach (and for ephemeral and stillborn sessions delete), then release the lease. Idempotent; never
+        raises for the server (only cancellation propagates), so it cannot hide the caller's own error."""
         if self._closed:
             return
         self._closed = True
@@ -200,6 +222,11 @@ class FleetSession:
                 if self.ephemeral:
                     logger.warning("ephemeral session %s was not deleted (its server went away); the janitor "
                                    "removes it after the session TTL", self.session_id)
+                elif self.stillborn:
+                    logger.warning("session %s has no completed turn and hit a storage error (%s), but was not "
+                                   "deleted (its server went away): it may be listed yet not resumable until "
+                                   "delete_session removes it or the janitor does after the session TTL",
+                                   self.session_id, self._storage_error)
                 return
             try:
                 await self.sdk.disconnect()
@@ -208,11 +235,17 @@ class FleetSession:
                 logger.warning("detaching session %s from %s failed", self.session_id, self.address, exc_info=True)
             forget_detached_session(self._client, self.sdk)
             if self.ephemeral:
-                try:
-                    await self._client.delete_session(self.session_id)
-                except Exception as exc:
-                    if not isinstance(translate_sdk_error(exc, self.session_id), SessionNotFound):
-                        logger.warning("deleting ephemeral session %s failed: %s", self.session_id, exc)
+                await self._delete_quietly("ephemeral session")
+            elif self.stillborn and self.lost:
+                logger.warning("session %s has no completed turn and hit a storage error (%s), but its lease was "
+                               "lost, so another client may have attached it since: not deleted", self.session_id,
+                               self._storage_error)
+            elif self.stillborn:
+                # CLI 1.0.102: workspace.yaml was written at create, the first events could not be: the CLI lists
+                # the session but cannot resume it (empty events.jsonl). It has no history to lose.
+                logger.warning("deleting session %s: created by this handle, no turn completed, and the CLI "
+                               "reported a storage error (%s)", self.session_id, self._storage_error)
+                await self._delete_quietly("session (no completed turn, storage error)")
         finally:
             if self._abort_task is not None and not self._abort_task.done():
                 self._abort_task.cancel()
@@ -220,6 +253,16 @@ class FleetSession:
                 await self.lease.release()
             if self._on_close is not None:
                 self._on_close(self)
+
+    async def _delete_quietly(self, what: str) -> None:
+        """Delete the session on its server (still under our lease), bounded; failures are logged, never raised."""
+        try:
+            await asyncio.wait_for(self._client.delete_session(self.session_id), DELETE_ON_CLOSE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - close() must not replace the caller's own error
+            if not isinstance(translate_sdk_error(exc, self.session_id), SessionNotFound):
+                logger.warning("deleting %s %s on %s failed (%s: %s); delete_session removes it later, or the "
+                               "janitor after the session TTL", what, self.session_id, self.address,
+                               type(exc).__name__, exc)
 
     disconnect = close
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from copilot_fleet.client import ClientPool, FleetClient, FleetSession, SessionNotFound
+from copilot_fleet.client import ClientPool, FleetClient, FleetSession, SessionNotFound, is_storage_error
 from copilot_fleet.faults.fleet import FleetUnderTest
 from copilot_fleet.faults.history import check_history
 from copilot_fleet.faults.measure import ScenarioResult
@@ -33,12 +33,6 @@ from copilot_fleet.faults.sessions import SMALL, close_quietly, recalled_words, 
 
 Progress = Callable[[str], None]
 PAGE = 4096
-STORAGE_WORDS = ("no space left", "enospc", "read-only", "erofs", "os error 28", "os error 30")
-
-
-def is_clear_storage_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(word in text for word in STORAGE_WORDS)
 
 
 def fill(directory: Path, free_pages: int) -> int:
@@ -99,7 +93,7 @@ async def _outcome(r: ScenarioResult, what: str, call: Callable[[], object], tim
     except Exception as exc:  # noqa: BLE001
         r.error(exc)
         r.time("error", time.monotonic() - started, "until an operation under the fault failed")
-        if isinstance(exc, TimeoutError) or not is_clear_storage_error(exc):
+        if isinstance(exc, TimeoutError) or not is_storage_error(exc):
             r.bump("unclear_errors")
             r.check(f"{what} fails naming the storage problem", False, f"{type(exc).__name__}: {str(exc)[:200]}")
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -10,7 +11,15 @@ import redis.asyncio as aioredis
 from copilot import PermissionHandler
 from copilot._jsonrpc import JsonRpcError, ProcessExitedError
 
-from copilot_fleet.client import ClientPool, FleetClient, ReplicaUnavailable, new_session_id, rank_replicas
+from copilot_fleet.client import (
+    ClientPool,
+    FleetClient,
+    InMemoryMembership,
+    ReplicaUnavailable,
+    new_session_id,
+    rank_replicas,
+)
+from copilot_fleet.client import handle as handle_module
 from copilot_fleet.target import Target
 
 if TYPE_CHECKING:
@@ -22,12 +31,21 @@ A, B = "10.0.0.1:4401", "10.0.0.2:4401"
 
 
 class FakeSession:
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, client: FakeClient | None = None) -> None:
         self.session_id = session_id
         self.disconnected = False
+        self.client = client
+        self.turns: list[BaseException | None] = []  # what each send_and_wait does: raise it, or answer
 
     async def disconnect(self) -> None:
         self.disconnected = True
+        if self.client is not None:
+            self.client.log.append(("detach", self.session_id))
+
+    async def send_and_wait(self, prompt: str, **kwargs: Any) -> None:
+        outcome = self.turns.pop(0) if self.turns else None
+        if outcome is not None:
+            raise outcome
 
 
 class FakeClient:
@@ -37,6 +55,9 @@ class FakeClient:
         self.address = address
         self.behaviour = behaviour
         self.calls: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.log: list[tuple[str, str]] = []  # detach/delete, in order
+        self.sessions: list[FakeSession] = []
+        self.on_delete: Callable[[str], Awaitable[None]] | None = None
 
     async def _act(self, op: str, session_id: str | None, kwargs: dict[str, Any]) -> FakeSession:
         self.calls.append((op, session_id, kwargs))
@@ -46,7 +67,16 @@ class FakeClient:
             await asyncio.sleep(10)
         if self.behaviour == "rejects":
             raise JsonRpcError(-32603, "Request session.resume failed with message: invalid model")
-        return FakeSession(session_id or "generated-uuid")
+        if self.behaviour == "not-found" and op == "resume":
+            raise JsonRpcError(-32603, "Request session.resume failed with message: Session not found")
+        session = FakeSession(session_id or "generated-uuid", self)
+        self.sessions.append(session)
+        return session
+
+    async def delete_session(self, session_id: str) -> None:
+        self.log.append(("delete", session_id))
+        if self.on_delete is not None:
+            await self.on_delete(session_id)
 
     async def create_session(self, *, session_id: str | None = None, **kwargs: Any) -> FakeSession:
         return await self._act("create", session_id, kwargs)
@@ -69,12 +99,12 @@ class FakePool(ClientPool):
         self.discarded.append(address)
 
 
-def target(server: RedisServer, replicas: list[str]) -> Target:
+def target(server: RedisServer, replicas: list[str], isolation: str = "shared-cli") -> Target:
     return Target.model_validate(
         {
             "stack": "facade",
             "platform": "local",
-            "isolation": "shared-cli",
+            "isolation": isolation,
             "replicas": replicas,
             "connection_token": "tok",
             "redis_url": server.url,
@@ -161,3 +191,115 @@ async def test_other_sdk_errors_propagate_and_free_the_lease(redis_server: Redis
             await fleet.resume_session(sid)
         assert pool.fakes[B].calls == [] and pool.discarded == []
         assert not await lease_exists(redis_server, sid)
+
+
+# -- finding 4: a session whose first turn hit a full disk is not left listed but unresumable ----------------------
+
+# What CLI 1.0.102 answers when session-state filled up between session.create and the first event.
+FULL_DISK = Exception(
+    "Session error: Failed to persist session events: GenericFailure, Failed to append to JSONL file "
+    "/state/u-5-alice-x-1795290000-0badcafe/events.jsonl: I/O error: No space left on device (os error 28)"
+)
+
+
+async def test_a_created_session_whose_first_turn_hit_a_full_disk_is_deleted_on_close(
+    redis_server: RedisServer,
+) -> None:
+    """CLI 1.0.102 lists such a session (workspace.yaml) but cannot resume it (empty events.jsonl): a ghost. It has
+    no history, so close() deletes it: after the detach, while the lease is still held, and the caller still sees
+    the storage error itself."""
+    pool = FakePool({A: "works"})
+    fake = pool.fakes[A]
+    lease_held_at_delete: list[bool] = []
+
+    async def check_lease(session_id: str) -> None:
+        lease_held_at_delete.append(await lease_exists(redis_server, session_id))
+
+    fake.on_delete = check_lease
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        with pytest.raises(Exception, match="No space left on device"):
+            async with await fleet.create_session("x") as session:
+                fake.sessions[-1].turns.append(FULL_DISK)
+                await session.reply("remember: apple")
+        assert session.closed and session.stillborn
+        assert fake.log == [("detach", session.session_id), ("delete", session.session_id)]
+        assert lease_held_at_delete == [True]  # nobody could attach it between the detach and the delete
+        assert not await lease_exists(redis_server, session.session_id)
+
+
+@pytest.mark.parametrize("case", ["resumed", "a turn completed first", "not a storage error", "no turn, no storage error"])
+async def test_sessions_with_possible_history_are_never_deleted_on_close(redis_server: RedisServer, case: str) -> None:
+    pool = FakePool({A: "works"})
+    fake = pool.fakes[A]
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        if case == "resumed":  # not made by this handle: it may hold anyone's history
+            session = await fleet.resume_session(new_session_id("alice", "old"))
+            fake.sessions[-1].turns.append(FULL_DISK)
+        elif case == "a turn completed first":
+            session = await fleet.create_session("x")
+            fake.sessions[-1].turns.extend([None, FULL_DISK])
+            await session.reply("remember: apple")
+        elif case == "not a storage error":
+            session = await fleet.create_session("x")
+            fake.sessions[-1].turns.append(TimeoutError("Timeout after 3s waiting for response completion"))
+        else:  # created, storage fine, no turn: the CLI keeps a named session; it is the caller's to delete
+            session = await fleet.create_session("x")
+        if fake.sessions[-1].turns:
+            with pytest.raises(Exception):  # noqa: B017
+                await session.reply("remember: pear")
+        await session.close()
+        assert not session.stillborn
+        assert fake.log == [("detach", session.session_id)]
+
+
+async def test_join_deletes_only_what_its_create_path_made(redis_server: RedisServer) -> None:
+    members = InMemoryMembership({"team": ["alice"]})
+    for behaviour, deleted in (("not-found", True), ("works", False)):  # created / resumed
+        pool = FakePool({A: behaviour})
+        fake = pool.fakes[A]
+        async with FleetClient(target(redis_server, [A], isolation="shared-session"), user="alice", pool=pool,
+                               members=members) as fleet:
+            session = await fleet.join_shared_session("team")
+            assert session.created is deleted
+            fake.sessions[-1].turns.append(FULL_DISK)
+            with pytest.raises(Exception, match="os error 28"):
+                await session.reply("hello")
+            await session.close()
+            assert (("delete", "s-team") in fake.log) is deleted, behaviour
+
+
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+async def test_a_failing_delete_on_close_is_bounded_and_never_raises(
+    redis_server: RedisServer, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handle_module, "DELETE_ON_CLOSE_TIMEOUT", 0.2)
+    pool = FakePool({A: "works"})
+    fake = pool.fakes[A]
+
+    async def broken(session_id: str) -> None:
+        if failure == "hangs":
+            await asyncio.sleep(30)
+        raise RuntimeError(f"Failed to delete session {session_id}: Read-only file system (os error 30)")
+
+    fake.on_delete = broken
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        session = await fleet.create_session("x")
+        fake.sessions[-1].turns.append(FULL_DISK)
+        with pytest.raises(Exception, match="os error 28"):
+            await session.reply("remember: apple")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await session.close()  # no error of its own
+        assert loop.time() - started < 2
+        assert fake.log[-1] == ("delete", session.session_id)
+        assert not await lease_exists(redis_server, session.session_id)
+
+
+def test_storage_errors_are_recognised() -> None:
+    from copilot_fleet.client import is_storage_error
+
+    assert is_storage_error(FULL_DISK)
+    assert is_storage_error("session construction failed: EROFS: Read-only file system (os error 30)")
+    assert is_storage_error("failed to register ownership for session 'x': No space left on device (os error 28)")
+    assert not is_storage_error(TimeoutError("Timeout after 3s waiting for response completion"))
+    assert not is_storage_error("Request session.resume failed with message: invalid model")
