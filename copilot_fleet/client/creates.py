@@ -16,6 +16,8 @@ from typing import Any
 
 from copilot import CopilotClient, CopilotSession
 
+from .errors import is_storage_error
+
 logger = logging.getLogger(__name__)
 
 UNDO_STEP_TIMEOUT = 5.0  # seconds for each step of an undo: the request's answer, the detach, the delete
@@ -47,8 +49,10 @@ class CreateRequests:
             except TimeoutError:
                 request.cancel()  # hung: the server may still make it, so the delete is tried anyway
                 session = None
-            except Exception:  # noqa: BLE001 - the server refused the create: nothing was made there
-                continue
+            except Exception as exc:  # noqa: BLE001 - the server refused the create
+                if not is_storage_error(exc):
+                    continue  # refused before it wrote anything
+                session = None  # refused because a write failed: a partial directory may be left, delete it
             if session is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(session.disconnect(), UNDO_STEP_TIMEOUT)

@@ -67,6 +67,9 @@ class FakeClient:
             await asyncio.sleep(10)
         if self.behaviour == "rejects":
             raise JsonRpcError(-32603, "Request session.resume failed with message: invalid model")
+        if self.behaviour == "disk-full" and op == "create":
+            raise JsonRpcError(-32603, "Request session.create failed with message: ENOSPC: no space left on "
+                                       "device, write '/state/x/workspace.yaml'")
         if self.behaviour == "not-found" and op == "resume":
             raise JsonRpcError(-32603, "Request session.resume failed with message: Session not found")
         session = FakeSession(session_id or "generated-uuid", self)
@@ -293,6 +296,23 @@ async def test_a_failing_delete_on_close_is_bounded_and_never_raises(
         assert loop.time() - started < 2
         assert fake.log[-1] == ("delete", session.session_id)
         assert not await lease_exists(redis_server, session.session_id)
+
+
+async def test_a_create_refused_for_storage_deletes_what_it_may_have_left(redis_server: RedisServer) -> None:
+    """A create that fails because a write failed can leave a partial directory: it is deleted at once, and the
+    caller still gets the storage error. A create refused for any other reason sends no delete."""
+    pool = FakePool({A: "disk-full"})
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        with pytest.raises(JsonRpcError, match="no space left"):
+            await fleet.create_session("full")
+        ((op, sid, _),) = pool.fakes[A].calls
+        assert op == "create" and pool.fakes[A].log == [("delete", sid)]
+        assert not await lease_exists(redis_server, sid)
+    refused = FakePool({A: "rejects"})
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=refused) as fleet:
+        with pytest.raises(JsonRpcError, match="invalid model"):
+            await fleet.create_session("refused")
+        assert refused.fakes[A].log == []
 
 
 def test_storage_errors_are_recognised() -> None:
