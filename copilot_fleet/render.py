@@ -20,6 +20,7 @@ import contextvars
 import gc
 import hashlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -127,7 +128,7 @@ class InlineMockMonitor(MockMonitor):
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
-        inputs = rpc.deserialize_properties(request.object)
+        inputs = deserialize_inputs(request.object)
         resource_args = pulumi.runtime.MockResourceArgs(
             typ=request.type, name=request.name, inputs=inputs, provider=request.provider,
             resource_id=request.importId, custom=request.custom or False,
@@ -143,6 +144,55 @@ class InlineMockMonitor(MockMonitor):
 
     def ReadResource(self, request: Any) -> Any:
         return _on_own_thread(super().ReadResource, request)
+
+
+class _NotPlain(Exception):
+    """A value the SDK's deserialiser gives a meaning of its own: a secret, asset, resource reference, unknown."""
+
+
+def deserialize_inputs(struct: Any) -> dict[str, Any]:
+    """`rpc.deserialize_properties(struct)`, the mock monitor's view of a registration's inputs, faster.
+
+    Most inputs are plain JSON (no secret, asset, resource reference or unknown anywhere): those are read straight
+    from the protobuf Struct, with the SDK's rules (numbers as floats, a null property left out, a null list item
+    kept). Anything else takes the SDK's own deserialiser for the whole object: a secret makes its parents secret.
+    """
+    try:
+        return _plain_struct(struct)
+    except _NotPlain:
+        return rpc.deserialize_properties(struct)
+
+
+def _plain_struct(struct: Any) -> dict[str, Any]:
+    fields = struct.fields
+    if _special_sig_key in fields:
+        raise _NotPlain
+    out = {}
+    for key, value in fields.items():
+        plain_value = _plain_value(value)
+        if plain_value is not None:
+            out[key] = plain_value
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if text == rpc.UNKNOWN:
+            raise _NotPlain
+        return text
+    if kind == "struct_value":
+        return _plain_struct(value.struct_value)
+    if kind == "list_value":
+        return [_plain_value(v) for v in value.list_value.values]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value":
+        return None
+    raise _NotPlain  # an unset Value: let the SDK say what it makes of it
 
 
 def _on_own_thread(fn: Callable[[Any], Any], request: Any) -> Any:
@@ -185,7 +235,8 @@ def default_program() -> Mapping[str, Any]:
 
 def run_program(config: Mapping[str, Any], secret_keys: Iterable[str] = (), *, stack: str = "render",
                 project: str = PROJECT, program: Callable[[], Mapping[str, Any]] | None = None,
-                mocks: RecordingMocks | None = None, inline: bool = True, preview: bool = False) -> ProgramRun:
+                mocks: RecordingMocks | None = None, inline: bool = True, preview: bool = False,
+                collect: bool = True) -> ProgramRun:
     """Run the program (default: copilot_fleet.program.run) under mocks with this stack config.
 
     `config` is `namespace:key -> value` (native values; structured ones are passed as JSON, as the engine does);
@@ -194,6 +245,9 @@ def run_program(config: Mapping[str, Any], secret_keys: Iterable[str] = (), *, s
     MockMonitor and thread pool (slower for large fleets; the reference the inline engine is tested against).
     `preview=True` runs as `pulumi preview` would: the SDK then skips turning every input of every resource back
     into output values (nothing here reads them), which makes large renders markedly cheaper.
+    `collect=False` leaves what the run left behind (the SDK's outputs, tasks and futures, most of them in
+    reference cycles: about two million objects at 1000 users) to the garbage collector's own schedule instead of
+    freeing it before returning (about a fifth of the run's CPU time): for a process that ends soon after.
     """
     mocks = mocks if mocks is not None else RecordingMocks()
     outcome: dict[str, Any] = {}
@@ -203,7 +257,7 @@ def run_program(config: Mapping[str, Any], secret_keys: Iterable[str] = (), *, s
         try:
             outcome["value"] = context.run(
                 _run_isolated, mocks, as_engine_config(config), sorted(secret_keys), stack, project,
-                program or default_program, inline, preview)
+                program or default_program, inline, preview, collect)
         except BaseException as exc:  # noqa: BLE001 - handed back to the calling thread
             outcome["error"] = exc
 
@@ -218,8 +272,8 @@ def run_program(config: Mapping[str, Any], secret_keys: Iterable[str] = (), *, s
 
 
 def _run_isolated(mocks: RecordingMocks, config: dict[str, str], secret_keys: list[str], stack: str, project: str,
-                  program: Callable[[], Mapping[str, Any]], inline: bool,
-                  preview: bool) -> tuple[dict[str, Any], set[str]]:
+                  program: Callable[[], Mapping[str, Any]], inline: bool, preview: bool,
+                  collect: bool = True) -> tuple[dict[str, Any], set[str]]:
     loop = asyncio.new_event_loop()
     if inline:
         loop.set_default_executor(InlineExecutor(max_workers=1))
@@ -241,7 +295,7 @@ def _run_isolated(mocks: RecordingMocks, config: dict[str, str], secret_keys: li
         pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview,
                                  monitor=InlineMockMonitor(mocks) if inline else None)
         runtime_config.set_all_config(config, secret_keys)
-        with fewer_collections():
+        with fewer_collections(collect=collect):
             loop.run_until_complete(runtime_stack.run_pulumi_func(body))
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
@@ -465,15 +519,35 @@ def stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], set[str
     return values, secret, str(meta.get("name") or PROJECT)
 
 
-def render_stack(project_dir: Path | str, stack: str, k8s_version: str = DEFAULT_K8S_VERSION) -> RenderResult:
+def render_stack(project_dir: Path | str, stack: str, k8s_version: str = DEFAULT_K8S_VERSION,
+                 collect: bool = True) -> RenderResult:
     """Render one stack file offline. Raises ConfigError for invalid config, StackNotFound for a missing stack."""
     project_dir = Path(project_dir)
     validator = SchemaValidator(k8s_version)  # a bad version fails before the program runs
     values, secret, project = stack_config(project_dir, stack)
-    run = run_program(values, secret, stack=stack, project=project, preview=True)  # a render is a preview
+    return render_config(values, secret, stack=stack, project=project, validator=validator, collect=collect)
+
+
+def render_config(config: Mapping[str, Any], secret_keys: Iterable[str], *, stack: str, project: str = PROJECT,
+                  validator: SchemaValidator | None = None, collect: bool = True,
+                  timings: dict[str, float] | None = None) -> RenderResult:
+    """Render a stack's config (`namespace:key -> value`, as `stack_config` reads it): run the program as a
+    preview, rebuild the masked manifests, validate each. `collect`: see `run_program`. `timings`, if given,
+    receives the seconds of each step (`program`, `manifests`, `validation`; benchmarks/render_scaling.py)."""
+    validator = validator or SchemaValidator()
+    clock = time.perf_counter()
+    run = run_program(config, secret_keys, stack=stack, project=project, preview=True,  # a render is a preview
+                      collect=collect)
+    steps = {"program": time.perf_counter() - clock}
     with fewer_collections(collect=False):  # building dicts: nothing cyclic to free
+        clock = time.perf_counter()
         objects = manifests(run)
+        steps["manifests"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         errors = [e for doc in objects for e in validator.errors(doc)]
+        steps["validation"] = time.perf_counter() - clock
+    if timings is not None:
+        timings.update(steps)
     return RenderResult(stack=stack, k8s_version=validator.version, objects=objects,
                         outputs=masked_outputs(run), errors=errors)
 
@@ -482,8 +556,93 @@ def file_name(doc: Mapping[str, Any]) -> str:
     return f"{str(doc.get('kind')).lower()}-{(doc.get('metadata') or {}).get('name')}.yaml"
 
 
-class _ManifestDumper(yaml.SafeDumper):
-    """Multi-line strings (e.g. a SecretProviderClass's `objects`) as literal blocks, readable in review."""
+_RESOLVED: dict[str, str] = {}  # plain scalar -> the tag it resolves to: the same in every document
+
+
+class _NeedsPythonEmitter(Exception):
+    """A scalar that libyaml would write differently from PyYAML's own emitter."""
+
+
+class _ManifestRepresenter:
+    """Multi-line strings (e.g. a SecretProviderClass's `objects`) as literal blocks, readable in review.
+
+    Also two speed-ups over SafeDumper that change no byte: the tag a plain scalar resolves to is remembered, and
+    the plain types of a manifest become nodes without SafeRepresenter's per-value dispatch (the same nodes,
+    aliases included). `libyaml_safe` (the libyaml dumper) refuses any scalar on which libyaml's emitter and
+    PyYAML's differ (found by comparing them on random strings: empty keys, keys over 100 characters, anything
+    but printable ASCII on one line, which they quote or fold differently), so that `to_yaml` writes that document with PyYAML's.
+    """
+
+    libyaml_safe = False
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        # Without path resolvers (SafeDumper has none) a scalar's implicit tag depends on its value alone.
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:  # type: ignore[attr-defined]
+            return super().resolve(kind, value, implicit)  # type: ignore[misc]
+        if not implicit[0]:
+            return self.DEFAULT_SCALAR_TAG  # type: ignore[attr-defined] # BaseResolver.resolve's answer then
+        tag = _RESOLVED.get(value)
+        if tag is None:
+            if len(_RESOLVED) > 100_000:
+                _RESOLVED.clear()
+            tag = _RESOLVED[value] = super().resolve(kind, value, implicit)  # type: ignore[misc]
+        return tag
+
+    def represent_data(self, data: Any) -> Any:
+        kind = type(data)
+        style = self.default_style  # type: ignore[attr-defined]
+        if kind is str:
+            if self.libyaml_safe and not (data.isascii() and data.isprintable()):
+                raise _NeedsPythonEmitter
+            return yaml.ScalarNode(_STR, data, style="|" if "\n" in data else style)
+        if kind is dict or kind is list:
+            seen = self.represented_objects.get(id(data))  # type: ignore[attr-defined]
+            if seen is not None:
+                return seen  # the same object twice in one document: an alias, as SafeRepresenter does
+            self.object_keeper.append(data)  # type: ignore[attr-defined]
+            value: list[Any] = []
+            node = (yaml.MappingNode if kind is dict else yaml.SequenceNode)(_MAP if kind is dict else _SEQ, value)
+            self.represented_objects[id(data)] = node  # type: ignore[attr-defined]
+            best_style = True
+            if kind is dict:
+                items = list(data.items())
+                if self.sort_keys:  # type: ignore[attr-defined]
+                    try:
+                        items = sorted(items)
+                    except TypeError:
+                        pass
+                for k, v in items:
+                    if self.libyaml_safe and not (type(k) is str and 0 < len(k) <= 100):
+                        raise _NeedsPythonEmitter
+                    key_node, value_node = self.represent_data(k), self.represent_data(v)
+                    best_style = best_style and _plain(key_node) and _plain(value_node)
+                    value.append((key_node, value_node))
+            else:
+                for item in data:
+                    item_node = self.represent_data(item)
+                    best_style = best_style and _plain(item_node)
+                    value.append(item_node)
+            flow = self.default_flow_style  # type: ignore[attr-defined]
+            node.flow_style = flow if flow is not None else best_style
+            return node
+        if kind is int:
+            return yaml.ScalarNode(_INT, str(data), style=style)
+        if kind is bool:
+            return yaml.ScalarNode(_BOOL, "true" if data else "false", style=style)
+        if data is None:
+            return yaml.ScalarNode(_NULL, "null", style=style)
+        if self.libyaml_safe and kind is not float:
+            raise _NeedsPythonEmitter
+        return super().represent_data(data)  # type: ignore[misc]
+
+
+_STR, _INT, _BOOL, _NULL = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool",
+                            "tag:yaml.org,2002:null")
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _plain(node: Any) -> bool:
+    return isinstance(node, yaml.ScalarNode) and not node.style
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -491,10 +650,28 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+class _ManifestDumper(_ManifestRepresenter, yaml.SafeDumper):
+    pass
+
+
 _ManifestDumper.add_representer(str, _represent_str)
+_LibyamlDumper: Any = None
+if hasattr(yaml, "CSafeDumper"):  # PyYAML built with libyaml: its emitter is about 5 times faster
+    class _LibyamlManifestDumper(_ManifestRepresenter, yaml.CSafeDumper):  # type: ignore[misc, name-defined]
+        libyaml_safe = True
+
+    _LibyamlManifestDumper.add_representer(str, _represent_str)
+    _LibyamlDumper = _LibyamlManifestDumper
 
 
 def to_yaml(doc: Mapping[str, Any]) -> str:
+    """The object as YAML, keys sorted: byte for byte what PyYAML's SafeDumper writes (libyaml when that is the
+    same; tests/kubernetes/test_render_speedups.py compares them)."""
+    if _LibyamlDumper is not None:
+        try:
+            return yaml.dump(doc, Dumper=_LibyamlDumper, sort_keys=True, default_flow_style=False, width=120)
+        except _NeedsPythonEmitter:
+            pass
     return yaml.dump(doc, Dumper=_ManifestDumper, sort_keys=True, default_flow_style=False, width=120)
 
 
