@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
@@ -392,7 +393,7 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if url is not None and url != OFFLINE_SECRET and not url.startswith(("redis://", "rediss://")):
             p.append("fleet:redis.url: must start with redis:// or rediss://")
     ids = spec.user_ids
-    dupes = sorted({u for u in ids if ids.count(u) > 1})
+    dupes = sorted(u for u, seen in Counter(ids).items() if seen > 1)  # one pass: fleets have thousands of users
     if dupes:
         p.append(f"fleet:users: duplicate user ids {dupes}")
     if spec.log_level in PROMPT_LOGGING_LEVELS and not spec.allow_debug_logging:
