@@ -177,8 +177,8 @@ def _targets(results: Results) -> str:
         ok = top["total_s"] <= RENDER_TARGET_S
         rows.append([f"render per-user, {top['users']} users", f"< {RENDER_TARGET_S:g} s", f"{top['total_s']:.2f} s",
                      "met" if ok else "**MISSED**",
-                     "" if ok else "the render is owned by benchmarks/render_scaling.py's author; its table splits "
-                                   "our program from the Pulumi SDK floor and schema validation"])
+                     "" if ok else "the Pulumi SDK's: its per-registration cost under mocks (the SDK floor column) "
+                                   "is most of the render; docs/render-benchmark.md splits ours from it"])
     if results.scale is not None:
         rows.append(["sessions on one replica (no error, p99 send <= 2 s)", "report (seeds' limit 50)",
                      str(results.scale.max_ok_sessions), results.scale.stopped_because, ""])

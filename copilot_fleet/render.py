@@ -494,6 +494,7 @@ class RenderResult:
     objects: list[dict[str, Any]]
     outputs: dict[str, Any]
     errors: list[str] = field(default_factory=list)
+    registrations: int = 0  # resources the program registered (every kind, components included)
 
     @property
     def ok(self) -> bool:
@@ -533,12 +534,13 @@ def render_config(config: Mapping[str, Any], secret_keys: Iterable[str], *, stac
                   timings: dict[str, float] | None = None) -> RenderResult:
     """Render a stack's config (`namespace:key -> value`, as `stack_config` reads it): run the program as a
     preview, rebuild the masked manifests, validate each. `collect`: see `run_program`. `timings`, if given,
-    receives the seconds of each step (`program`, `manifests`, `validation`; benchmarks/render_scaling.py)."""
+    receives the seconds of each step (`program`, `manifests`, `validation`) and the program's CPU seconds
+    (`program_cpu`; benchmarks/render_scaling.py)."""
     validator = validator or SchemaValidator()
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), time.process_time()
     run = run_program(config, secret_keys, stack=stack, project=project, preview=True,  # a render is a preview
                       collect=collect)
-    steps = {"program": time.perf_counter() - clock}
+    steps = {"program": time.perf_counter() - clock, "program_cpu": time.process_time() - cpu}
     with fewer_collections(collect=False):  # building dicts: nothing cyclic to free
         clock = time.perf_counter()
         objects = manifests(run)
@@ -549,7 +551,7 @@ def render_config(config: Mapping[str, Any], secret_keys: Iterable[str], *, stac
     if timings is not None:
         timings.update(steps)
     return RenderResult(stack=stack, k8s_version=validator.version, objects=objects,
-                        outputs=masked_outputs(run), errors=errors)
+                        outputs=masked_outputs(run), errors=errors, registrations=len(run.registrations))
 
 
 def file_name(doc: Mapping[str, Any]) -> str:

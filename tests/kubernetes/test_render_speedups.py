@@ -90,4 +90,5 @@ def test_a_render_left_to_the_collector_is_the_same_render() -> None:
     kept = render.render_config(values, secret, stack="k8s-per-user", project=project, collect=False,
                                 timings=timings)
     assert kept == render.render_stack(PROJECT_DIR, "k8s-per-user")
-    assert set(timings) == {"program", "manifests", "validation"}
+    assert set(timings) == {"program", "program_cpu", "manifests", "validation"}
+    assert kept.registrations > len(kept.objects)  # components and generated tokens too
