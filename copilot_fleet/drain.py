@@ -20,24 +20,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from copilot_fleet.local.operate import attached_dirs, turn_in_flight
+from copilot_fleet.local.operate import wait_idle
 from copilot_fleet.local.ports import port_holder, port_holder_pid
 
 _POLL = 0.5
-
-
-def busy_sessions(session_state: Path, pid: int) -> list[str]:
-    return [d.name for d in attached_dirs(session_state, pid) if turn_in_flight(d)]
-
-
-def wait_idle(session_state: Path, pid: int, timeout: float) -> list[str]:
-    """Sessions still in a turn when the wait ended (empty: idle)."""
-    deadline = time.monotonic() + timeout
-    busy = busy_sessions(session_state, pid)
-    while busy and time.monotonic() < deadline:
-        time.sleep(_POLL)
-        busy = busy_sessions(session_state, pid)
-    return busy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pid is None:
             p.error(f"cannot tell the PID of what listens on port {args.port} ({holder}); pass --pid")
     began = time.monotonic()
-    busy = wait_idle(args.session_state, pid, args.timeout)
+    busy = wait_idle(args.session_state, pid, args.timeout, poll=_POLL)
     took = time.monotonic() - began
     if busy:
         print(f"drain: timeout after {took:.1f} s; turns still running: {', '.join(busy)}", flush=True)

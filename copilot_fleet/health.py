@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from copilot_fleet.argtypes import positive
+
 DEFAULT_TIMEOUT = 2.0
 TOKEN_ENV = "COPILOT_CONNECTION_TOKEN"
 HOME_ENV = "COPILOT_HOME"
@@ -247,19 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recycle bounds (fleet:recycle)",
         "fail, although the server answers, once the CLI listening on --port on this machine is past a bound: on "
         "Kubernetes the pod then leaves the Service (readiness) and is restarted after its preStop drain (liveness)")
-    bounds.add_argument("--recycle-rss-mb", type=_bound, default=None, metavar="MIB",
+    bounds.add_argument("--recycle-rss-mb", type=positive(int), default=None, metavar="MIB",
                         help="resident memory (VmRSS) above this many MiB")
-    bounds.add_argument("--recycle-sessions", type=_bound, default=None, metavar="N",
+    bounds.add_argument("--recycle-sessions", type=positive(int), default=None, metavar="N",
                         help="this many session creates + resumes served since the process started")
     bounds.add_argument("--home", default=None, metavar="DIR",
                         help=f"the server's COPILOT_HOME, whose logs count the sessions (default ${HOME_ENV})")
     return p
-
-
-def _bound(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
-    return int(value)
 
 
 def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None) -> list[str]:

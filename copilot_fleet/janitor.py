@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from copilot_fleet.argtypes import seconds_between
+
 if TYPE_CHECKING:
     from copilot_fleet.client.lease import LeaseManager
 
@@ -443,14 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interval(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 10 <= seconds <= 86400:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: 10 to 86400 seconds")
-    return seconds
+_interval = seconds_between(10, 86400)
 
 
 async def _run(args: argparse.Namespace, redis_url: str | None) -> Report:

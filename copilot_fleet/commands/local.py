@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from copilot_fleet.argtypes import seconds_between
+
 DEFAULT_STACK = "local"
 
 
@@ -52,14 +54,7 @@ def _stack_arg(p: argparse.ArgumentParser) -> None:
                    help=f"stack name: stacks/Pulumi.STACK.yaml (default {DEFAULT_STACK})")
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 1 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 3600 seconds")
-    return seconds
+_seconds = seconds_between(1, 3600)
 
 
 def _project_dir(args: argparse.Namespace) -> Path:

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from copilot_fleet.argtypes import positive
 from copilot_fleet.commands.local import _project_dir, _seconds, _stack_arg, _user_error
 
 
@@ -38,31 +39,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "again, one server at a time. Defaults: fleet:recycle in the stack file. Safe "
                                    "to run from cron.")
     _stack_arg(p)
-    p.add_argument("--max-rss-mb", type=_positive(float), default=None, metavar="MIB",
+    p.add_argument("--max-rss-mb", type=positive(float), default=None, metavar="MIB",
                    help="recycle above this resident memory (default fleet:recycle.maxRssMb)")
-    p.add_argument("--max-sessions", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--max-sessions", type=positive(int), default=None, metavar="N",
                    help="recycle after this many sessions served (default fleet:recycle.maxSessions)")
     p.add_argument("--drain-timeout", type=_seconds, default=60.0, help="per server, as drain --timeout")
     p.add_argument("--dry-run", action="store_true", help="report what would be recycled; change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with --every: one line per check)")
-    p.add_argument("--every", type=_positive(float), default=None, metavar="SECONDS",
+    p.add_argument("--every", type=positive(float), default=None, metavar="SECONDS",
                    help="keep checking, every SECONDS, until SIGTERM (how the fleet's supervised recycler runs); "
                         "a check that finds another command changing the fleet is skipped")
-    p.add_argument("--max-runs", type=_positive(int), default=None, metavar="N", help="with --every: stop after N")
+    p.add_argument("--max-runs", type=positive(int), default=None, metavar="N", help="with --every: stop after N")
     p.set_defaults(func=cmd_recycle)
-
-
-def _positive(kind: type[int] | type[float]) -> object:
-    def parse(value: str) -> int | float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a {kind.__name__}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
-        return number
-
-    return parse
 
 
 def _print(text: str) -> None:

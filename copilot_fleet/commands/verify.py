@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from copilot_fleet.argtypes import seconds_between
+
 DEFAULT_STACK = "local"
 
 
@@ -45,14 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_verify)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 5 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: 5 to 3600 seconds")
-    return seconds
+_seconds = seconds_between(5, 3600)
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,22 @@ def attached_dirs(session_state: Path, pid: int) -> list[Path]:
     return [d for d in session_dirs(session_state) if (d / lock).exists()]
 
 
+def busy_sessions(session_state: Path, pid: int) -> list[str]:
+    """The sessions attached to the CLI with `pid` that are in a turn."""
+    return [d.name for d in attached_dirs(session_state, pid) if turn_in_flight(d)]
+
+
+def wait_idle(session_state: Path, pid: int, timeout: float, poll: float = _POLL) -> list[str]:
+    """Wait until the CLI with `pid` has no turn in flight, at most `timeout` s; the sessions still in a turn then
+    (empty: idle). The local drain and the Kubernetes preStop hook both wait with this."""
+    deadline = time.monotonic() + timeout
+    busy = busy_sessions(session_state, pid)
+    while busy and time.monotonic() < deadline:
+        time.sleep(poll)
+        busy = busy_sessions(session_state, pid)
+    return busy
+
+
 # --- drain / undrain --------------------------------------------------------------------------------------------
 
 def _say(out: Callable[[str], None] | None, text: str) -> None:
@@ -216,17 +232,12 @@ def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
                            attached_at_start=0, busy_at_start=0, was_running=False)
     state_dir = Path(svc.session_state or "")
     attached = attached_dirs(state_dir, pid)
-    busy = [d for d in attached if turn_in_flight(d)]
-    busy_at_start = len(busy)
-    _say(out, f"  {server}: pid {pid}, {len(attached)} session(s) attached, {len(busy)} in a turn; waiting up to "
-              f"{timeout:.0f} s")
+    busy_at_start = sum(1 for d in attached if turn_in_flight(d))
+    _say(out, f"  {server}: pid {pid}, {len(attached)} session(s) attached, {busy_at_start} in a turn; waiting up "
+              f"to {timeout:.0f} s")
     wait_began = time.monotonic()
-    deadline = wait_began + timeout
-    while busy and time.monotonic() < deadline:
-        time.sleep(_POLL)
-        busy = [d for d in attached_dirs(state_dir, pid) if turn_in_flight(d)]
+    cut = wait_idle(state_dir, pid, timeout, poll=_POLL)
     waited = time.monotonic() - wait_began
-    cut = [d.name for d in busy]
     if cut:
         _say(out, f"  {server}: timeout: {len(cut)} turn(s) still running are cut off: {', '.join(cut)}")
     try:
@@ -318,23 +329,27 @@ def _target_redis_url(paths: StatePaths) -> str | None:
 
 
 def _set_draining_mark(paths: StatePaths, svc: Service, draining: bool, out: Callable[[str], None] | None) -> None:
-    """The mark in the lease store that makes fleet clients with an older target try this replica last."""
+    """The mark in the lease store that makes fleet clients with an older target try this replica last. A drain
+    that cannot set it carries on (HAProxy and the target still take the server out); an undrain that cannot clear
+    it fails, or the server would stay last in every route."""
     url = _target_redis_url(paths)
     if url is None or svc.user is not None:
         return  # no lease store (per-user), or a user's own server: no other replica to send anyone to
-    try:
-        if draining:
+    if draining:
+        try:
             mark_draining(url, svc.address, svc.name)
-            _say(out, f"  {svc.name}: marked draining in the lease store (fleet clients try it last)")
-        else:
-            clear_draining(url, svc.address)
+        except redis.exceptions.RedisError as exc:
+            _say(out, f"  {svc.name}: could not mark it in the lease store ({exc}); fleet clients holding an old "
+                      "target may still open sessions on it until it stops")
+            return
+        _say(out, f"  {svc.name}: marked draining in the lease store (fleet clients try it last)")
+        return
+    try:
+        clear_draining(url, svc.address)
     except redis.exceptions.RedisError as exc:
-        what = "mark" if draining else "clear the draining mark of"
-        warning = (f"  {svc.name}: could not {what} it in the lease store ({exc}); fleet clients holding an old "
-                   f"target {'may still open sessions on it until it stops' if draining else 'try it last until `copilot-fleet undrain` succeeds'}")
-        _say(out, warning)
-        if not draining:
-            raise LocalFleetError(warning.strip()) from exc
+        raise LocalFleetError(f"{svc.name}: could not clear the draining mark of it in the lease store ({exc}); "
+                              "fleet clients holding an old target try it last until `copilot-fleet undrain` "
+                              "succeeds") from exc
 
 
 # --- recycle ----------------------------------------------------------------------------------------------------

@@ -278,29 +278,26 @@ def test_status_table_shows_the_columns(project: Project) -> None:
     assert cli["check_failures"] is not None and cli["sessions_on_disk"] >= 30
 
 
-def test_the_janitor_runs_under_supervisord(project: Project) -> None:
+def _supervised_task_log(project: Project, task: str, needle: str, seconds: float) -> str:
+    """The task is RUNNING under supervisord; its log once `needle` is in it (or after `seconds`)."""
     from copilot_fleet.local.supervisor import Supervisor
 
     infos = Supervisor(project.paths(STACK), timeout=10).processes()
-    assert infos["janitor"]["statename"] == "RUNNING"
-    log = project.paths(STACK).log_file("janitor")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "lease check on" not in log.read_text(errors="replace"):
+    assert infos[task]["statename"] == "RUNNING"
+    log = project.paths(STACK).log_file(task)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and needle not in log.read_text(errors="replace"):
         time.sleep(0.5)
-    text = log.read_text(errors="replace")
+    return log.read_text(errors="replace")
+
+
+def test_the_janitor_runs_under_supervisord(project: Project) -> None:
+    text = _supervised_task_log(project, "janitor", "lease check on", 30)
     assert "lease check on" in text and "STOPPED" not in text, text[-2000:]
 
 
 def test_the_recycler_runs_under_supervisord(project: Project) -> None:
-    from copilot_fleet.local.supervisor import Supervisor
-
-    infos = Supervisor(project.paths(STACK), timeout=10).processes()
-    assert infos["recycler"]["statename"] == "RUNNING"
-    log = project.paths(STACK).log_file("recycler")
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and "copilot-cli-1: ok (RSS" not in log.read_text(errors="replace"):
-        time.sleep(0.5)
-    text = log.read_text(errors="replace")
+    text = _supervised_task_log(project, "recycler", "copilot-cli-1: ok (RSS", 40)
     assert "copilot-cli-0: ok (RSS" in text and "copilot-cli-1: ok (RSS" in text, text[-2000:]
     assert "recycling" not in text
 
