@@ -27,6 +27,7 @@ from .errors import (
     SessionDisconnected,
     SessionInUse,
     SessionNotFound,
+    SessionStateUnwritable,
     is_storage_error,
 )
 from .ids import (
@@ -102,6 +103,7 @@ __all__ = [
     "SessionIdParts",
     "SessionInUse",
     "SessionNotFound",
+    "SessionStateUnwritable",
     "check_access",
     "check_owner",
     "is_fleet_session_id",

@@ -52,6 +52,13 @@ class SessionDisconnected(ReplicaUnavailable):
     down), mid-turn or before the call. The session is kept on disk: close the handle and resume the session."""
 
 
+class SessionStateUnwritable(FleetClientError, TimeoutError):
+    """A turn got no answer within its timeout, and the session's CLI server cannot write its session-state
+    (full or read-only): nothing of the turn could be saved. A TimeoutError, so code that handles turn timeouts
+    still catches it. CLI 1.0.102 reports neither (docs/reliability.md, finding 5); the handle asks the server
+    to write a small file in the session's workspace, and this is what the server answered."""
+
+
 class NoRoute(FleetClientError, LookupError):
     """The target has no CLI server for this user (per-user fleet without the user, or no addresses at all)."""
 

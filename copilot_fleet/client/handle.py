@@ -6,7 +6,8 @@ server ends (SessionDisconnected), which the SDK alone does not do for a turn in
 
 A session this handle created, on which no turn completed and whose CLI reported a full or read-only
 session-state, is deleted on close (`stillborn`): CLI 1.0.102 would otherwise leave it listed but not resumable
-(docs/reliability.md, finding 4).
+(docs/reliability.md, finding 4). A turn that gets no answer because the server cannot write the session's state
+ends at its timeout with SessionStateUnwritable, naming the cause, not a bare timeout (write_check.py, finding 5).
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from typing import TYPE_CHECKING, Any
 from copilot import CopilotSession
 from copilot.session_events import SessionEvent
 
-from .errors import FleetClientError, ProviderMissing, SessionDisconnected, SessionNotFound, is_storage_error
+from .errors import (
+    FleetClientError,
+    ProviderMissing,
+    SessionDisconnected,
+    SessionNotFound,
+    SessionStateUnwritable,
+    is_storage_error,
+)
 from .lease import Lease
 from .liveness import client_connected, closed_event, transport_closed
 from .pool import forget_detached_session, is_transport_failure
+from .write_check import storage_write_error
 
 if TYPE_CHECKING:
     from copilot import CopilotClient
@@ -187,8 +196,24 @@ class FleetSession:
         return await self._guarded(lambda: self.sdk.send(prompt, **kwargs), turn=True)
 
     async def send_and_wait(self, prompt: str, *, timeout: float = 60.0, **kwargs: Any) -> SessionEvent | None:
-        """Send and wait for the session to go idle (see CopilotSession.send_and_wait)."""
-        return await self._guarded(lambda: self.sdk.send_and_wait(prompt, timeout=timeout, **kwargs), turn=True)
+        """Send and wait for the session to go idle (see CopilotSession.send_and_wait). A turn with no answer within
+        `timeout` raises SessionStateUnwritable if the server cannot write the session's state, else the SDK's
+        TimeoutError."""
+        try:
+            return await self._guarded(lambda: self.sdk.send_and_wait(prompt, timeout=timeout, **kwargs), turn=True)
+        except TimeoutError as exc:
+            if isinstance(exc, FleetClientError) or self._closed or self.disconnected or self.lost:
+                raise
+            cause = await storage_write_error(self.sdk)
+            if cause is None:
+                raise
+            if self._storage_error is None:
+                self._storage_error = cause
+            raise SessionStateUnwritable(
+                f"session {self.session_id!r}: no answer within {timeout:g} s, and CLI server {self.address} cannot "
+                f"write session-state ({cause}). Nothing of this turn could be saved. Make the session-state "
+                "volume writable (free space, or remount it read-write), then send again"
+            ) from exc
 
     async def reply(self, prompt: str, *, timeout: float = 60.0, **kwargs: Any) -> str | None:
         """`send_and_wait` and return the assistant's text (None when there was no message)."""

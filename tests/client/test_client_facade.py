@@ -30,12 +30,33 @@ pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 A, B = "10.0.0.1:4401", "10.0.0.2:4401"
 
 
+class FakeWorkspaces:
+    """`session.rpc.workspaces`: records the write checks; `error` is what createFile raises (None: it works)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.error: BaseException | None = None
+        self.delay = 0.0
+
+    async def create_file(self, request: Any, *, timeout: float | None = None) -> None:
+        self.writes.append(request.path)
+        await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+
+
+class FakeRpc:
+    def __init__(self) -> None:
+        self.workspaces = FakeWorkspaces()
+
+
 class FakeSession:
     def __init__(self, session_id: str, client: FakeClient | None = None) -> None:
         self.session_id = session_id
         self.disconnected = False
         self.client = client
         self.turns: list[BaseException | None] = []  # what each send_and_wait does: raise it, or answer
+        self.rpc = FakeRpc()
 
     async def disconnect(self) -> None:
         self.disconnected = True
@@ -313,6 +334,68 @@ async def test_a_create_refused_for_storage_deletes_what_it_may_have_left(redis_
         with pytest.raises(JsonRpcError, match="invalid model"):
             await fleet.create_session("refused")
         assert refused.fakes[A].log == []
+
+
+# What CLI 1.0.102 answers to session.workspaces.createFile when session-state is mounted read-only.
+READ_ONLY = JsonRpcError(-32603, "Request session.workspaces.createFile failed with message: EROFS: Read-only file "
+                                 "system (os error 30)")
+NO_ANSWER = "Timeout after 3s waiting for response completion"
+
+
+@pytest.mark.parametrize("check", ["read-only", "full", "writable", "other failure", "no answer"])
+async def test_a_turn_without_answer_names_a_storage_problem_only_when_the_server_has_one(
+    redis_server: RedisServer, check: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CLI 1.0.102 never answers a turn whose events it cannot write (finding 5). After the timeout the handle asks
+    the server to write a small file in the session's workspace: a storage error there becomes
+    SessionStateUnwritable (still a TimeoutError) naming it; any other outcome leaves the SDK's TimeoutError."""
+    from copilot_fleet.client import SessionStateUnwritable
+    from copilot_fleet.client import write_check
+
+    monkeypatch.setattr(write_check, "CHECK_TIMEOUT", 0.2)
+    pool = FakePool({A: "works"})
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        session = await fleet.resume_session(new_session_id("alice", "old"))
+        fake = pool.fakes[A].sessions[-1]
+        workspaces = fake.rpc.workspaces
+        workspaces.error = {"read-only": READ_ONLY, "full": FULL_DISK,
+                            "other failure": JsonRpcError(-32603, "Session memory v2 is disabled")}.get(check)
+        workspaces.delay = 5.0 if check == "no answer" else 0.0
+        fake.turns.append(TimeoutError(NO_ANSWER))
+        with pytest.raises(TimeoutError) as raised:
+            await session.reply("remember: pear", timeout=3)
+        assert workspaces.writes == [write_check.CHECK_FILE]
+        if check in ("read-only", "full"):
+            assert isinstance(raised.value, SessionStateUnwritable)
+            assert isinstance(raised.value.__cause__, TimeoutError)
+            text = str(raised.value)
+            assert session.session_id in text and A in text and "no answer within 3 s" in text
+            assert ("Read-only file system" if check == "read-only" else "No space left on device") in text
+        else:
+            assert not isinstance(raised.value, SessionStateUnwritable) and str(raised.value) == NO_ANSWER
+        await session.close()
+        assert not await lease_exists(redis_server, session.session_id)
+
+
+async def test_only_a_turn_timeout_asks_the_server_to_write(redis_server: RedisServer) -> None:
+    """Answers, errors that say what they are, and a lost lease never cause a write check."""
+    from copilot_fleet.client import LeaseLost
+
+    pool = FakePool({A: "works"})
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        session = await fleet.resume_session(new_session_id("alice", "old"))
+        fake = pool.fakes[A].sessions[-1]
+        fake.turns.extend([None, FULL_DISK])
+        await session.reply("remember: apple")
+        with pytest.raises(Exception, match="No space left"):
+            await session.reply("remember: pear")
+        assert session.lease is not None
+        session.lease._mark_lost("taken over")  # as the renewer marks it when another client took the session over
+        fake.turns.append(TimeoutError(NO_ANSWER))
+        with pytest.raises(LeaseLost):
+            await session.reply("remember: plum")
+        assert fake.rpc.workspaces.writes == []
+        await session.close()
 
 
 def test_storage_errors_are_recognised() -> None:
