@@ -106,7 +106,7 @@ def parse_target(document: str | bytes, source: str = "target") -> Target:
     try:
         raw = json.loads(document)
     except json.JSONDecodeError as exc:
-        raise TargetError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+        raise TargetError(f"{source}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from exc
     if not isinstance(raw, dict):
         raise TargetError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     # `pulumi stack output --json` wraps nothing, but be tolerant of {"target": {...}} exports.

@@ -224,13 +224,13 @@ class FleetClient:
     # -- the common path ---------------------------------------------------------------------------------------
 
     async def _authorize(self, session_id: str) -> SessionIdParts:
-        parts = await check_access(session_id, self.user, self.members)
-        if parts.kind == "shared" and self.target.isolation != "shared-session":
+        # The fleet's isolation first: on a fleet without shared sessions, membership is not the problem.
+        if parse_session_id(session_id).kind == "shared" and self.target.isolation != "shared-session":
             raise AccessDenied(
                 f"{session_id!r} is a shared session, but fleet {self.target.stack!r} has isolation "
                 f"{self.target.isolation!r}; shared sessions need isolation 'shared-session'"
             )
-        return parts
+        return await check_access(session_id, self.user, self.members)
 
     def _route(self, parts: SessionIdParts, session_id: str) -> Route:
         # A shared session goes where its id hashes, so all its members meet on one replica.

@@ -406,3 +406,14 @@ def test_storage_errors_are_recognised() -> None:
     assert is_storage_error("failed to register ownership for session 'x': No space left on device (os error 28)")
     assert not is_storage_error(TimeoutError("Timeout after 3s waiting for response completion"))
     assert not is_storage_error("Request session.resume failed with message: invalid model")
+
+
+async def test_a_shared_session_on_a_fleet_without_them_is_refused_for_that_reason(redis_server: RedisServer) -> None:
+    """The isolation is named, not the missing membership store, and no server is called."""
+    from copilot_fleet.client import AccessDenied, shared_session_id
+
+    pool = FakePool({A: "works"})
+    async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
+        with pytest.raises(AccessDenied, match="isolation 'shared-cli'; shared sessions need isolation 'shared-session'"):
+            await fleet.resume_session(shared_session_id("team"))
+    assert pool.fakes[A].calls == []
