@@ -417,13 +417,8 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if spec.provider is not None and spec.provider.api_key is None:
             p.append("fleet:provider.apiKey: a deployed fleet's provider needs its API key, set as a secret "
                      "(pulumi config set --secret --path 'fleet:provider.apiKey' ...)")
-    if spec.platform == "local" and spec.shares_session_state:
-        ports = [spec.local.endpoint_port, spec.local.redis_port, spec.local.model_port]
-        replica_ports = range(spec.local.replica_base_port, spec.local.replica_base_port + spec.replicas)
-        clash = sorted(set(ports) & set(replica_ports)) or sorted({x for x in ports if ports.count(x) > 1})
-        if clash:
-            p.append(f"fleet:local: ports overlap at {clash}; give the endpoint, replicas, redis and model "
-                     "distinct ports")
+    if spec.platform == "local":
+        p.extend(_local_port_problems(spec))
     if spec.platform == "azure":
         p.extend(_azure_problems(spec))
     if spec.platform in ("kubernetes", "azure") and spec.recycle.max_rss_mb is not None:
@@ -441,6 +436,36 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
 
 
 _AZURE_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.()-]{1,90}$")
+
+
+def _local_port_problems(spec: FleetSpec) -> list[str]:
+    """Two servers of a local fleet on one port. Checked here, with the rest of the config, so that a clash is
+    refused before anything runs (the CLI servers take fleet:local.replicaBasePort upwards, one per replica, or one
+    per user for per-user)."""
+    local = spec.local
+    servers = spec.replicas if spec.shares_session_state else len(spec.users)
+    replica_ports = range(local.replica_base_port, local.replica_base_port + servers)
+    named: list[tuple[int, str]] = []
+    if spec.shares_session_state:
+        named += [(local.endpoint_port, "fleet:local.endpointPort"), (local.redis_port, "fleet:local.redisPort")]
+    if spec.provider is None:  # the local test model serves the sessions
+        named.append((local.model_port, "fleet:local.modelPort"))
+    problems = []
+    seen: dict[int, str] = {}
+    for port, key in named:
+        if port in seen:
+            problems.append(f"{key} {port} is also {seen[port]}")
+        elif port in replica_ports:
+            problems.append(f"{key} {port} falls in the CLI servers' ports {local.replica_base_port}.."
+                            f"{replica_ports[-1]} (fleet:local.replicaBasePort and {servers} "
+                            f"{'replicas' if spec.shares_session_state else 'users'})")
+        seen.setdefault(port, key)
+    if problems:
+        problems = [f"fleet:local: ports overlap: {'; '.join(problems)}; give every server of the fleet its own port"]
+    if replica_ports and replica_ports[-1] > 65535:
+        problems.append(f"fleet:local.replicaBasePort: {local.replica_base_port} leaves no room for {servers} CLI "
+                        f"servers (the last would get port {replica_ports[-1]}; ports end at 65535)")
+    return problems
 
 
 def _azure_problems(spec: FleetSpec) -> list[str]:

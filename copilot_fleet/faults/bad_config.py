@@ -119,7 +119,7 @@ CASES: tuple[ConfigCase, ...] = (
     ConfigCase("replica-range-overlaps-redis", "contradiction", {"replicas": 3, **_ports(replicaBasePort=31429)},
                "fleet:local"),
     ConfigCase("per-user-port-clash", "contradiction", _ports(modelPort=31402), "fleet:local.modelPort",
-               base="per-user", needs_tools=True),
+               base="per-user"),
     ConfigCase("debug-log-without-consent", "contradiction", {"logLevel": "debug"}, "fleet:logLevel"),
     ConfigCase("compaction-above-exhaustion", "contradiction",
                {"infiniteSessions": {"backgroundCompactionThreshold": 0.9, "bufferExhaustionThreshold": 0.5}},

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import SecretStr
 
 import copilot_fleet
-from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.secrets import (
     CONNECTION_TOKEN,
@@ -166,16 +165,6 @@ def _secret(value: str | None) -> SecretStr | None:
     return None if value is None else SecretStr(value)
 
 
-def _port_problems(ports: list[tuple[int, str]]) -> list[str]:
-    seen: dict[int, str] = {}
-    problems = []
-    for port, key in ports:
-        if port in seen:
-            problems.append(f"port {port} is set twice: by {seen[port]} and by {key}")
-        seen[port] = key
-    return problems
-
-
 def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: FleetSecrets,
                creds: StackCredentials | None = None) -> FleetPlan:
     """Every program of the fleet with its command, environment and port, and the target."""
@@ -185,13 +174,11 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     uses_test_model = spec.provider is None
     shared = spec.isolation != "per-user"
     programs: list[Program] = []
-    ports: list[tuple[int, str]] = []
 
     if uses_test_model:
         provider = ProviderTarget(type="openai", base_url=f"http://{HOST}:{local.model_port}/v1",
                                   api_key=SecretStr(secrets.get(MODEL_API_KEY)))
         programs.append(_model_program(paths, tools, local.model_port))
-        ports.append((local.model_port, "fleet:local.modelPort"))
     else:
         assert spec.provider is not None
         provider = ProviderTarget(type=spec.provider.type, base_url=spec.provider.base_url,
@@ -202,21 +189,13 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
         for replica in group.replica_names():
             port = local.replica_base_port + index
             key = "fleet:local.replicaBasePort" + (f" (+{index})" if index else "")
-            ports.append((port, key))
             programs.append(_cli_program(topology, group, replica, port, key, paths, tools, secrets, creds))
             index += 1
 
     if topology.lease_store is not None:
         programs.append(_redis_program(paths, tools, local.redis_port))
-        ports.append((local.redis_port, "fleet:local.redisPort"))
     if topology.load_balanced:
         programs.append(_haproxy_program(paths, tools, local.endpoint_port))
-        ports.append((local.endpoint_port, "fleet:local.endpointPort"))
-
-    problems = _port_problems(ports)
-    if problems:
-        raise LocalFleetError(f"stack {spec.stack!r}: " + "; ".join(problems) + " (give every server of the fleet "
-                              "its own port under fleet:local)")
 
     clis = [p.service for p in programs if p.service.kind == "cli"]
     target = Target(

@@ -18,7 +18,7 @@ from copilot_fleet.local.plan import StackCredentials, build_plan, secret_names
 from copilot_fleet.local.render import haproxy_cfg, health_check_request, redis_conf, supervisord_conf
 from copilot_fleet.local.secrets import FleetSecrets, generate
 from copilot_fleet.local.tools import Tools
-from copilot_fleet.spec import OFFLINE_SECRET, RawConfig, load_spec
+from copilot_fleet.spec import OFFLINE_SECRET, ConfigError, RawConfig, load_spec
 from copilot_fleet.topology import build_topology
 
 
@@ -87,11 +87,35 @@ def test_per_user_plan_has_no_balancer_and_no_redis(tmp_path: Path) -> None:
     assert alice.directory != bob.directory  # each user's working directory is their own
 
 
-def test_per_user_port_clash_names_both_keys(tmp_path: Path) -> None:
-    with pytest.raises(LocalFleetError, match=r"port 5001 is set twice: by fleet:local.modelPort and by "
-                                              r"fleet:local.replicaBasePort \(\+1\)"):
-        _plan(tmp_path, isolation="per-user", users=[{"id": "a"}, {"id": "b"}],
-              local={"replicaBasePort": 5000, "modelPort": 5001})
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"isolation": "per-user", "users": [{"id": "a"}, {"id": "b"}],
+          "local": {"replicaBasePort": 5000, "modelPort": 5001}},
+         r"fleet:local.modelPort 5001 falls in the CLI servers' ports 5000..5001 \(fleet:local.replicaBasePort and "
+         r"2 users\)"),
+        ({"isolation": "shared-cli", "replicas": 3, "local": {"replicaBasePort": 6388, "redisPort": 6390}},
+         r"fleet:local.redisPort 6390 falls in the CLI servers' ports 6388..6390 \(fleet:local.replicaBasePort and "
+         r"3 replicas\)"),
+        ({"isolation": "shared-session", "local": {"endpointPort": 7000, "modelPort": 7000}},
+         r"fleet:local.modelPort 7000 is also fleet:local.endpointPort"),
+        ({"isolation": "per-user", "users": [{"id": "a"}, {"id": "b"}], "local": {"replicaBasePort": 65535}},
+         r"fleet:local.replicaBasePort: 65535 leaves no room for 2 CLI servers \(the last would get port 65536"),
+    ],
+    ids=["per-user-model-in-user-ports", "redis-in-replica-ports", "two-named-ports", "past-65535"],
+)
+def test_local_port_clashes_are_refused_with_the_config(values: dict[str, Any], named: str) -> None:
+    """Refused by config validation, naming the keys, before any program is looked for or started."""
+    with pytest.raises(ConfigError, match=named):
+        _spec(**values)
+
+
+def test_a_real_provider_frees_the_model_port(tmp_path: Path) -> None:
+    """No test model runs with a real provider, so its port may be anything."""
+    plan, _, _ = _plan(tmp_path, isolation="per-user", users=[{"id": "a"}, {"id": "b"}],
+                       local={"replicaBasePort": 5000, "modelPort": 5001},
+                       provider={"baseUrl": "https://models.example.com/v1", "apiKey": OFFLINE_SECRET})
+    assert plan.target.users == {"a": "127.0.0.1:5000", "b": "127.0.0.1:5001"}
 
 
 def test_real_provider_goes_to_every_server_and_the_target(tmp_path: Path) -> None:
