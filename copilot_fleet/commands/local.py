@@ -63,54 +63,36 @@ def _project_dir(args: argparse.Namespace) -> Path:
     return find_project_dir(Path(args.project_dir) if args.project_dir else None)
 
 
-def _user_error(exc: Exception) -> Exception:
-    from copilot_fleet.cli import CommandError
-
-    return CommandError(str(exc))
-
-
 def cmd_up(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError, fleet
+    from copilot_fleet.local import fleet
 
-    try:
-        fleet.up(_project_dir(args), args.stack, timeout=args.timeout)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    fleet.up(_project_dir(args), args.stack, timeout=args.timeout)
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError, fleet
+    from copilot_fleet.local import fleet
 
-    try:
-        fleet.down(_project_dir(args), args.stack, purge=args.purge)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    fleet.down(_project_dir(args), args.stack, purge=args.purge)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError, status
+    from copilot_fleet.local import status
 
-    try:
-        result = status.collect(_project_dir(args), args.stack)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    result = status.collect(_project_dir(args), args.stack)
     print(status.to_json_text(result) if args.json else status.format_table(result))
     return 0 if result.healthy else 1
 
 
 def cmd_target(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError, targets
+    from copilot_fleet.local import targets
 
-    try:
-        if args.from_file:
-            target = targets.from_file(args.from_file)
-        else:
-            target, warning = targets.read_target(_project_dir(args), args.stack)
-            if warning:
-                print(f"copilot-fleet target: warning: {warning}", file=sys.stderr)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    if args.from_file:
+        target = targets.from_file(args.from_file)
+    else:
+        target, warning = targets.read_target(_project_dir(args), args.stack)
+        if warning:
+            print(f"copilot-fleet target: warning: {warning}", file=sys.stderr)
     print(json.dumps(target.to_json_dict(), indent=2))
     return 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from copilot_fleet.argtypes import positive
-from copilot_fleet.commands.local import _project_dir, _seconds, _stack_arg, _user_error
+from copilot_fleet.commands.local import _project_dir, _seconds, _stack_arg
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,46 +58,31 @@ def _print(text: str) -> None:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError
     from copilot_fleet.local.operate import drain
 
-    try:
-        result = drain(_project_dir(args), args.stack, args.server, timeout=args.timeout,
-                       out=None if args.json else _print)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    result = drain(_project_dir(args), args.stack, args.server, timeout=args.timeout,
+                   out=None if args.json else _print)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     return 1 if result.cut_turns else 0
 
 
 def cmd_undrain(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError
     from copilot_fleet.local.operate import undrain
 
-    try:
-        undrain(_project_dir(args), args.stack, args.server, timeout=args.timeout, out=_print)
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    undrain(_project_dir(args), args.stack, args.server, timeout=args.timeout, out=_print)
     return 0
 
 
 def cmd_recycle(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import LocalFleetError
     from copilot_fleet.local.fleet import load_local_spec
 
-    try:
-        project = _project_dir(args)
-        bounds = load_local_spec(project, args.stack).recycle
-    except LocalFleetError as exc:
-        raise _user_error(exc) from exc
+    project = _project_dir(args)
+    bounds = load_local_spec(project, args.stack).recycle
     max_rss_mb = args.max_rss_mb if args.max_rss_mb is not None else bounds.max_rss_mb
     max_sessions = args.max_sessions if args.max_sessions is not None else bounds.max_sessions
     if args.every is None:
-        try:
-            _recycle_once(args, project, max_rss_mb, max_sessions, wait_for_lock=True)
-        except LocalFleetError as exc:
-            raise _user_error(exc) from exc
+        _recycle_once(args, project, max_rss_mb, max_sessions, wait_for_lock=True)
         return 0
     return _recycle_loop(args, project, max_rss_mb, max_sessions)
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from copilot_fleet.errors import CommandError
+
 if TYPE_CHECKING:
     from copilot_fleet.client.admin import DeleteResult, SessionRow
     from copilot_fleet.target import Target
@@ -67,12 +69,6 @@ def _duration(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _error(message: str) -> Exception:
-    from copilot_fleet.cli import CommandError
-
-    return CommandError(message)
-
-
 def resolve_target(args: argparse.Namespace) -> Target:
     """The target from --target FILE, or of --stack (the local fleet's state, or Pulumi stack outputs)."""
     from copilot_fleet.target import TargetError, load_target
@@ -81,20 +77,16 @@ def resolve_target(args: argparse.Namespace) -> Target:
         try:
             return load_target(args.target_file)
         except TargetError as exc:
-            raise _error(str(exc)) from exc
+            raise CommandError(str(exc)) from exc
     stack = args.stack or DEFAULT_STACK
     try:
-        from copilot_fleet.local.errors import LocalFleetError
         from copilot_fleet.local.targets import read_target
     except ImportError as exc:  # a partial install without the local fleet
-        raise _error(f"cannot resolve stack {stack} here ({exc}); pass --target FILE") from exc
+        raise CommandError(f"cannot resolve stack {stack} here ({exc}); pass --target FILE") from exc
     from copilot_fleet.stackfile import find_project_dir
 
     project = find_project_dir(Path(args.project_dir) if getattr(args, "project_dir", None) else None)
-    try:
-        target, warning = read_target(project, stack)
-    except LocalFleetError as exc:
-        raise _error(str(exc)) from exc
+    target, warning = read_target(project, stack)
     if warning:
         print(f"copilot-fleet sessions: warning: {warning}", file=sys.stderr)
     return target
@@ -142,7 +134,7 @@ def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except FleetClientError as exc:
-        raise _error(str(exc)) from exc
+        raise CommandError(str(exc)) from exc
 
 
 async def _list(target: Target, owner: str | None) -> list[SessionRow]:

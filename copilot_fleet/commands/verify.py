@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from copilot_fleet.argtypes import seconds_between
+from copilot_fleet.errors import CommandError
 
 DEFAULT_STACK = "local"
 
@@ -60,12 +61,6 @@ class ResolvedTarget:
     temporary: bool
 
 
-def _error(message: str) -> Exception:
-    from copilot_fleet.cli import CommandError
-
-    return CommandError(message)
-
-
 def _project_dir(args: argparse.Namespace) -> Path:
     from copilot_fleet.stackfile import find_project_dir
 
@@ -86,24 +81,21 @@ def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
 
     state = Path(args.fleet_state).resolve() if args.fleet_state else None
     if state is not None and not state.is_dir():
-        raise _error(f"--fleet-state {args.fleet_state}: not a directory (expected <project>/.fleet/<stack>)")
+        raise CommandError(f"--fleet-state {args.fleet_state}: not a directory (expected <project>/.fleet/<stack>)")
     if args.target_file:
         try:
             target = load_target(args.target_file)
         except TargetError as exc:
-            raise _error(f"the target file cannot be used: {exc}") from exc
+            raise CommandError(f"the target file cannot be used: {exc}") from exc
         return ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state, False)
 
-    from copilot_fleet.local import LocalFleetError, targets
+    from copilot_fleet.local import targets
     from copilot_fleet.local.paths import StatePaths
 
     stack = args.stack or DEFAULT_STACK
-    try:
-        target, warning = targets.read_target(project_dir, stack)  # the same resolution as `copilot-fleet target`
-    except LocalFleetError as exc:
-        raise _error(str(exc)) from exc
+    target, warning = targets.read_target(project_dir, stack)  # the same resolution as `copilot-fleet target`
     if warning:
-        raise _error(f"{warning}; nothing was verified")
+        raise CommandError(f"{warning}; nothing was verified")
     if target.platform == "local" and state is None:
         state = StatePaths(project_dir, stack).root
     return ResolvedTarget(write_private_target(target.to_json_dict()), _label(target, f"stack {stack}"), state, True)
@@ -143,7 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                      stream_output=args.verbose, extra_args=passed_on,
                                      on_result=None if args.verbose else progress)
         except VerifyError as exc:
-            raise _error(str(exc)) from exc
+            raise CommandError(str(exc)) from exc
     if args.verbose:
         print("\n".join(c.line() for c in report.checks))
     if report.problem and not report.timed_out and report.output and not args.verbose:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from copilot_fleet.errors import CommandError
 
-class LocalFleetError(RuntimeError):
-    """Printed without a traceback by `copilot-fleet` (exit status 1)."""
+
+class LocalFleetError(CommandError):
+    """Printed without a traceback by `copilot-fleet` (exit status 1), like every CommandError."""
