@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -86,6 +87,19 @@ class Target(BaseModel):
         if user is not None and user in self.user_tokens:
             return self.user_tokens[user].get_secret_value()
         return self.connection_token.get_secret_value() if self.connection_token else None
+
+    def secret_values(self, min_length: int = 8) -> dict[str, str]:
+        """Every secret the target carries, by name, for audits that search for them in logs, files and process
+        arguments. Values shorter than `min_length` are left out: they would match by chance."""
+        values: dict[str, str] = {}
+        if self.connection_token is not None:
+            values["connection_token"] = self.connection_token.get_secret_value()
+        values.update({f"user_tokens.{u}": t.get_secret_value() for u, t in self.user_tokens.items()})
+        if self.redis_url is not None and (password := urlsplit(self.redis_url.get_secret_value()).password):
+            values["redis password"] = password
+        if self.provider is not None and self.provider.api_key is not None:
+            values["provider api_key"] = self.provider.api_key.get_secret_value()
+        return {k: v for k, v in values.items() if len(v) >= min_length}
 
     def to_json_dict(self) -> dict[str, object]:
         """The target with secrets revealed: for the state file and `copilot-fleet target` only."""

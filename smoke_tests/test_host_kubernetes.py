@@ -15,7 +15,6 @@ import secrets
 import shutil
 import subprocess
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -115,21 +114,9 @@ def test_session_state_mounted_and_writable(cluster, target) -> None:
             _host(cluster, writer).run(f"rm -f {homes[writer]}/session-state/{marker}")
 
 
-def _secret_values(target) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if target.connection_token is not None:
-        values["connection_token"] = target.connection_token.get_secret_value()
-    values.update({f"user_tokens.{u}": t.get_secret_value() for u, t in target.user_tokens.items()})
-    if target.redis_url is not None and (password := urlsplit(target.redis_url.get_secret_value()).password):
-        values["redis password"] = password
-    if target.provider is not None and target.provider.api_key is not None:
-        values["provider api_key"] = target.provider.api_key.get_secret_value()
-    return {k: v for k, v in values.items() if len(v) >= 8}
-
-
 def test_cli_process(cluster, target) -> None:
     """pods: CLI up, not at --log-level debug/all, no secret in its arguments"""
-    secret_values = _secret_values(target)
+    secret_values = target.secret_values()
     for pod in cluster["pods"]:
         found = _host(cluster, pod).run(CLI_PROCESSES)
         lines = [line for line in found.stdout.splitlines() if line.strip()]

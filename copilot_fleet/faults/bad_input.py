@@ -59,13 +59,7 @@ class Case:
 def secret_values(fleet: FleetUnderTest) -> list[str]:
     """Every secret of the fleet: files under secrets/ and what the target carries."""
     out = [p.read_text().strip() for p in fleet.paths.secrets_dir.iterdir() if p.is_file()]
-    t = fleet.target
-    if t.connection_token is not None:
-        out.append(t.token_for() or "")
-    if t.redis_url is not None:
-        out.append(urlsplit(t.redis_url.get_secret_value()).password or "")
-    if t.provider is not None and t.provider.api_key is not None:
-        out.append(t.provider.api_key.get_secret_value())
+    out += fleet.target.secret_values().values()
     return sorted({s for s in out if len(s) >= 8})
 
 

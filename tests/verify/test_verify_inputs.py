@@ -176,3 +176,16 @@ def test_history_check_accepts_one_conversation() -> None:
 def test_history_check_finds_damage(events, sent, says) -> None:
     found = _history_problems()(events, sent)
     assert any(says in p for p in found), found
+
+
+def test_target_secret_values_name_every_secret_it_carries() -> None:
+    from copilot_fleet.target import parse_target
+
+    doc = {**GOOD, "isolation": "per-user", "replicas": [], "users": {"alice": "127.0.0.1:4501"},
+           "user_tokens": {"alice": "a" * 20}, "redis_url": "redis://:hunter2hunter2@127.0.0.1:6390/0",
+           "provider": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-" + "k" * 20}}
+    values = parse_target(json.dumps(doc), "t.json").secret_values()
+    assert values == {"connection_token": "t" * 20, "user_tokens.alice": "a" * 20,
+                      "redis password": "hunter2hunter2", "provider api_key": "sk-" + "k" * 20}
+    assert "redis password" not in parse_target(json.dumps({**doc, "redis_url": "redis://:short@h:1/0"}),
+                                                "t.json").secret_values()
