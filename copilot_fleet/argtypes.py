@@ -1,10 +1,13 @@
-"""argparse value types shared by the commands: numbers within bounds, refused with a message that says what is
-allowed. Only argparse is imported: the janitor (a CronJob) and the health probe use these too."""
+"""argparse value types shared by the commands (numbers within bounds, refused with a message that says what is
+allowed), and credentials given as a file option or an environment variable. Only the standard library is
+imported: the janitor (a CronJob) and the health probe use these too."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def seconds_between(low: float, high: float) -> Callable[[str], float]:
@@ -36,3 +39,20 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
         return number
 
     return parse
+
+
+def secret_from_file_or_env(path: str | None, option: str, variable: str,
+                            environ: Mapping[str, str] | None = None) -> str | None:
+    """A credential: the content of `path` (given as `option`, stripped) if set, else $`variable`, else None.
+    Kept out of command lines, where `ps` would show it. ValueError names the option if the file is unreadable
+    or empty."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return env.get(variable, "").strip() or None
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {option} {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{option} {path} is empty")
+    return value

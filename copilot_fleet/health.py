@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from copilot_fleet.argtypes import positive
+from copilot_fleet.argtypes import positive, secret_from_file_or_env
 
 DEFAULT_TIMEOUT = 2.0
 TOKEN_ENV = "COPILOT_CONNECTION_TOKEN"
@@ -210,16 +210,7 @@ def check_many(addresses: Sequence[str], token: str | None, timeout: float = DEF
 
 def read_token(token_file: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The connection token: the file's content (stripped) if given, else $COPILOT_CONNECTION_TOKEN, else None."""
-    env = os.environ if environ is None else environ
-    if token_file is not None:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"--token-file {token_file} is empty")
-        return token
-    return env.get(TOKEN_ENV) or None
+    return secret_from_file_or_env(token_file, "--token-file", TOKEN_ENV, environ)
 
 
 def _positive_seconds(value: str) -> float:

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from copilot_fleet.argtypes import seconds_between
+from copilot_fleet.argtypes import secret_from_file_or_env, seconds_between
 
 if TYPE_CHECKING:
     from copilot_fleet.client.lease import LeaseManager
@@ -404,16 +404,9 @@ def _ttl(value: str) -> int:
 
 def read_redis_url(path: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """The lease store URL: the file's content if given, else $COPILOT_FLEET_REDIS_URL, else None."""
-    env = os.environ if environ is None else environ
-    if path is not None:
-        try:
-            url = Path(path).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read --redis-url-file {path}: {exc.strerror}") from None
-    else:
-        url = env.get(REDIS_URL_ENV, "").strip()
-        if not url:
-            return None
+    url = secret_from_file_or_env(path, "--redis-url-file", REDIS_URL_ENV, environ)
+    if url is None:
+        return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("the lease store URL must start with redis://, rediss:// or unix:// "
                          f"(from {path or '$' + REDIS_URL_ENV})")
