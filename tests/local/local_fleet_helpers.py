@@ -20,29 +20,14 @@ from typing import Any
 
 import yaml
 
+# The environment `copilot-fleet` runs with (the project's CLI and its warm cache) and a throwaway project: the
+# fault suite's. PROJECT_CLI is re-exported for the test folders.
+from copilot_fleet.faults.fleet import PROJECT_CLI, fleet_env, write_project  # noqa: F401
 from copilot_fleet.local import procfs
 from copilot_fleet.local.ports import free_port_block  # noqa: F401  (re-exported for the test folders)
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.target import Target, load_target
-
-ROOT = Path(__file__).resolve().parents[2]
-PROJECT_CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
-PROJECT_CACHE = ROOT / ".tools/copilot-cache"
-
-
-def fleet_env(**overrides: str | None) -> dict[str, str]:
-    """The environment for `copilot-fleet`: the project's CLI and its warm runtime cache, unless overridden
-    (a value of None removes the variable)."""
-    env = dict(os.environ)
-    env.setdefault("COPILOT_CLI_PATH", str(PROJECT_CLI))
-    env.setdefault("COPILOT_CACHE_HOME", str(PROJECT_CACHE))
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
 
 
 @dataclass
@@ -53,9 +38,7 @@ class Project:
 
     @classmethod
     def create(cls, where: Path) -> Project:
-        where.mkdir(parents=True, exist_ok=True)
-        (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-        (where / "stacks").mkdir(exist_ok=True)
+        write_project(where)
         return cls(where)
 
     def write_stack(self, name: str, fleet: Mapping[str, Any]) -> None:
