@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,16 +186,42 @@ class Aio:
 
     def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         task = self.loop.create_task(asyncio.wait_for(coro, timeout or self.default_timeout))
+        # SIGINT (verify's deadline) cancels the task, as asyncio.run does: a KeyboardInterrupt raised at an
+        # arbitrary bytecode could land between a create's answer and the check recording the session for cleanup,
+        # or inside the create request's own task; a cancellation lands only at an await, where the fleet client
+        # undoes a create in flight and releases its lease.
+        interrupted = False
+
+        def interrupt() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
         try:
-            return self.loop.run_until_complete(task)
+            self.loop.add_signal_handler(signal.SIGINT, interrupt)
+            watching = True
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            watching = False
+        try:
+            result = self.loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
         except BaseException:
-            # Interrupted (SIGINT when verify's deadline passes): stop the coroutine now, or it would carry on
-            # inside the cleanup that runs next on this loop.
+            # Interrupted otherwise: stop the coroutine now, or it would carry on inside the cleanup that runs
+            # next on this loop.
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     self.loop.run_until_complete(task)
             raise
+        finally:
+            if watching:
+                self.loop.remove_signal_handler(signal.SIGINT)
+        if interrupted:  # the coroutine finished anyway: the run is still being stopped
+            raise KeyboardInterrupt
+        return result
 
     def close(self) -> None:
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
