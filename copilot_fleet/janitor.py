@@ -27,6 +27,11 @@ which is why fleets with shared storage always run the janitor with the lease st
 
 The CLI's per-replica `session-store.db` (a search index, not the history) keeps its rows for removed sessions;
 the CLI tolerates that, and the rows go when the replica's home is recycled.
+
+Links are never followed. Anything that can run a shell command in a session (a tool run) can write to the session
+volume, so every name inside it is untrusted: the janitor works through directory file descriptors opened with
+O_NOFOLLOW, moves and deletes by name relative to them, and never reads or removes what a symbolic link points to.
+A link where it expects its own trash or lock directory is reported as an error and removed (only the link).
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ import argparse
 import asyncio
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -130,18 +137,48 @@ def is_session_dir_name(name: str) -> bool:
     return bool(name) and not name.startswith(".") and len(name) <= 128 and set(name) <= _ID_CHARS
 
 
-def _mtime(path: Path) -> float | None:
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
     try:
-        return path.stat().st_mtime
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return None
 
 
-def _updated_at(workspace: Path) -> float | None:
-    """`updated_at` from workspace.yaml as unix seconds, None if absent or unparseable."""
+def _mtime(name: str, dir_fd: int) -> float | None:
+    """The mtime of `name` itself (a link's own, never its target's)."""
+    st = _lstat(name, dir_fd)
+    return None if st is None else st.st_mtime
+
+
+def _open_dir(name: str | Path, dir_fd: int | None = None) -> int | None:
+    """A directory fd for `name`, or None if it is missing, not a directory, or a symbolic link."""
     try:
-        text = workspace.read_text(errors="replace")
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
+        return None
+
+
+def _read_small(name: str, dir_fd: int, limit: int = 65536) -> str | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # a FIFO or device planted under this name must not block or be read
+        return os.read(fd, limit).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _updated_at(text: str | None) -> float | None:
+    """`updated_at` from workspace.yaml's text as unix seconds, None if absent or unparseable."""
+    if text is None:
         return None
     # A flat `key: value` file written by the CLI; read just that key (yaml parsing would turn a bad file into an
     # exception, and this must never stop a run).
@@ -159,22 +196,40 @@ def _updated_at(workspace: Path) -> float | None:
     return None
 
 
-def last_activity(session_dir: Path) -> float | None:
-    """Unix time of the newest sign of life of a session directory (None if it vanished)."""
-    candidates = [
-        _mtime(session_dir),
-        _mtime(session_dir / "events.jsonl"),
-        _mtime(session_dir / "workspace.yaml"),
-        _updated_at(session_dir / "workspace.yaml"),
-    ]
+def _last_activity_at(name: str, parent_fd: int) -> float | None:
+    """Unix time of the newest sign of life of the session directory `name` in `parent_fd` (None if it vanished
+    or is not a real directory)."""
+    fd = _open_dir(name, parent_fd)
+    if fd is None:
+        return None
+    try:
+        candidates = [
+            os.fstat(fd).st_mtime,
+            _mtime("events.jsonl", fd),
+            _mtime("workspace.yaml", fd),
+            _updated_at(_read_small("workspace.yaml", fd)),
+        ]
+    finally:
+        os.close(fd)
     known = [c for c in candidates if c is not None]
     return max(known) if known else None
 
 
-def _locked_by_someone(path: Path) -> bool | None:
-    """True if another process holds a flock on `path`, False if not, None if it could not be tested."""
+def last_activity(session_dir: Path) -> float | None:
+    """Unix time of the newest sign of life of a session directory (None if it vanished)."""
+    parent = _open_dir(session_dir.parent)
+    if parent is None:
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return _last_activity_at(session_dir.name, parent)
+    finally:
+        os.close(parent)
+
+
+def _locked_by_someone(name: str | Path, dir_fd: int | None = None) -> bool | None:
+    """True if another process holds a flock on `name`, False if not, None if it could not be tested."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -190,13 +245,39 @@ def _locked_by_someone(path: Path) -> bool | None:
         os.close(fd)
 
 
+def _attached_at(name: str, parent_fd: int) -> str | None:
+    fd = _open_dir(name, parent_fd)
+    if fd is None:
+        return None
+    try:
+        holds = sorted(e.name for e in os.scandir(fd) if fnmatch.fnmatchcase(e.name, INUSE_GLOB))
+        for hold in holds:
+            if _locked_by_someone(hold, fd) is True:
+                return f"a CLI holds its in-use lock ({hold})"
+        return None
+    finally:
+        os.close(fd)
+
+
 def attached_by_cli(session_dir: Path) -> str | None:
     """Why a CLI has this session attached (its `inuse.<pid>.hold` is flocked), or None."""
-    for hold in sorted(session_dir.glob(INUSE_GLOB)):
-        state = _locked_by_someone(hold)
-        if state is True:
-            return f"a CLI holds its in-use lock ({hold.name})"
-    return None
+    parent = _open_dir(session_dir.parent)
+    if parent is None:
+        return None
+    try:
+        return _attached_at(session_dir.name, parent)
+    finally:
+        os.close(parent)
+
+
+def _remove_entry(name: str, dir_fd: int) -> None:
+    """Remove `name` in `dir_fd`: a real directory with everything in it, anything else (a link included) as
+    itself. shutil.rmtree with dir_fd works through descriptors and never follows a link inside."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
 
 
 class Janitor:
@@ -221,12 +302,16 @@ class Janitor:
         self.dry_run = dry_run
         self.lock_grace = lock_grace_seconds
         self._clock = clock
+        self._fd = -1  # the state directory's descriptor while run() runs
 
     async def run(self) -> Report:
         started = time.monotonic()
         report = Report(str(self.state_dir), self.ttl, self.dry_run, leased=self.leases is not None)
+        # The operator names the directory (it may be reached through a link of theirs); nothing inside it is
+        # followed.
+        state_fd = _open_dir(self.state_dir.resolve()) if self.state_dir.is_dir() else None
         try:
-            if not self.state_dir.is_dir():
+            if state_fd is None:
                 report.fatal = f"{self.state_dir} is not a directory (the session-state volume is not mounted?)"
                 return report
             if self.leases is not None:
@@ -237,24 +322,26 @@ class Janitor:
                 except LeaseUnavailable as exc:
                     report.fatal = f"the lease store cannot be reached, so nothing was deleted: {exc}"
                     return report
+            self._fd = state_fd
             self._empty_trash(report)
-            for entry in sorted(self.state_dir.iterdir(), key=lambda p: p.name):
-                if not entry.is_dir() or entry.is_symlink() or not is_session_dir_name(entry.name):
-                    continue
-                if not await self._session(entry, report):
+            names = sorted(e.name for e in os.scandir(state_fd)
+                           if is_session_dir_name(e.name) and e.is_dir(follow_symlinks=False))
+            for name in names:
+                if not await self._session(name, report):
                     return report  # fatal: stop before touching anything else
             self._orphan_locks(report)
             return report
         finally:
+            if state_fd is not None:
+                os.close(state_fd)
             report.seconds = time.monotonic() - started
 
     # -- one session -------------------------------------------------------------------------------------------
 
-    async def _session(self, session_dir: Path, report: Report) -> bool:
+    async def _session(self, sid: str, report: Report) -> bool:
         """Handle one session directory; False only when the run must stop (lease store failed)."""
-        sid = session_dir.name
         now = self._clock()
-        newest = last_activity(session_dir)
+        newest = _last_activity_at(sid, self._fd)
         if newest is None:
             return True  # vanished meanwhile (deleted by a CLI)
         age = max(0.0, now - newest)
@@ -262,7 +349,7 @@ class Janitor:
             report.add(Item("session", sid, "kept", f"active within the TTL ({_human(self.ttl)})", age))
             return True
         if self.leases is None:
-            self._remove_checked(session_dir, report)
+            self._remove_checked(sid, report)
             return True
 
         from copilot_fleet.client.errors import FleetClientError, LeaseUnavailable, SessionInUse
@@ -279,7 +366,7 @@ class Janitor:
             if held:
                 report.add(Item("session", sid, "skipped", "attached: a client holds its lease", age))
             else:
-                self._remove_checked(session_dir, report)
+                self._remove_checked(sid, report)
             return True
         try:
             lease = await self.leases.acquire(sid, wait=0)
@@ -296,70 +383,129 @@ class Janitor:
         try:
             # In a thread: deleting a large directory on a network share can take a while, and the event loop
             # must stay free to renew the lease meanwhile.
-            await asyncio.to_thread(self._remove_checked, session_dir, report)
+            await asyncio.to_thread(self._remove_checked, sid, report)
         finally:
             await lease.release()
         return True
 
-    def _remove_checked(self, session_dir: Path, report: Report) -> None:
+    def _remove_checked(self, sid: str, report: Report) -> None:
         """Re-check (under the lease, if any) that the session is idle and old, then remove it."""
-        sid = session_dir.name
-        newest = last_activity(session_dir)
+        newest = _last_activity_at(sid, self._fd)
         if newest is None:
             return
         age = max(0.0, self._clock() - newest)
         if age < self.ttl:
             report.add(Item("session", sid, "kept", "written to while the janitor ran", age))
             return
-        why = attached_by_cli(session_dir)
+        why = _attached_at(sid, self._fd)
         if why is not None:
             report.add(Item("session", sid, "skipped", f"attached: {why}", age))
             return
-        lock = self.state_dir / LOCKS_DIR / f"{sid}.lock"
         if self.dry_run:
             report.add(Item("session", sid, "would-remove", f"idle for longer than {_human(self.ttl)}", age))
             return
+        trash = self._trash(report)
+        if trash is None:
+            report.add(Item("session", sid, "error", f"not removed: no safe {TRASH_DIR}/ to move it into", age))
+            return
         try:
-            self._delete_dir(session_dir)
+            self._delete_dir(sid, trash)
         except OSError as exc:
             report.add(Item("session", sid, "error", f"could not remove: {exc.strerror or exc}", age))
             return
+        finally:
+            os.close(trash)
         report.add(Item("session", sid, "removed", f"idle for longer than {_human(self.ttl)}", age))
-        if lock.exists():
-            self._remove_lock(lock, sid, report, reason="its session was removed")
+        locks = self._locks_dir(report)
+        if locks is not None:
+            try:
+                if _lstat(f"{sid}.lock", locks) is not None:
+                    self._remove_lock(f"{sid}.lock", locks, sid, report, reason="its session was removed")
+            finally:
+                os.close(locks)
 
-    def _delete_dir(self, session_dir: Path) -> None:
-        trash = self.state_dir / TRASH_DIR
-        # Histories pass through here on their way out: private, whatever the process umask.
-        trash.mkdir(mode=0o700, exist_ok=True)
-        trash.chmod(0o700)
-        # A rename is atomic: the CLI never sees a half-deleted session.
-        target = trash / f"{session_dir.name}.{secrets.token_hex(4)}"
-        os.rename(session_dir, target)
-        shutil.rmtree(target)
+    def _delete_dir(self, sid: str, trash_fd: int) -> None:
+        # A rename is atomic: the CLI never sees a half-deleted session. Both names are relative to directory
+        # descriptors, so a link swapped in for the session is moved as a link and removed as one.
+        moved = f"{sid}.{secrets.token_hex(4)}"
+        os.rename(sid, moved, src_dir_fd=self._fd, dst_dir_fd=trash_fd)
+        _remove_entry(moved, trash_fd)
+
+    def _own_dir(self, name: str, report: Report, *, create: bool) -> int | None:
+        """A descriptor of the janitor's own directory `name` inside the state dir, never through a link. A link
+        (or any non-directory) found there was planted: it is reported as an error and removed, itself only."""
+        fd = _open_dir(name, self._fd)
+        if fd is not None:
+            return fd
+        st = _lstat(name, self._fd)
+        if st is not None:
+            try:
+                pointed = os.readlink(name, dir_fd=self._fd) if stat.S_ISLNK(st.st_mode) else None
+            except OSError:
+                pointed = None
+            what = f"a symbolic link to {pointed!r}" if pointed is not None else "not a directory"
+            try:
+                os.unlink(name, dir_fd=self._fd)
+                done = "removed it (nothing it points to was touched)"
+            except OSError as exc:
+                done = f"could not remove it: {exc.strerror}"
+            report.add(Item("session", name, "error", f"{name} is {what}, not the janitor's directory: refused to "
+                                                      f"follow it; {done}"))
+        if not create:
+            return None
+        try:
+            # Histories pass through the trash on their way out: private, whatever the process umask.
+            os.mkdir(name, 0o700, dir_fd=self._fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            report.add(Item("session", name, "error", f"cannot create {name}: {exc.strerror}"))
+            return None
+        fd = _open_dir(name, self._fd)
+        if fd is not None:
+            os.fchmod(fd, 0o700)
+        return fd
+
+    def _trash(self, report: Report) -> int | None:
+        return self._own_dir(TRASH_DIR, report, create=True)
+
+    def _locks_dir(self, report: Report) -> int | None:
+        return self._own_dir(LOCKS_DIR, report, create=False)
 
     def _empty_trash(self, report: Report) -> None:
-        trash = self.state_dir / TRASH_DIR
-        if not trash.is_dir() or self.dry_run:
+        if self.dry_run or _lstat(TRASH_DIR, self._fd) is None:
             return
-        for leftover in trash.iterdir():  # from an interrupted earlier run: already invisible to every CLI
-            try:
-                shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
-            except OSError as exc:
-                report.add(Item("session", leftover.name, "error", f"could not empty trash: {exc.strerror}"))
+        trash = self._trash(report)
+        if trash is None:
+            return
+        try:
+            for leftover in sorted(e.name for e in os.scandir(trash)):
+                # From an interrupted earlier run: already invisible to every CLI.
+                try:
+                    _remove_entry(leftover, trash)
+                except OSError as exc:
+                    report.add(Item("session", leftover, "error", f"could not empty trash: {exc.strerror}"))
+        finally:
+            os.close(trash)
 
     # -- lock files --------------------------------------------------------------------------------------------
 
     def _orphan_locks(self, report: Report) -> None:
-        locks = self.state_dir / LOCKS_DIR
-        if not locks.is_dir():
+        locks = self._locks_dir(report)
+        if locks is None:
             return
+        try:
+            self._orphan_locks_in(locks, report)
+        finally:
+            os.close(locks)
+
+    def _orphan_locks_in(self, locks: int, report: Report) -> None:
         now = self._clock()
-        for lock in sorted(locks.glob("*.lock")):
-            sid = lock.name[: -len(".lock")]
-            if (self.state_dir / sid).exists():
+        for name in sorted(e.name for e in os.scandir(locks) if e.name.endswith(".lock")):
+            sid = name[: -len(".lock")]
+            if not is_session_dir_name(sid) or _lstat(sid, self._fd) is not None:
                 continue
-            mtime = _mtime(lock)
+            mtime = _mtime(name, locks)
             if mtime is None:
                 continue
             age = max(0.0, now - mtime)
@@ -370,15 +516,19 @@ class Janitor:
             if self.dry_run:
                 report.add(Item("lock", sid, "would-remove", "orphan: its session directory is gone", age))
                 continue
-            self._remove_lock(lock, sid, report, reason="orphan: its session directory is gone", age=age)
+            self._remove_lock(name, locks, sid, report, reason="orphan: its session directory is gone", age=age)
 
-    def _remove_lock(self, lock: Path, sid: str, report: Report, *, reason: str, age: float | None = None) -> None:
-        if _locked_by_someone(lock) is True:
+    def _remove_lock(self, name: str, locks: int, sid: str, report: Report, *, reason: str,
+                     age: float | None = None) -> None:
+        if _locked_by_someone(name, locks) is True:
             report.add(Item("lock", sid, "skipped", "a CLI holds it right now", age))
             return
         try:
-            lock.unlink()
+            os.unlink(name, dir_fd=locks)
         except FileNotFoundError:
+            return
+        except IsADirectoryError:
+            report.add(Item("lock", sid, "error", f"{LOCKS_DIR}/{name} is a directory, not a lock file: left", age))
             return
         except OSError as exc:
             report.add(Item("lock", sid, "error", f"could not remove: {exc.strerror}", age))

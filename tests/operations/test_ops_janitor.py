@@ -250,3 +250,122 @@ def test_command_line(ops_fleet: OpsFleet, tmp_path: Path) -> None:
     dead_url.write_text("redis://:x@127.0.0.1:1/0")
     down = _janitor("--session-state", str(state), "--ttl", "1d", "--redis-url-file", str(dead_url))
     assert down.returncode == 1 and "STOPPED" in down.stdout and (state / "cli-young").exists()
+
+
+# -- links planted by a tool run: nothing outside the directory is ever touched ---------------------------------
+
+
+def canary(tmp_path: Path) -> Path:
+    """A directory outside the session volume that a planted link points at."""
+    outside = tmp_path / "outside"
+    (outside / "nested").mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep me")
+    (outside / "nested" / "deep.txt").write_text("keep me too")
+    (outside / "x.lock").write_text("")  # looks like a lock file the janitor would remove
+    os.utime(outside / "x.lock", (0, 0))
+    return outside
+
+
+def untouched(outside: Path) -> bool:
+    return ((outside / "precious.txt").read_text() == "keep me"
+            and (outside / "nested" / "deep.txt").read_text() == "keep me too"
+            and (outside / "x.lock").exists())
+
+
+@pytest.mark.parametrize("lease_store", [False, True], ids=["no-leases", "leases"])
+async def test_a_trash_link_to_outside_is_refused_and_nothing_outside_is_deleted(
+        tmp_path: Path, lease_store: bool, request: pytest.FixtureRequest) -> None:
+    outside = canary(tmp_path)
+    state = tmp_path / "session-state"
+    state.mkdir()
+    old = fake_session(state, "old-1", 8 * DAY)
+    (state / TRASH_DIR).symlink_to(outside)  # what `ln -s <anywhere> .copilot-fleet-janitor` in a tool run does
+    if lease_store:
+        fleet: OpsFleet = request.getfixturevalue("ops_fleet")
+        async with LeaseManager.from_url(fleet.redis.url) as leases:
+            report = await Janitor(state, WEEK, leases=leases).run()
+    else:
+        report = await Janitor(state, WEEK).run()
+    assert untouched(outside)
+    assert not report.ok  # an operator must hear of a planted link
+    errors = [i for i in report.items if i.action == "error"]
+    assert errors and all(TRASH_DIR in i.reason and "symbolic link" in i.reason for i in errors)
+    assert str(outside) in errors[0].reason
+    # The link itself is gone and the old session still went, through a real trash directory of the janitor's.
+    assert not (state / TRASH_DIR).is_symlink() and (state / TRASH_DIR).is_dir()
+    assert not old.exists()
+    assert by_name(report)["session:old-1"][0] == "removed"
+
+
+async def test_a_trash_link_to_the_state_dir_deletes_no_session(tmp_path: Path) -> None:
+    state = tmp_path / "session-state"
+    state.mkdir()
+    young = fake_session(state, "young-1", 1 * DAY)
+    also_young = fake_session(state, "young-2", 2 * DAY)
+    (state / TRASH_DIR).symlink_to(".")
+    report = await Janitor(state, WEEK).run()
+    assert young.is_dir() and also_young.is_dir()
+    assert (young / "events.jsonl").exists() and (state / LOCKS_DIR / "young-1.lock").exists()
+    assert by_name(report)["session:young-1"][0] == "kept"
+    assert report.count("removed") == 0 and not report.ok
+
+
+async def test_a_locks_dir_link_is_not_followed(tmp_path: Path) -> None:
+    outside = canary(tmp_path)
+    state = tmp_path / "session-state"
+    state.mkdir()
+    (state / LOCKS_DIR).symlink_to(outside)
+    report = await Janitor(state, WEEK, lock_grace_seconds=60).run()
+    assert untouched(outside)
+    assert not report.ok and any(LOCKS_DIR in i.reason for i in report.items if i.action == "error")
+
+
+async def test_links_inside_trash_and_sessions_are_removed_as_links(tmp_path: Path) -> None:
+    outside = canary(tmp_path)
+    state = tmp_path / "session-state"
+    state.mkdir()
+    (state / TRASH_DIR).mkdir()
+    (state / TRASH_DIR / "leftover").symlink_to(outside)  # as if an earlier run had been interrupted
+    old = fake_session(state, "old-1", 8 * DAY)
+    (old / "escape").symlink_to(outside)
+    (old / "files").mkdir()
+    (old / "files" / "deeper").symlink_to(outside / "nested")
+    age_session(old, 8 * DAY)
+    report = await Janitor(state, WEEK).run()
+    assert report.ok, report.lines()
+    assert untouched(outside) and not old.exists()
+    assert list((state / TRASH_DIR).iterdir()) == []
+
+
+async def test_a_session_swapped_for_a_link_while_it_is_removed_is_removed_as_a_link(tmp_path: Path) -> None:
+    """The race: between the janitor's checks and its rename, a tool run replaces an old session directory with a
+    link to elsewhere. The rename moves the link, the removal unlinks it; nothing it points to is touched."""
+    outside = canary(tmp_path)
+    state = tmp_path / "session-state"
+    state.mkdir()
+    fake_session(state, "old-1", 8 * DAY)
+
+    class SwappingJanitor(Janitor):
+        def _delete_dir(self, sid: str, trash_fd: int) -> None:
+            import shutil
+            shutil.rmtree(state / sid)
+            (state / sid).symlink_to(outside)
+            super()._delete_dir(sid, trash_fd)
+
+    report = await SwappingJanitor(state, WEEK).run()
+    assert untouched(outside)
+    assert not (state / "old-1").exists() and not (state / "old-1").is_symlink()
+    assert by_name(report)["session:old-1"][0] == "removed"
+
+
+async def test_a_planted_fifo_in_a_session_does_not_hang_the_janitor(tmp_path: Path) -> None:
+    state = tmp_path / "session-state"
+    state.mkdir()
+    old = fake_session(state, "old-1", 8 * DAY)
+    (old / "workspace.yaml").unlink()
+    os.mkfifo(old / "workspace.yaml")  # reading it would block until a writer opens it: never
+    then = time.time() - 8 * DAY
+    for path in [*old.iterdir(), old]:
+        os.utime(path, (then, then))
+    report = await Janitor(state, WEEK).run()
+    assert by_name(report)["session:old-1"][0] == "removed" and not old.exists()
