@@ -8,7 +8,6 @@ count as secrets that are set, and their value is a placeholder that never reach
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import yaml
 
 from copilot_fleet.errors import StackFileError
+from copilot_fleet.stacknames import InvalidStackName, check_stack_name
 from copilot_fleet.spec import NAMESPACE, OFFLINE_SECRET, FleetSpec, RawConfig, load_spec, namespace_values
-_STACK_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
 class StackNotFound(LookupError):
@@ -45,8 +44,10 @@ def list_stacks(project_dir: Path) -> list[str]:
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:
-    if not _STACK_NAME.match(stack):
-        raise StackNotFound(f"{stack!r} is not a stack name (letters, digits, '.', '_', '-')")
+    try:
+        check_stack_name(stack)
+    except InvalidStackName as exc:
+        raise StackNotFound(str(exc)) from None
     path = stacks_dir(project_dir) / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         known = ", ".join(list_stacks(project_dir)) or "none"

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from copilot_fleet.argtypes import seconds_between
-
-DEFAULT_STACK = "local"
+from copilot_fleet.stacknames import add_stack_argument
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,8 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _stack_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stack", default=DEFAULT_STACK,
-                   help=f"stack name: stacks/Pulumi.STACK.yaml (default {DEFAULT_STACK})")
+    add_stack_argument(p)
 
 
 _seconds = seconds_between(1, 3600)

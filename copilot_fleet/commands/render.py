@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from copilot_fleet.stacknames import add_stack_argument
+
 DEFAULT_OUT = "render-out"
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run the Pulumi program under the SDK's mock engine, write every Kubernetes object as sorted "
                     "YAML (secret values masked) and validate each strictly against the Kubernetes OpenAPI schema.",
     )
-    p.add_argument("--stack", required=True, help="the stack, as in stacks/Pulumi.<stack>.yaml")
+    add_stack_argument(p, required=True, help="the stack, as in stacks/Pulumi.<stack>.yaml")
     p.add_argument("--out", default=None,
                    help=f"directory for the YAML files (default: <project>/{DEFAULT_OUT}/<stack>)")
     p.add_argument("--k8s-version", default=None, help="Kubernetes version of the schema (default: 1.33)")

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copilot_fleet.errors import CommandError
+from copilot_fleet.stacknames import DEFAULT_STACK, add_stack_argument
 
 if TYPE_CHECKING:
     from copilot_fleet.client.admin import DeleteResult, SessionRow
     from copilot_fleet.target import Target
-
-DEFAULT_STACK = "local"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,9 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _where(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--stack", default=None,
-                       help=f"stack name; its target comes from the local fleet or Pulumi outputs "
-                            f"(default {DEFAULT_STACK})")
+    add_stack_argument(where, default=None, help=f"stack name; its target comes from the local fleet or Pulumi "
+                                                 f"outputs (default {DEFAULT_STACK})")
     where.add_argument("--target", metavar="FILE", dest="target_file",
                        help="a target JSON file instead of a stack")
 

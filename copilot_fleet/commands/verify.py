@@ -17,8 +17,7 @@ from pathlib import Path
 
 from copilot_fleet.argtypes import seconds_between
 from copilot_fleet.errors import CommandError
-
-DEFAULT_STACK = "local"
+from copilot_fleet.stacknames import DEFAULT_STACK, add_stack_argument
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,9 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "`copilot-fleet target`), check tokens, isolation and leases, and for local fleets the host "
                     "(processes, ports, file modes, logs). Exit status 0 only if no check failed.")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--stack", default=None,
-                       help=f"stack name: its target comes from the local fleet's state or from Pulumi stack "
-                            f"outputs (default {DEFAULT_STACK})")
+    add_stack_argument(where, default=None, help=f"stack name: its target comes from the local fleet's state or "
+                                                 f"from Pulumi stack outputs (default {DEFAULT_STACK})")
     where.add_argument("--target", metavar="FILE", dest="target_file",
                        help="a target JSON file instead of a stack (e.g. pulumi stack output --json --show-secrets)")
     p.add_argument("--fleet-state", metavar="DIR",

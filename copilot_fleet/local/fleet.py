@@ -395,6 +395,15 @@ def _print_endpoints(result: UpResult, out: TextIO) -> None:
 
 # --- down -------------------------------------------------------------------------------------------------------
 
+def _check_purgeable(paths: StatePaths) -> None:
+    """`down --purge` removes one stack's own directory and nothing else: a real directory directly inside
+    .fleet/ (a link there was not made by copilot-fleet: refuse rather than guess)."""
+    root = paths.root
+    if root.is_symlink() or not root.is_dir() or root.resolve().parent != paths.fleet_dir.resolve():
+        raise LocalFleetError(f"refusing to purge {root}: it is not a directory of its own inside "
+                              f"{paths.fleet_dir} (a link or something else is in its place); nothing was removed")
+
+
 def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | None = None) -> DownResult:
     out = out or sys.stdout
     platform = stack_platform(project_dir, stack)
@@ -418,6 +427,7 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
             paths.supervisor_record.unlink(missing_ok=True)
         if purge:
             run_dir = paths.run_dir
+            _check_purgeable(paths)
             shutil.rmtree(paths.root)
             if run_dir.exists() and not run_dir.is_relative_to(paths.root):
                 shutil.rmtree(run_dir)

@@ -2,7 +2,7 @@
 
 ```
 .fleet/                       0700  (gitignored)
-  <stack>.lock                      flock: one up/down/status-changing command per stack at a time
+  .locks/<stack>.lock               flock: one up/down/status-changing command per stack at a time
   <stack>/                    0700
     fleet.json                0600  what runs: names, kinds, ports, homes (status reads it, no stack file needed)
     target.json               0600  the target (secrets included), written once the fleet is ready
@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from copilot_fleet.stacknames import check_stack_name
+
 FLEET_DIR = ".fleet"
 # sun_path holds 108 bytes; keep socket paths well below it.
 _MAX_SOCKET_PATH = 100
@@ -41,6 +43,9 @@ _MAX_SOCKET_PATH = 100
 class StatePaths:
     project_dir: Path
     stack: str
+
+    def __post_init__(self) -> None:
+        check_stack_name(self.stack)  # every path below is built from it: never `.`, `..` or a `/`
 
     @property
     def fleet_dir(self) -> Path:
@@ -52,8 +57,9 @@ class StatePaths:
 
     @property
     def lock_file(self) -> Path:
-        # Outside the state dir, so `down --purge` can remove the dir while holding the lock.
-        return self.fleet_dir / f"{self.stack}.lock"
+        # Outside the state dir, so `down --purge` can remove the dir while holding the lock; in a directory whose
+        # name no stack can have, so that a stack called `x.lock` cannot collide with stack `x`'s lock.
+        return self.fleet_dir / ".locks" / f"{self.stack}.lock"
 
     @property
     def manifest(self) -> Path:
@@ -186,6 +192,7 @@ def stack_lock(paths: StatePaths, on_wait: Callable[[], None] | None = None) -> 
     """Serialise commands that change one stack's fleet (two `up`s at once would start two supervisords).
     `on_wait` is called once if another command holds the lock."""
     make_private_dir(paths.fleet_dir)
+    make_private_dir(paths.lock_file.parent)
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
