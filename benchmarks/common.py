@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from copilot_fleet.local import procfs  # noqa: E402
+from copilot_fleet.pod import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
 from copilot_fleet.target import Target, load_target  # noqa: E402
-from copilot_fleet.local.ports import free_port_block
+from copilot_fleet.pod.ports import free_port_block
 
 CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 CACHE = ROOT / ".tools/copilot-cache"

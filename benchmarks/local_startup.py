@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from copilot_fleet.local import procfs  # noqa: E402
+from copilot_fleet.pod import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor  # noqa: E402
 

@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 
 import copilot_fleet
-from copilot_fleet.local import procfs, probes
+from copilot_fleet.local import probes
+from copilot_fleet.pod import procfs
 from copilot_fleet.local.paths import StatePaths
-from copilot_fleet.local.ports import free_port_block
+from copilot_fleet.pod.ports import free_port_block
 from copilot_fleet.local.supervisor import Supervisor, read_record
 from copilot_fleet.target import Target, load_target
 

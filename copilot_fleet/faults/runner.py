@@ -64,7 +64,7 @@ QUICK = Plan(kills=5, kill_sessions=1, kill_budget=90, writer_rounds=5, control_
              storage_reply_timeout=3, config_commands=("replicas-string", "yaml-malformed", "per-user-port-clash"))
 
 
-QUIET_LOGGERS = ("copilot", "copilot_fleet.client", "copilot_fleet.janitor")
+QUIET_LOGGERS = ("copilot", "copilot_fleet.client", "copilot_fleet.pod.janitor")
 
 
 def quiet_logs() -> dict[str, int]:

@@ -32,13 +32,14 @@ from pathlib import Path
 import redis
 
 from copilot_fleet.client.draining import clear_draining, mark_draining
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import lbstats, probes
+from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HAPROXY_PROGRAM, Service, load_manifest
 from copilot_fleet.local.status import session_dirs
-from copilot_fleet.wear import measure
+from copilot_fleet.pod.wear import measure
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
 _POLL = 0.2

@@ -224,7 +224,7 @@ def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs
     """The same janitor as the Kubernetes CronJob, every 15 minutes under supervisord: one for the shared
     session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there)."""
     env = _python_task_env()
-    base = (str(tools.python), "-m", "copilot_fleet.janitor", "--ttl", f"{topology.spec.session_ttl}s",
+    base = (str(tools.python), "-m", "copilot_fleet.pod.janitor", "--ttl", f"{topology.spec.session_ttl}s",
             "--every", str(JANITOR_EVERY_SECONDS))
     if topology.spec.isolation != "per-user":
         leases: tuple[str, ...] = ()

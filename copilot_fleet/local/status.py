@@ -14,7 +14,9 @@ import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import lbstats, probes
+
+from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.fleet import not_local_message, stack_platform

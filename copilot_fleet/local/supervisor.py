@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from copilot_fleet.local import procfs
+from copilot_fleet.pod import procfs
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, write_private
 from copilot_fleet.local.tools import Tools

@@ -175,7 +175,7 @@ def test_janitor_removes_only_expired_detached_sessions(fleet: FleetUnderTest) -
 
 
 def test_janitor_trash_directory_is_private(tmp_path: Path) -> None:
-    from copilot_fleet.janitor import TRASH_DIR, Janitor
+    from copilot_fleet.pod.janitor import TRASH_DIR, Janitor
     from copilot_fleet.faults.janitor_run import make_old
 
     old_umask = os.umask(0o022)  # what a CronJob or a shell has

@@ -1,4 +1,4 @@
-"""The janitor CronJob: the same `copilot_fleet.janitor` as local fleets, with the lease store URL as a Secret file.
+"""The janitor CronJob: the same `copilot_fleet.pod.janitor` as local fleets, with the lease store URL as a Secret file.
 
 The rendered command is parsed with the janitor's own argument parser (the two cannot drift apart), and run for
 real with only what images/cli/Dockerfile installs next to copilot-fleet, against a real redis-server when one is
@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from copilot_fleet.client.lease import LEASE_KEY_PREFIX
-from copilot_fleet.janitor import LOCKS_DIR, build_parser
+from copilot_fleet.pod.janitor import LOCKS_DIR, build_parser
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 DOCKERFILE = PROJECT_DIR / "images" / "cli" / "Dockerfile"
@@ -59,7 +59,7 @@ def test_the_rendered_command_is_what_the_janitors_parser_accepts(make_fleet, ku
         (c,) = pod["containers"]
         command = c["command"]
         assert "args" not in c
-        assert command[:3] == ["python3", "-m", "copilot_fleet.janitor"], name
+        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.janitor"], name
         args = build_parser().parse_args(command[3:])  # exits (SystemExit) on anything it does not accept
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from copilot_fleet.janitor import build_parser
+from copilot_fleet.pod.janitor import build_parser
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
 CREDENTIAL_NAME = re.compile(r"TOKEN|KEY|PASSWORD|SECRET", re.IGNORECASE)
@@ -302,7 +302,7 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
     for probe in ("readinessProbe", "livenessProbe"):
         # a real JSON-RPC round trip, not a TCP connect: a server that accepts but never answers fails it
         command = cli[probe]["exec"]["command"]
-        assert command[:3] == ["python3", "-m", "copilot_fleet.health"] and command[command.index("--port") + 1] == "4400"
+        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"] and command[command.index("--port") + 1] == "4400"
     assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
@@ -342,7 +342,7 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
         (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
         janitor_claims.add(claim)
         # the same janitor as local fleets, once per run, over the mounted session volume
-        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.janitor"]
+        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.pod.janitor"]
         args = build_parser().parse_args(c["command"][3:])
         mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)

@@ -13,7 +13,7 @@ import local_fleet_helpers as h
 import pytest
 
 from copilot_fleet import CLI_VERSION
-from copilot_fleet.local import procfs
+from copilot_fleet.pod import procfs
 
 pytestmark = pytest.mark.fleet
 

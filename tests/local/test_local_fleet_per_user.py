@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import local_fleet_helpers as h
 import pytest
 
-from copilot_fleet.local import probes, procfs
+from copilot_fleet.local import probes
+
+from copilot_fleet.pod import procfs
 from copilot_fleet.local.supervisor import Supervisor
 
 pytestmark = pytest.mark.fleet

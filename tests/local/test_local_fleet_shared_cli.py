@@ -20,7 +20,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from copilot_fleet.local import lbstats, procfs, probes
+from copilot_fleet.local import lbstats, probes
+
+from copilot_fleet.pod import procfs
 from copilot_fleet.local.supervisor import Supervisor, read_record
 
 pytestmark = pytest.mark.fleet

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import local_fleet_helpers as h
 import pytest
 
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import lbstats, probes
+
+from copilot_fleet.pod import procfs
 from copilot_fleet.local.supervisor import read_record
 
 pytestmark = pytest.mark.fleet

@@ -30,9 +30,10 @@ from local_fleet_helpers import (  # noqa: E402
 )
 
 from copilot_fleet.client import rank_replicas  # noqa: E402
-from copilot_fleet.local import lbstats, procfs  # noqa: E402
+from copilot_fleet.local import lbstats  # noqa: E402
+from copilot_fleet.pod import procfs  # noqa: E402
 from copilot_fleet.local.operate import drain, recycle, undrain  # noqa: E402
-from copilot_fleet.wear import sessions_served  # noqa: E402
+from copilot_fleet.pod.wear import sessions_served  # noqa: E402
 
 STACK = "ops-drain"
 FIGURES: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from copilot_fleet import CLI_VERSION
-from copilot_fleet.health import check, check_many, read_token
+from copilot_fleet.pod.health import check, check_many, read_token
 
 if TYPE_CHECKING:
     from conftest import OpsFleet
@@ -151,7 +151,7 @@ def test_token_from_file_wins_over_environment(tmp_path) -> None:  # type: ignor
 
 def _probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "COPILOT_CONNECTION_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "copilot_fleet.health", *args], env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "copilot_fleet.pod.health", *args], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=30)
 
 
@@ -189,8 +189,8 @@ def test_probe_fails_a_server_past_its_recycle_bounds(ops_fleet: OpsFleet) -> No
     """The Kubernetes recycle: an answering CLI over fleet:recycle's bounds fails readiness and liveness."""
     import asyncio
 
-    from copilot_fleet.local.ports import port_holder_pid
-    from copilot_fleet.wear import measure
+    from copilot_fleet.pod.ports import port_holder_pid
+    from copilot_fleet.pod.wear import measure
 
     server = ops_fleet.a
     asyncio.run(_one_session_on(ops_fleet, server.address))

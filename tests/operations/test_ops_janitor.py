@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionNotFound
-from copilot_fleet.janitor import LOCKS_DIR, TRASH_DIR, Janitor, Report, last_activity, read_redis_url
+from copilot_fleet.pod.janitor import LOCKS_DIR, TRASH_DIR, Janitor, Report, last_activity, read_redis_url
 
 if TYPE_CHECKING:
     from conftest import OpsFleet
@@ -218,7 +218,7 @@ async def test_lease_store_down_deletes_nothing(ops_fleet: OpsFleet, tmp_path: P
 
 def _janitor(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COPILOT_FLEET_REDIS_URL"}
-    return subprocess.run([sys.executable, "-m", "copilot_fleet.janitor", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "copilot_fleet.pod.janitor", *args], capture_output=True, text=True,
                           timeout=60, env=env)
 
 

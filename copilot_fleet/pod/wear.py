@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from copilot_fleet.local import procfs
+from copilot_fleet.pod import procfs
 
 # What the CLI logs (at info) when a process attaches a session.
 _SESSION_LOG = re.compile(rb"\[INFO\] (?:Created|Resumed) session: ")

@@ -2,7 +2,7 @@
 
 The same code runs as the Kubernetes CronJob (against the shared volume) and for local fleets:
 
-    python -m copilot_fleet.janitor --session-state DIR --ttl 7d [--redis-url-file F] [--dry-run] [--json]
+    python -m copilot_fleet.pod.janitor --session-state DIR --ttl 7d [--redis-url-file F] [--dry-run] [--json]
 
 What it removes, per session directory `DIR/<id>/` whose age exceeds the TTL:
 - the directory (renamed into `DIR/.copilot-fleet-janitor/` first, so the CLI sees it vanish at once, then deleted);
@@ -565,7 +565,7 @@ def read_redis_url(path: str | None, environ: Mapping[str, str] | None = None) -
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m copilot_fleet.janitor",
+        prog="python -m copilot_fleet.pod.janitor",
         description="Remove sessions idle for longer than the TTL from a session-state directory, and their "
                     "leftover lock files; never a session that a client holds the lease of or a CLI has attached.",
     )

@@ -1,7 +1,7 @@
 """Wait until a CLI server has no turn in flight: the Kubernetes preStop hook (the local fleet's `copilot-fleet
 drain` does the same, plus HAProxy and supervisord).
 
-    python -m copilot_fleet.drain --session-state DIR --port 4321 [--timeout 50]
+    python -m copilot_fleet.pod.drain --session-state DIR --port 4321 [--timeout 50]
 
 Kubernetes stops routing new connections to a terminating pod by itself; this hook then holds the SIGTERM back
 until every session the CLI (the process listening on --port, or --pid) has attached is out of its turn, or the
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from copilot_fleet.local.operate import wait_idle
-from copilot_fleet.local.ports import port_holder, port_holder_pid
+from copilot_fleet.pod.ports import port_holder, port_holder_pid
 
 _POLL = 0.5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m copilot_fleet.drain",
+    p = argparse.ArgumentParser(prog="python -m copilot_fleet.pod.drain",
                                 description="Wait until a CLI server has no turn in flight (preStop hook).")
     p.add_argument("--session-state", required=True, type=Path, metavar="DIR")
     who = p.add_mutually_exclusive_group(required=True)

@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from copilot_fleet.local import procfs
+from copilot_fleet.pod import procfs
 
 _LISTEN = "0A"
 

@@ -11,11 +11,11 @@ matters for a Kubernetes exec probe that runs every few seconds in every pod.
 
 Command line (Kubernetes exec probe, HAProxy external check, scripts):
 
-    python -m copilot_fleet.health --host 127.0.0.1 --port 4321 [--token-file F] [--timeout 2] [--json]
+    python -m copilot_fleet.pod.health --host 127.0.0.1 --port 4321 [--token-file F] [--timeout 2] [--json]
         [--recycle-rss-mb MIB] [--recycle-sessions N] [--home DIR]
 
 With recycle bounds, a server that answers but whose process (found from the listening port, so on this machine)
-is past a bound fails too: that is how a Kubernetes pod gets recycled (copilot_fleet/wear.py).
+is past a bound fails too: that is how a Kubernetes pod gets recycled (copilot_fleet/pod/wear.py).
 
 The token comes from `--token-file`, else `$COPILOT_CONNECTION_TOKEN` (the variable the CLI server itself reads,
 so inside the CLI's container the probe needs no extra configuration). Exit 0 when healthy, 1 when not, 2 on
@@ -225,7 +225,7 @@ def _positive_seconds(value: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m copilot_fleet.health",
+        prog="python -m copilot_fleet.pod.health",
         description="Check one Copilot CLI server with a real JSON-RPC round trip (connect with the connection "
                     "token, then status.get). Exit 0 if healthy, 1 if not; one line of output.",
     )
@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None) -> list[str]:
     """Why the CLI listening on `port` here is past its recycle bounds (empty: it is not, or it cannot be told)."""
-    from copilot_fleet.local.ports import port_holder_pid
-    from copilot_fleet.wear import measure
+    from copilot_fleet.pod.ports import port_holder_pid
+    from copilot_fleet.pod.wear import measure
 
     pid = port_holder_pid(port)
     if pid is None:
