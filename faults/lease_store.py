@@ -19,9 +19,9 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseLost, LeaseUnavailable
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
+from faults.fleet import FleetUnderTest
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
 from copilot_fleet.local import probes
 
 Progress = Callable[[str], None]

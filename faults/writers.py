@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, SessionInUse
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.history import check_history
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
+from faults.fleet import FleetUnderTest
+from faults.history import check_history
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
 from copilot_fleet.target import Target
 
 Progress = Callable[[str], None]

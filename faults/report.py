@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from copilot_fleet.faults.measure import ScenarioResult
+from faults.measure import ScenarioResult
 
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
 

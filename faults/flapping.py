@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
+from faults.fleet import FleetUnderTest
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
 from copilot_fleet.local import lbstats
 
 Progress = Callable[[str], None]

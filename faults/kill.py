@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError, FleetSession, rank_replicas
-from copilot_fleet.faults.fleet import FleetUnderTest, Identity
-from copilot_fleet.faults.history import check_history
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
+from faults.fleet import FleetUnderTest, Identity
+from faults.history import check_history
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 

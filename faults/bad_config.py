@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from copilot_fleet.faults.fleet import FleetUnderTest, fleet_env, free_port_block, write_project, write_stack
-from copilot_fleet.faults.measure import ScenarioResult
+from faults.fleet import FleetUnderTest, fleet_env, free_port_block, write_project, write_stack
+from faults.measure import ScenarioResult
 
 DROP = "__drop__"
 K8S_IMAGE = "registry.example.com/copilot-cli:1.0.102"
@@ -219,7 +219,7 @@ def check_local(case: ConfigCase, workdir: Path, *, subprocess_run: bool) -> tup
         _write_case(project, case, "bad")
     problems: list[str] = []
     if subprocess_run:
-        from copilot_fleet.faults.bad_input import fleet_command
+        from faults.bad_input import fleet_command
 
         proc = subprocess.run([*fleet_command(), "--project-dir", str(project), "up", "--stack", stack,
                                "--timeout", "30"], env=env, capture_output=True, text=True, timeout=120,
@@ -319,8 +319,8 @@ def invalid_configs(workdir: Path, *, subprocess_ids: tuple[str, ...] | None = N
 def bad_config_while_running(fleet: FleetUnderTest, r: ScenarioResult) -> None:
     """A running fleet's stack file turned invalid: `up` must refuse it and change nothing (same PIDs, same state
     files), and the fleet keeps running."""
-    from copilot_fleet.faults.bad_input import fleet_command
-    from copilot_fleet.faults.sessions import snapshot_tree, tree_changes
+    from faults.bad_input import fleet_command
+    from faults.sessions import snapshot_tree, tree_changes
 
     stack_file = fleet.dir / "stacks" / f"Pulumi.{fleet.stack}.yaml"
     original = stack_file.read_text()

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, ReplicaUnavailable
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, recalled_words, reply_watching
-from copilot_fleet.faults.writers import pinned
+from faults.fleet import FleetUnderTest
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, recalled_words, reply_watching
+from faults.writers import pinned
 
 Progress = Callable[[str], None]
 

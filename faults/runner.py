@@ -1,6 +1,6 @@
 """The whole fault suite against one local fleet, in a fixed order, each scenario bounded in count and time.
 
-`FULL` is what `benchmarks/faults.py` runs to write docs/reliability.md (10 to 15 minutes on 2 cores); `QUICK`
+`FULL` is what `benchmarks/reliability.py` runs to write docs/reliability.md (10 to 15 minutes on 2 cores); `QUICK`
 is the CI size. Order matters only for the last two: the storage faults mount over session-state (nothing else
 may run meanwhile), and the secrets audit runs last, when every log has something in it.
 """
@@ -14,18 +14,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from copilot_fleet.faults import bad_config
-from copilot_fleet.faults.bad_input import bad_input
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.flapping import replica_flapping
-from copilot_fleet.faults.janitor_run import janitor_live
-from copilot_fleet.faults.kill import sigkill_mid_turn
-from copilot_fleet.faults.lease_store import redis_outage
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.restart import restart_identity
-from copilot_fleet.faults.secrets_audit import secrets_audit
-from copilot_fleet.faults.storage import storage_faults
-from copilot_fleet.faults.writers import two_writers, writers_without_lease
+from faults import bad_config
+from faults.bad_input import bad_input
+from faults.fleet import FleetUnderTest
+from faults.flapping import replica_flapping
+from faults.janitor_run import janitor_live
+from faults.kill import sigkill_mid_turn
+from faults.lease_store import redis_outage
+from faults.measure import ScenarioResult
+from faults.restart import restart_identity
+from faults.secrets_audit import secrets_audit
+from faults.storage import storage_faults
+from faults.writers import two_writers, writers_without_lease
 
 Progress = Callable[[str], None]
 SCENARIOS = ("bad-config", "sigkill", "writers", "redis", "flapping", "restart", "janitor", "bad-input", "storage",

@@ -22,7 +22,6 @@ from typing import Any
 
 import yaml
 
-import copilot_fleet
 from copilot_fleet.local import probes
 from copilot_fleet.pod import procfs
 from copilot_fleet.local.paths import StatePaths
@@ -30,7 +29,7 @@ from copilot_fleet.pod.ports import free_port_block
 from copilot_fleet.local.supervisor import Supervisor, read_record
 from copilot_fleet.target import Target, load_target
 
-ROOT = Path(copilot_fleet.__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the fault suite is not installed
 PROJECT_CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 PROJECT_CACHE = ROOT / ".tools/copilot-cache"
 

@@ -1,9 +1,9 @@
 """The fault suite, full size, against a throwaway local fleet; writes the figures into docs/reliability.md.
 
-    .venv/bin/python benchmarks/faults.py              # full run, 10 to 15 minutes on 2 cores (run as root for the
-                                                       # storage faults: they need a private mount namespace)
-    .venv/bin/python benchmarks/faults.py --quick      # the CI sizes, about 3 minutes
-    .venv/bin/python benchmarks/faults.py --only sigkill,writers --no-write
+    .venv/bin/python benchmarks/reliability.py          # full run, 10 to 15 minutes on 2 cores (run as root for the
+                                                        # storage faults: they need a private mount namespace)
+    .venv/bin/python benchmarks/reliability.py --quick  # the CI sizes, about 3 minutes
+    .venv/bin/python benchmarks/reliability.py --only sigkill,writers --no-write
 
 Everything runs on 127.0.0.1 in a temporary directory with free ports; every process started is stopped by PID at
 the end (also on Ctrl-C). Exit status 0 when every scenario met its targets, 1 otherwise.
@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from copilot_fleet.faults import report  # noqa: E402
-from copilot_fleet.faults.runner import FULL, QUICK, SCENARIOS, run_all  # noqa: E402
+from faults import report  # noqa: E402
+from faults.runner import FULL, QUICK, SCENARIOS, run_all  # noqa: E402
 
 DOC = ROOT / "docs" / "reliability.md"
 
@@ -50,7 +50,7 @@ def main() -> int:
     faulthandler.dump_traceback_later(args.hard_limit, exit=True)  # the last bound: never hang forever
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="copilot-fleet-faults-"))
-    command = "benchmarks/faults.py" + (" --quick" if args.quick else "")
+    command = "benchmarks/reliability.py" + (" --quick" if args.quick else "")
     info = report.RunInfo(command=command)
     began = time.monotonic()
     try:

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from copilot_fleet.faults.bad_input import secret_values
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.measure import ScenarioResult
+from faults.bad_input import secret_values
+from faults.fleet import FleetUnderTest
+from faults.measure import ScenarioResult
 
 ALLOWED_HOLDERS = ("target.json", "config/supervisord.conf", "config/redis.conf", "config/haproxy.cfg",
                    "config/janitor-redis-url")

@@ -28,9 +28,9 @@ from copilot_fleet.client import (
     ReplicaUnavailable,
     new_session_id,
 )
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.sessions import SMALL, reply_watching, snapshot_tree, tree_changes
+from faults.fleet import FleetUnderTest
+from faults.measure import ScenarioResult
+from faults.sessions import SMALL, reply_watching, snapshot_tree, tree_changes
 from copilot_fleet.target import Target, TargetError, load_target
 
 BAD_SESSION_IDS = {
