@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faults.fleet import FleetUnderTest, fleet_env, free_port_block, write_project, write_stack
+from faults.fleet_under_test import FleetUnderTest, fleet_env, free_port_block, write_project, write_stack
 from faults.measure import ScenarioResult
 
 DROP = "__drop__"
@@ -209,7 +209,7 @@ NO_CLI = "/nonexistent/copilot-fleet-faults/copilot"
 
 def check_local(case: ConfigCase, workdir: Path, *, subprocess_run: bool) -> tuple[bool, str, list[str]]:
     """Run `up` on the case: returns (refused, message, problems with what it left behind)."""
-    from copilot_fleet.local import fleet as local_fleet
+    from copilot_fleet.local import lifecycle as local_fleet
 
     env = fleet_env() if case.needs_tools else fleet_env(COPILOT_CLI_PATH=NO_CLI)
     project = workdir / case.id

@@ -28,7 +28,7 @@ from copilot_fleet.client import (
     ReplicaUnavailable,
     new_session_id,
 )
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, reply_watching, snapshot_tree, tree_changes
 from copilot_fleet.target import Target, TargetError, load_target

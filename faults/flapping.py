@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
 from copilot_fleet.local import lbstats

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionNotFound
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
 from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, LOCKS_DIR, Janitor, is_session_dir_name, last_activity

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError, FleetSession, rank_replicas
-from faults.fleet import FleetUnderTest, Identity
+from faults.fleet_under_test import FleetUnderTest, Identity
 from faults.history import check_history
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseLost, LeaseUnavailable
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
 from copilot_fleet.local import probes

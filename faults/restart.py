@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, ReplicaUnavailable
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, recalled_words, reply_watching
 from faults.writers import pinned

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from faults.bad_input import secret_values
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 
 ALLOWED_HOLDERS = ("target.json", "config/supervisord.conf", "config/redis.conf", "config/haproxy.cfg",

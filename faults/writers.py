@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, SessionInUse
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching

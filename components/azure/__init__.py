@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components.azure.fleet import AzureFleet, AzureFleetArgs
+from components.azure.azure_fleet import AzureFleet, AzureFleetArgs
 from components.common import ConnectionTokens, FleetEndpoints
 from copilot_fleet.topology import Topology
 

@@ -26,7 +26,7 @@ from copilot import CopilotClient
 from copilot_fleet.target import Target
 
 from .errors import FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionInUse, SessionNotFound
-from .fleet import SHARED_STATE_ISOLATIONS
+from .fleet_client import SHARED_STATE_ISOLATIONS
 from .handle import translate_sdk_error
 from .ids import parse_session_id
 from .lease import LeaseManager

@@ -36,7 +36,7 @@ from .ownership import check_access
 if TYPE_CHECKING:
     from copilot.session_events import SessionEvent
 
-    from .fleet import FleetClient
+    from .fleet_client import FleetClient
 
 logger = logging.getLogger(__name__)
 

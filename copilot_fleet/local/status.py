@@ -19,7 +19,7 @@ from copilot_fleet.local import lbstats, probes
 from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.fleet import not_local_message, stack_platform
+from copilot_fleet.local.lifecycle import not_local_message, stack_platform
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import Service, load_manifest
 

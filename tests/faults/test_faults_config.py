@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from faults.bad_config import CASES, ConfigCase, check_engine, check_local
-from faults.fleet import fleet_env, write_project
+from faults.fleet_under_test import fleet_env, write_project
 
 # Known defects elsewhere, kept failing on purpose (strict: the test turns red once they are fixed, so the marker
 # gets removed). See docs/reliability.md, "Findings".

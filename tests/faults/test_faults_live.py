@@ -20,7 +20,7 @@ import pytest
 from faults import runner
 from faults.bad_config import bad_config_while_running
 from faults.bad_input import bad_input
-from faults.fleet import FleetUnderTest
+from faults.fleet_under_test import FleetUnderTest
 from faults.flapping import replica_flapping
 from faults.janitor_run import janitor_live
 from faults.kill import sigkill_mid_turn

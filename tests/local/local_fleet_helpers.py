@@ -22,7 +22,7 @@ import yaml
 
 # The environment `copilot-fleet` runs with (the project's CLI and its warm cache) and a throwaway project: the
 # fault suite's. PROJECT_CLI is re-exported for the test folders.
-from faults.fleet import PROJECT_CLI, fleet_env, write_project  # noqa: F401
+from faults.fleet_under_test import PROJECT_CLI, fleet_env, write_project  # noqa: F401
 from copilot_fleet.pod import procfs
 from copilot_fleet.pod.ports import free_port_block  # noqa: F401  (re-exported for the test folders)
 from copilot_fleet.local.paths import StatePaths

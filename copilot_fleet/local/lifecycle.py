@@ -28,7 +28,7 @@ from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
 from copilot_fleet.pod.ports import port_holder, port_is_free
-from copilot_fleet.local.render import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
+from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.spec import FleetSpec
