@@ -447,7 +447,7 @@ schema validation 5.2 s (jsonschema's `iter_errors`: `descend`, `evolve`, `prope
 ## What was ours, and what was changed
 
 - schema validation: jsonschema's Draft 2020-12 walk cost about 0.8 ms an object. Each kind's schema now compiles
-  once into a yes/no check (`copilot_fleet/schema_check.py`: the eight keywords the bundled schemas use, with
+  once into a yes/no check (`copilot_fleet/render/schema_check.py`: the eight keywords the bundled schemas use, with
   jsonschema's exact semantics; jsonschema still gives the messages for any object it rejects);
 - YAML files: PyYAML's pure-Python emitter cost 1.5-2 ms an object. libyaml's emitter now writes them, with a
   representer that builds the same nodes directly and remembered scalar tags, and PyYAML's emitter for any

@@ -39,7 +39,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.rpc import _special_secret_sig, _special_sig_key
 
-from copilot_fleet import schema_check
+from copilot_fleet.render import schema_check
 from copilot_fleet.stackfile import as_engine_config, read_stack_config
 
 SECRET_MASK = "<secret>"
