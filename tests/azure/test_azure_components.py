@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from azure_mock_engine import PROJECT_DIR, Run
 
 from components.azure import offline
 from copilot_fleet.spec import ConfigError
 from copilot_fleet.stackfile import read_stack_config
+from tests.helpers.azure_mock_engine import PROJECT_DIR, Run
 
 # What the Azure components use of pulumi-azure-native, and nothing else (the whole package: seconds, ~600 MB).
 EXPECTED_SUBMODULES = {"authorization", "containerservice", "keyvault", "managedidentity", "operationalinsights",
@@ -22,7 +22,6 @@ EXPECTED_SUBMODULES = {"authorization", "containerservice", "keyvault", "managed
 
 _PROBE = """
 import json, sys, time
-sys.path.insert(0, "tests/azure")
 
 def rss_mib():
     with open("/proc/self/status") as f:
@@ -35,7 +34,7 @@ start = time.perf_counter()
 import components.azure
 imported = time.perf_counter() - start
 # azure-native submodules are lazy: they load on first use, so run a whole stack to load what is used.
-from azure_mock_engine import AzureRecordingMocks
+from tests.helpers.azure_mock_engine import AzureRecordingMocks
 from copilot_fleet import render
 from copilot_fleet.stackfile import read_stack_config
 from pathlib import Path

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
+from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
 from components.azure import offline
 from components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME

@@ -23,7 +23,7 @@ from copilot_fleet.client import handle as handle_module
 from copilot_fleet.target import Target
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from tests.helpers.processes import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 

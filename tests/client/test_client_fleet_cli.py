@@ -31,7 +31,7 @@ from copilot_fleet.client import (
 from copilot_fleet.target import ProviderTarget, Target
 
 if TYPE_CHECKING:
-    from conftest import CliFleet, SpareCli
+    from tests.helpers.processes import CliFleet, SpareCli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 

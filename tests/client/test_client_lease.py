@@ -21,7 +21,7 @@ from copilot_fleet.client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from tests.helpers.processes import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 

@@ -9,7 +9,7 @@ import socket
 import stat
 from pathlib import Path
 
-import local_fleet_helpers as h
+import tests.helpers.local_fleet as h
 import pytest
 
 from copilot_fleet import CLI_VERSION

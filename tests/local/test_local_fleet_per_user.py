@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 
-import local_fleet_helpers as h
+import tests.helpers.local_fleet as h
 import pytest
 
 from copilot_fleet.local import probes

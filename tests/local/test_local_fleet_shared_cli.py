@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import local_fleet_helpers as h
+import tests.helpers.local_fleet as h
 import pytest
 import redis
 from redis.backoff import NoBackoff

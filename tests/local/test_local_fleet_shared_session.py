@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Iterator
 
-import local_fleet_helpers as h
+import tests.helpers.local_fleet as h
 import pytest
 
 from copilot_fleet.local import lbstats, probes

@@ -21,7 +21,7 @@ from copilot_fleet.client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 

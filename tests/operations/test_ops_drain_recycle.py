@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +16,12 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
-
-from local_fleet_helpers import (  # noqa: E402
+from copilot_fleet.client import rank_replicas
+from copilot_fleet.local import lbstats
+from copilot_fleet.local.operate import drain, recycle, undrain
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.wear import sessions_served
+from tests.helpers.local_fleet import (
     PROJECT_CLI,
     Project,
     create_session,
@@ -28,12 +30,6 @@ from local_fleet_helpers import (  # noqa: E402
     run,
     service,
 )
-
-from copilot_fleet.client import rank_replicas  # noqa: E402
-from copilot_fleet.local import lbstats  # noqa: E402
-from copilot_fleet.pod import procfs  # noqa: E402
-from copilot_fleet.local.operate import drain, recycle, undrain  # noqa: E402
-from copilot_fleet.pod.wear import sessions_served  # noqa: E402
 
 STACK = "ops-drain"
 FIGURES: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from copilot_fleet import CLI_VERSION
 from copilot_fleet.pod.health import check, check_many, read_token
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.fleet
 

@@ -18,7 +18,7 @@ from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionN
 from copilot_fleet.pod.janitor import LOCKS_DIR, TRASH_DIR, Janitor, Report, last_activity, read_redis_url
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,7 @@ from copilot_fleet.spec import InfiniteSessionsSpec
 if TYPE_CHECKING:
     from copilot.session_events import SessionEvent
 
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.anyio
 

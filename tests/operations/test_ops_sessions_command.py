@@ -13,7 +13,7 @@ from copilot_fleet.cli import main
 from copilot_fleet.client import ClientPool, FleetClient
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.fleet
 

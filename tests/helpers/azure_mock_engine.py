@@ -1,4 +1,4 @@
-"""The mock engine for the Azure platform tests (helpers; the fixtures are in conftest.py).
+"""The mock engine for the Azure platform tests (the fixtures are in tests/azure/conftest.py).
 
 Runs programs through the project's offline harness (`copilot_fleet.render.run_program`: a fresh Pulumi runtime
 per run) with mocks that also answer what Azure would (`components.azure.offline`): ARM ids, names, the Redis host,
