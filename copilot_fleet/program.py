@@ -16,7 +16,7 @@ from copilot_fleet.spec import ConfigError, FleetSpec
 from copilot_fleet.topology import Topology, build_topology
 
 if TYPE_CHECKING:
-    from components.common import ConnectionTokens, FleetEndpoints
+    from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 
 # What a platform provides: deploy the topology with these tokens, say where the fleet answers.
 Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[str, Any]"]
@@ -32,7 +32,7 @@ def run() -> dict[str, Any]:
     topology = build_topology(spec)
     deploy = _platform_deployer(spec)  # refuses local (and a missing Azure module) before anything registers
 
-    from components.common import ConnectionTokens, FleetEndpoints
+    from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 
     tokens = ConnectionTokens("connection-tokens", topology)
     endpoints = deploy(topology, tokens)
@@ -52,9 +52,9 @@ def _platform_deployer(spec: FleetSpec) -> Deployer:
         ], stack=spec.stack or None)
     if spec.platform == "azure":
         try:
-            from components.azure import deploy_azure
+            from copilot_fleet.components.azure import deploy_azure
         except ImportError as exc:  # the Azure components are a separate part of the project
-            raise RuntimeError(f"fleet:platform azure needs components.azure.deploy_azure, which cannot be "
+            raise RuntimeError(f"fleet:platform azure needs copilot_fleet.components.azure.deploy_azure, which cannot be "
                                f"imported here ({exc}); use platform kubernetes or install the Azure components"
                                ) from exc
         return deploy_azure
@@ -62,7 +62,7 @@ def _platform_deployer(spec: FleetSpec) -> Deployer:
 
 
 def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEndpoints:
-    from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+    from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
 
     spec = topology.spec
     fleet = KubernetesFleet("copilot-fleet", KubernetesFleetArgs(

@@ -16,20 +16,20 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_random as random
 from pulumi_azure_native import authorization, resources
 
-from components.azure.cache import LeaseCache, LeaseCacheArgs
-from components.azure.cluster import AksCluster, AksClusterArgs
-from components.azure.identity import WorkloadIdentity, WorkloadIdentityArgs
-from components.azure.layout import StorageCredentials, files_secret_name, secret_layout
-from components.azure.names import SUFFIX_LENGTH, redis_name, vault_name
-from components.azure.secret_sync import NAME as SYNC_NAME
-from components.azure.secret_sync import KeyVaultSync, KeyVaultSyncArgs
-from components.azure.storage import SessionStorage, SessionStorageArgs
-from components.azure.vault import SecretVault, SecretVaultArgs, VaultReader
-from components.common import ConnectionTokens, FleetEndpoints
-from components.kubernetes import KubernetesFleet, KubernetesFleetArgs, PlatformHooks, StaticVolume
-from components.kubernetes.meta import FleetMeta
-from components.kubernetes.pod import RUN_AS_USER
-from components.kubernetes.secrets import secret_material
+from copilot_fleet.components.azure.cache import LeaseCache, LeaseCacheArgs
+from copilot_fleet.components.azure.cluster import AksCluster, AksClusterArgs
+from copilot_fleet.components.azure.identity import WorkloadIdentity, WorkloadIdentityArgs
+from copilot_fleet.components.azure.layout import StorageCredentials, files_secret_name, secret_layout
+from copilot_fleet.components.azure.names import SUFFIX_LENGTH, redis_name, vault_name
+from copilot_fleet.components.azure.secret_sync import NAME as SYNC_NAME
+from copilot_fleet.components.azure.secret_sync import KeyVaultSync, KeyVaultSyncArgs
+from copilot_fleet.components.azure.storage import SessionStorage, SessionStorageArgs
+from copilot_fleet.components.azure.vault import SecretVault, SecretVaultArgs, VaultReader
+from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
+from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs, PlatformHooks, StaticVolume
+from copilot_fleet.components.kubernetes.meta import FleetMeta
+from copilot_fleet.components.kubernetes.pod import RUN_AS_USER
+from copilot_fleet.components.kubernetes.secrets import secret_material
 from copilot_fleet.topology import Topology
 
 FILE_CSI_DRIVER = "file.csi.azure.com"

@@ -19,9 +19,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
-from components.kubernetes.meta import CLI, JANITOR, FleetMeta
-from components.kubernetes.pod import container_security_context, pod_security_context
-from components.kubernetes.secrets import SecretKeyRef
+from copilot_fleet.components.kubernetes.meta import CLI, JANITOR, FleetMeta
+from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
 MOUNT = "/sessions"

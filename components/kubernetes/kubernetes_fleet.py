@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes.core.v1 as core
 
-from components.common import ConnectionTokens, FleetEndpoints, child_options
-from components.kubernetes import network, secrets
-from components.kubernetes.cli_group import CliGroupArgs, CliGroupDeployment
-from components.kubernetes.hooks import PlatformHooks
-from components.kubernetes.meta import CLI, HEADLESS_SERVICE, REDIS, SERVICE_ACCOUNT, FleetMeta
-from components.kubernetes.pod import PORT_NAME
-from components.kubernetes.redis import InClusterRedis, InClusterRedisArgs, in_cluster_url, redis_password
+from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints, child_options
+from copilot_fleet.components.kubernetes import network, secrets
+from copilot_fleet.components.kubernetes.cli_group import CliGroupArgs, CliGroupDeployment
+from copilot_fleet.components.kubernetes.hooks import PlatformHooks
+from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, REDIS, SERVICE_ACCOUNT, FleetMeta
+from copilot_fleet.components.kubernetes.pod import PORT_NAME
+from copilot_fleet.components.kubernetes.redis import InClusterRedis, InClusterRedisArgs, in_cluster_url, redis_password
 from copilot_fleet.topology import Topology
 
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.kubernetes import secrets
-from components.kubernetes.meta import FleetMeta
+from copilot_fleet.components.kubernetes import secrets
+from copilot_fleet.components.kubernetes.meta import FleetMeta
 from copilot_fleet.spec import RecycleSpec
 from copilot_fleet.topology import CliGroup
 

@@ -84,7 +84,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return f"{args.name}-id", {}
         if args.typ.startswith("azure-native:"):
             # What Azure would answer (ids, host names, keys): the Azure program reads them back.
-            from components.azure.offline import resource_state
+            from copilot_fleet.components.azure.offline import resource_state
 
             answer = resource_state(args.typ, args.name, args.inputs)
             if answer is not None:
@@ -99,7 +99,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]]:
         # The SDK's mock monitor iterates the second item (failures): an empty list, never None.
         if args.token.startswith("azure-native:"):
-            from components.azure.offline import invoke_result
+            from copilot_fleet.components.azure.offline import invoke_result
 
             return invoke_result(args.token, args.args) or {}, []
         return {}, []

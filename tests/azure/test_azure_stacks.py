@@ -16,9 +16,9 @@ import pytest
 import yaml
 from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
-from components.azure import offline
-from components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME
-from components.azure.vault import KEY_VAULT_SECRETS_USER
+from copilot_fleet.components.azure import offline
+from copilot_fleet.components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME
+from copilot_fleet.components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet import render
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import load_stack_spec

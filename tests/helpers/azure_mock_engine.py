@@ -1,7 +1,7 @@
 """The mock engine for the Azure platform tests (the fixtures are in tests/azure/conftest.py).
 
 Runs programs through the project's offline harness (`copilot_fleet.render.run_program`: a fresh Pulumi runtime
-per run) with mocks that also answer what Azure would (`components.azure.offline`): ARM ids, names, the Redis host,
+per run) with mocks that also answer what Azure would (`copilot_fleet.components.azure.offline`): ARM ids, names, the Redis host,
 identity ids, the OIDC issuer, and the invokes (client config, kubeconfig, Redis and storage keys).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi
 
-from components.azure import offline
+from copilot_fleet.components.azure import offline
 from copilot_fleet import render
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

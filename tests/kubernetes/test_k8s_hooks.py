@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pulumi
 import pytest
 
-from components.kubernetes.hooks import PlatformHooks, StaticVolume
+from copilot_fleet.components.kubernetes.hooks import PlatformHooks, StaticVolume
 
 KUBECONFIG = json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []})
 
@@ -19,8 +19,8 @@ def _program(hooks: Callable[[], PlatformHooks] | PlatformHooks | None, with_pro
     def program() -> dict:
         import pulumi_kubernetes as k8s
 
-        from components.common import ConnectionTokens
-        from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+        from copilot_fleet.components.common import ConnectionTokens
+        from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
         from copilot_fleet.pulumi_config import load_engine_spec
         from copilot_fleet.topology import build_topology
 

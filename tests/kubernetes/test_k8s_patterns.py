@@ -236,8 +236,8 @@ def test_client_namespaces_and_source_ranges_through_args(make_fleet, kube):
     from copilot_fleet.topology import build_topology
 
     def program():
-        from components.common import ConnectionTokens
-        from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+        from copilot_fleet.components.common import ConnectionTokens
+        from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
 
         topology = build_topology(load_engine_spec())
         tokens = ConnectionTokens("t", topology)
@@ -306,7 +306,7 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
     assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
-    found = re.search(r"copilot_fleet\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
+    found = re.search(r"copilot_fleet\.pod\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
     assert found, command
     assert found.group(1).endswith("/session-state")
     assert 0 < int(found.group(2)) < 90
@@ -442,7 +442,7 @@ def test_azure_dispatch_needs_the_azure_components(monkeypatch):
 
     spec = FleetSpec.model_validate({"isolation": "shared-cli", "platform": "azure",
                                      "image": "registry.example.com/copilot-cli:1.0.102", "githubToken": "x"})
-    monkeypatch.setitem(sys.modules, "components.azure", None)  # as if the module were not installed
-    with pytest.raises(RuntimeError, match="components.azure.deploy_azure"):
+    monkeypatch.setitem(sys.modules, "copilot_fleet.components.azure", None)  # as if the module were not installed
+    with pytest.raises(RuntimeError, match="copilot_fleet.components.azure.deploy_azure"):
         program._platform_deployer(spec)
     assert program._platform_deployer(spec.model_copy(update={"platform": "kubernetes"})) is program._deploy_kubernetes
