@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 from copilot_fleet.pod import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
+from copilot_fleet.sessiondir import INUSE_LOCK_GLOB  # noqa: E402
 from copilot_fleet.target import Target, load_target  # noqa: E402
 from copilot_fleet.pod.ports import free_port_block
 
@@ -164,7 +165,7 @@ class LocalFleet:
         `session-state/<id>/inuse.<pid>.lock` while a client holds it open."""
         assert self.target is not None
         pids = {self.pid(self.replica_name(i)): addr for i, addr in enumerate(self.target.replicas)}
-        for lock in (self.paths.shared_session_state / session_id).glob("inuse.*.lock"):
+        for lock in (self.paths.shared_session_state / session_id).glob(INUSE_LOCK_GLOB):
             addr = pids.get(int(lock.name.split(".")[1]))
             if addr:
                 return addr

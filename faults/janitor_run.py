@@ -19,7 +19,8 @@ from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionN
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
-from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, LOCKS_DIR, Janitor, is_session_dir_name, last_activity
+from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, LOCKS_DIR, Janitor, last_activity
+from copilot_fleet.sessiondir import WORKSPACE, is_session_id
 
 Progress = Callable[[str], None]
 DAY = 86400
@@ -33,7 +34,7 @@ def _iso(ts: float) -> str:
 def make_old(session_dir: Path, seconds: float) -> None:
     """Make a session look untouched for `seconds`: file times and workspace.yaml's `updated_at`."""
     then = time.time() - seconds
-    workspace = session_dir / "workspace.yaml"
+    workspace = session_dir / WORKSPACE
     if workspace.exists():
         lines = [f"updated_at: {_iso(then)}" if line.startswith("updated_at:") else line
                  for line in workspace.read_text().splitlines()]
@@ -48,7 +49,7 @@ def _eligible(state: Path) -> set[tuple[str, str]]:
     now = time.time()
     due: set[tuple[str, str]] = set()
     for entry in state.iterdir():
-        if entry.is_dir() and is_session_dir_name(entry.name):
+        if entry.is_dir() and is_session_id(entry.name):
             newest = last_activity(entry)
             if newest is not None and now - newest >= TTL:
                 due.add(("session", entry.name))

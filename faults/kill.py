@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError, FleetSession, rank_replicas
 from faults.fleet_under_test import FleetUnderTest, Identity
 from faults.history import check_history
+from copilot_fleet.sessiondir import EVENTS
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
 
@@ -107,7 +108,7 @@ async def sigkill_mid_turn(fleet: FleetUnderTest, *, kills: int, budget: float, 
             for t in tracked.values():
                 if not t.session_id:
                     continue
-                history = check_history(fleet.view(fleet.session_state / t.session_id / "events.jsonl"),
+                history = check_history(fleet.view(fleet.session_state / t.session_id / EVENTS),
                                         t.session_id)
                 if not r.check(f"history of {t.session_id} is one chain", history.coherent, history.describe()):
                     r.bump("incoherent_histories")

@@ -28,6 +28,7 @@ from pathlib import Path
 from copilot_fleet.client import ClientPool, FleetClient, FleetSession, SessionNotFound, is_storage_error
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
+from copilot_fleet.sessiondir import EVENTS
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching, snapshot_tree, tree_changes
 
@@ -140,7 +141,7 @@ async def _read_only(fleet: FleetUnderTest, fc: FleetClient, state: Path, reply_
     await again.close()
     if "beforero" not in words:
         r.bump("lost_turns")
-    history = check_history(state / sid / "events.jsonl", sid)
+    history = check_history(state / sid / EVENTS, sid)
     if not r.check(f"{sid} is one history after the read-only episode", history.coherent, history.describe()):
         r.bump("incoherent_histories")
     await fc.delete_session(sid)
@@ -206,7 +207,7 @@ async def _full(fleet: FleetUnderTest, fc: FleetClient, state: Path, free_pages:
             missing = [w for w in old_words if w not in words]
             r.bump("lost_turns", len(missing))
             r.check(f"run {n}: the older session recalls all its completed turns", not missing, f"missing {missing}")
-            history = check_history(view / old_sid / "events.jsonl", old_sid)
+            history = check_history(view / old_sid / EVENTS, old_sid)
             if not r.check(f"run {n}: {old_sid} is one history", history.coherent, history.describe()):
                 r.bump("incoherent_histories")
             progress(f"storage: full with {left} free page(s) done")

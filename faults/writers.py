@@ -22,6 +22,7 @@ from pathlib import Path
 from copilot_fleet.client import ClientPool, FleetClient, SessionInUse
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
+from copilot_fleet.sessiondir import EVENTS, INUSE_HOLD_GLOB
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
 from copilot_fleet.target import Target
@@ -32,7 +33,7 @@ Progress = Callable[[str], None]
 def cli_holders(session_dir: Path) -> int:
     """How many CLI processes hold the session open right now (flocked `inuse.*.hold` files)."""
     held = 0
-    for hold in session_dir.glob("inuse.*.hold"):
+    for hold in session_dir.glob(INUSE_HOLD_GLOB):
         try:
             fd = os.open(hold, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -129,7 +130,7 @@ async def two_writers(fleet: FleetUnderTest, *, rounds: int, sessions: int, budg
                 if overlaps:
                     r.bump("double_attach", overlaps)
                 r.check(f"attachments of {sids[u]} never overlap", not overlaps, f"{overlaps} overlap(s)")
-                history = check_history(fleet.view(fleet.session_state / sids[u] / "events.jsonl"), sids[u])
+                history = check_history(fleet.view(fleet.session_state / sids[u] / EVENTS), sids[u])
                 if not r.check(f"{sids[u]} is one history", history.coherent, history.describe()):
                     r.bump("diverged_sessions")
                 s = await apps["A"][u].resume_session(sids[u], wait=10, **SMALL)
@@ -179,7 +180,7 @@ async def writers_without_lease(fleet: FleetUnderTest, *, attempts: int, budget:
             seen = [recalled_words(getattr(x.data, "content", None) if x else None) for x in recalls]
             if seen[0] != seen[1]:
                 r.bump("clients_saw_different_histories")
-            history = check_history(fleet.view(fleet.session_state / sid / "events.jsonl"), sid)
+            history = check_history(fleet.view(fleet.session_state / sid / EVENTS), sid)
             if not history.coherent:
                 r.bump("diverged_sessions")
             r.bump("forks", history.forks)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet.client import FleetSession, SessionInUse, SessionNotFound, shared_session_id
+from copilot_fleet.sessiondir import EVENTS
 from copilot_fleet.testmodel.commands import MARKER
 
 HOLDER_SCRIPT = Path(__file__).with_name("lease_holder.py")
@@ -180,7 +181,7 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
             assert counted == f"{MARKER} user turns: {len(sent)}", f"the model counted otherwise: {counted!r}"
 
         if fleet_state is not None:
-            log = fleet_state / "session-state" / session_id / "events.jsonl"
+            log = fleet_state / "session-state" / session_id / EVENTS
             assert log.is_file(), f"no event log for the shared session at {log}"
             events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             where = str(log)

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from copilot_fleet.sessiondir import MAX_SESSION_ID_LENGTH
+from copilot_fleet.sessiondir import SESSION_ID_CHARS_DESCRIPTION as ALLOWED_DESCRIPTION
+
 from .errors import InvalidSessionId
 
-MAX_SESSION_ID_LENGTH = 128
-ALLOWED_DESCRIPTION = "ASCII letters, digits, '_' and '-'"
 USER_PREFIX = "u-"
 SHARED_PREFIX = "s-"
 NONCE_HEX_DIGITS = 8

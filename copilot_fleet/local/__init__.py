@@ -11,6 +11,7 @@
   supervisor   starting supervisord, talking to it over XML-RPC, stopping it by PID
   probes       readiness and health: a JSON-RPC round trip to each CLI, Redis PING, HTTP /healthz
   lbstats      HAProxy's view of each replica (its admin socket)
+  stack        which local stack: its platform, its validated spec
   lifecycle    up and down
   status       the status table
   targets      where a stack's target comes from (state file or `pulumi stack output`)

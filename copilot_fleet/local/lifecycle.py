@@ -29,10 +29,11 @@ from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, 
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
 from copilot_fleet.pod.ports import port_holder, port_is_free
 from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
+from copilot_fleet.local.operate import drained_servers, restore_rotation
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
+from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.spec import FleetSpec
-from copilot_fleet.stackfile import StackNotFound, load_stack_spec, read_stack_config
 from copilot_fleet.topology import Topology, build_topology
 
 DEFAULT_TIMEOUT = 60.0
@@ -54,33 +55,6 @@ class DownResult:
     was_running: bool
     stopped_pids: list[int]
     purged: bool
-
-
-def not_local_message(stack: str, platform: str) -> str:
-    return (f"stack {stack!r} is a {platform} stack; copilot-fleet up/down/status run platform: local stacks only. "
-            f"Deploy it with `pulumi up --stack {stack}` and read its target with "
-            f"`copilot-fleet target --stack {stack}`")
-
-
-def load_local_spec(project_dir: Path, stack: str) -> FleetSpec:
-    # The platform first: a Kubernetes stack gets "use pulumi up", not the keys that only Kubernetes needs.
-    platform = stack_platform(project_dir, stack)
-    if platform is not None and platform != "local":
-        raise LocalFleetError(not_local_message(stack, platform))
-    spec = load_stack_spec(project_dir, stack)
-    if spec.platform != "local":
-        raise LocalFleetError(not_local_message(stack, spec.platform))
-    return spec
-
-
-def stack_platform(project_dir: Path, stack: str) -> str | None:
-    """`fleet:platform` of a stack file without validating the rest; None if there is no such stack file."""
-    try:
-        values, _ = read_stack_config(project_dir, stack)
-    except StackNotFound:
-        return None
-    platform = values.get("fleet:platform")
-    return str(platform) if platform is not None else None
 
 
 # --- up ---------------------------------------------------------------------------------------------------------
@@ -268,8 +242,6 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
         raise
     if not paths.target_file.is_file():
         write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
-    from copilot_fleet.local.operate import drained_servers, restore_rotation
-
     for name in sorted(drained_servers(paths) & set(to_start)):  # a drained server started again: back in rotation
         restore_rotation(paths, plan.services, name)
         _say(out, f"  undrained {name}")

@@ -6,4 +6,9 @@
   wear     how worn a server is (memory, sessions served): the recycle rule of the probe and of `recycle`
 
 and what they read on the machine they run on: procfs (a process's state and memory), ports (who listens where).
+What a session directory holds is read through copilot_fleet.sessiondir.
+
+They run in the CLI image, which installs only `copilot-fleet[pod]`: nothing here imports the local fleet
+(copilot_fleet.local), which uses these modules, not the other way round; tests/structure/test_import_graph.py
+checks that, and that the package has no import loop.
 """

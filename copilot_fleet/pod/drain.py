@@ -10,6 +10,8 @@ events.jsonl does not end with `assistant.turn_end` (or a lifecycle event) or wa
 
 PIDs are per pod: on a shared session-state/, another pod's CLI may carry the same PID number, so its turns are
 waited for too. That errs on the side of waiting, and the timeout bounds it.
+
+`wait_idle` is also how the local fleet's `copilot-fleet drain` waits (copilot_fleet.local.operate).
 """
 
 from __future__ import annotations
@@ -20,10 +22,39 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from copilot_fleet.local.operate import wait_idle
 from copilot_fleet.pod.ports import port_holder, port_holder_pid
+from copilot_fleet.sessiondir import EVENTS, IDLE_EVENTS, attached_dirs, last_event_type
 
 _POLL = 0.5
+_RECENT_WRITE_SECONDS = 1.0
+
+
+def turn_in_flight(session_dir: Path) -> bool:
+    """A turn is in flight while events.jsonl does not end with an idle event, or was written in the last second
+    (a tool round between two events)."""
+    events = session_dir / EVENTS
+    try:
+        if time.time() - events.stat().st_mtime < _RECENT_WRITE_SECONDS:
+            return True
+    except OSError:
+        return False
+    return last_event_type(events) not in IDLE_EVENTS
+
+
+def busy_sessions(session_state: Path, pid: int) -> list[str]:
+    """The sessions attached to the CLI with `pid` that are in a turn."""
+    return [d.name for d in attached_dirs(session_state, pid) if turn_in_flight(d)]
+
+
+def wait_idle(session_state: Path, pid: int, timeout: float, poll: float = 0.2) -> list[str]:
+    """Wait until the CLI with `pid` has no turn in flight, at most `timeout` s; the sessions still in a turn then
+    (empty: idle). The local drain and the Kubernetes preStop hook both wait with this."""
+    deadline = time.monotonic() + timeout
+    busy = busy_sessions(session_state, pid)
+    while busy and time.monotonic() < deadline:
+        time.sleep(poll)
+        busy = busy_sessions(session_state, pid)
+    return busy
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,18 +55,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from copilot_fleet.argtypes import secret_from_file_or_env, seconds_between
+from copilot_fleet.sessiondir import EVENTS, INUSE_HOLD_GLOB, LOCKS_DIR, WORKSPACE, is_session_id, operation_lock
 
 if TYPE_CHECKING:
     from copilot_fleet.client.lease import LeaseManager
 
-LOCKS_DIR = ".session-operation-locks"
 TRASH_DIR = ".copilot-fleet-janitor"
-INUSE_GLOB = "inuse.*.hold"
 REDIS_URL_ENV = "COPILOT_FLEET_REDIS_URL"
 # Orphan lock files younger than this may belong to a create in progress: leave them.
 DEFAULT_LOCK_GRACE = 600
-# The CLI's session id rules (letters, digits, `_`, `-`); other directory names are not sessions.
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 Action = Literal["removed", "would-remove", "kept", "skipped", "error"]
 
@@ -131,10 +128,6 @@ def _human(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.0f}s"
-
-
-def is_session_dir_name(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and len(name) <= 128 and set(name) <= _ID_CHARS
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -205,9 +198,9 @@ def _last_activity_at(name: str, parent_fd: int) -> float | None:
     try:
         candidates = [
             os.fstat(fd).st_mtime,
-            _mtime("events.jsonl", fd),
-            _mtime("workspace.yaml", fd),
-            _updated_at(_read_small("workspace.yaml", fd)),
+            _mtime(EVENTS, fd),
+            _mtime(WORKSPACE, fd),
+            _updated_at(_read_small(WORKSPACE, fd)),
         ]
     finally:
         os.close(fd)
@@ -250,7 +243,7 @@ def _attached_at(name: str, parent_fd: int) -> str | None:
     if fd is None:
         return None
     try:
-        holds = sorted(e.name for e in os.scandir(fd) if fnmatch.fnmatchcase(e.name, INUSE_GLOB))
+        holds = sorted(e.name for e in os.scandir(fd) if fnmatch.fnmatchcase(e.name, INUSE_HOLD_GLOB))
         for hold in holds:
             if _locked_by_someone(hold, fd) is True:
                 return f"a CLI holds its in-use lock ({hold})"
@@ -325,7 +318,7 @@ class Janitor:
             self._fd = state_fd
             self._empty_trash(report)
             names = sorted(e.name for e in os.scandir(state_fd)
-                           if is_session_dir_name(e.name) and e.is_dir(follow_symlinks=False))
+                           if is_session_id(e.name) and e.is_dir(follow_symlinks=False))
             for name in names:
                 if not await self._session(name, report):
                     return report  # fatal: stop before touching anything else
@@ -419,8 +412,8 @@ class Janitor:
         locks = self._locks_dir(report)
         if locks is not None:
             try:
-                if _lstat(f"{sid}.lock", locks) is not None:
-                    self._remove_lock(f"{sid}.lock", locks, sid, report, reason="its session was removed")
+                if _lstat(operation_lock(sid), locks) is not None:
+                    self._remove_lock(operation_lock(sid), locks, sid, report, reason="its session was removed")
             finally:
                 os.close(locks)
 
@@ -503,7 +496,7 @@ class Janitor:
         now = self._clock()
         for name in sorted(e.name for e in os.scandir(locks) if e.name.endswith(".lock")):
             sid = name[: -len(".lock")]
-            if not is_session_dir_name(sid) or _lstat(sid, self._fd) is not None:
+            if not is_session_id(sid) or _lstat(sid, self._fd) is not None:
                 continue
             mtime = _mtime(name, locks)
             if mtime is None:

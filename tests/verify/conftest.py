@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.sessiondir import session_dirs
 from tests.helpers.local_fleet import Project
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
@@ -45,8 +46,7 @@ class RunningFleet:
     def session_dirs(self) -> list[Path]:
         """Session directories on disk (shared session-state/ and each server's own), lock files aside."""
         roots = [self.paths.shared_session_state, *self.paths.servers_dir.glob("*/session-state")]
-        return sorted(p for root in roots if root.is_dir() and not root.is_symlink()
-                      for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for root in roots if root.is_dir() and not root.is_symlink() for p in session_dirs(root))
 
 
 @pytest.fixture(scope="module", params=PATTERNS)
