@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from copilot_fleet import CLI_VERSION
+from copilot_fleet.isolation import Isolation, shares_session_state
 
 NAMESPACE = "fleet"
 
@@ -37,7 +38,6 @@ NAMESPACE = "fleet"
 # Format checks skip it; the render masks every secret anyway, and no real server ever receives it.
 OFFLINE_SECRET = "offline-placeholder-secret"
 
-Isolation = Literal["per-user", "shared-cli", "shared-session"]
 Platform = Literal["kubernetes", "azure", "local"]
 LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
 
@@ -347,7 +347,7 @@ class FleetSpec(_Section):
     @property
     def shares_session_state(self) -> bool:
         """Shared patterns keep session-state/ on one volume; every such topology needs a lease per session."""
-        return self.isolation != "per-user"
+        return shares_session_state(self.isolation)
 
     @property
     def user_ids(self) -> list[str]:

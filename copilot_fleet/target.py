@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-Isolation = Literal["per-user", "shared-cli", "shared-session"]
+from copilot_fleet.isolation import Isolation
+
 Platform = Literal["kubernetes", "azure", "local"]
 
 

@@ -39,6 +39,11 @@ class Topology:
     load_balanced: bool  # one client entry point in front of the replicas
 
     @property
+    def shares_session_state(self) -> bool:
+        """One group of replicas on one session-state/ volume (the shared patterns): sessions need leases."""
+        return self.shared_group is not None
+
+    @property
     def shared_group(self) -> CliGroup | None:
         return next((g for g in self.groups if g.user is None), None)
 
@@ -73,7 +78,7 @@ def _credential(spec: FleetSpec, user_token: bool) -> Credential:
 
 def build_topology(spec: FleetSpec) -> Topology:
     """The one place that maps an isolation pattern onto servers, volumes and a lease store."""
-    if spec.isolation == "per-user":
+    if not spec.shares_session_state:
         groups = tuple(
             CliGroup(
                 name=user_group_name(u.id),

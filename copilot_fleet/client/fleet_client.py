@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from copilot import CopilotClient, CopilotSession, PermissionHandler, SessionListFilter, SessionMetadata
 
+from copilot_fleet.isolation import shares_session_state
 from copilot_fleet.target import Target
 
 from .cap import SessionCap, Slot
@@ -36,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Isolation patterns whose replicas share one session-state/: two CLIs could attach one session at once.
-SHARED_STATE_ISOLATIONS = frozenset({"shared-cli", "shared-session"})
 NAME_MAX_LENGTH = 100  # the CLI's limit for `name=`
 
 
@@ -82,7 +81,7 @@ class FleetClient:
         self._owns_pool = pool is None
         self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
         self._owns_leases = False
-        if leases is None and target.isolation in SHARED_STATE_ISOLATIONS:
+        if leases is None and shares_session_state(target.isolation):
             if target.redis_url is None:
                 raise LeaseUnavailable(
                     f"target {target.stack!r} has isolation {target.isolation!r} (replicas share session-state) "
