@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from copilot_fleet import CLI_VERSION
+from copilot_fleet.errors import FleetError
 from copilot_fleet.isolation import Isolation, shares_session_state
 
 NAMESPACE = "fleet"
@@ -45,7 +46,7 @@ LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
 PROMPT_LOGGING_LEVELS = frozenset({"debug", "all"})
 
 
-class ConfigError(ValueError):
+class ConfigError(FleetError, ValueError):
     """Stack config that cannot be deployed. `problems` holds one line per offending key."""
 
     def __init__(self, problems: list[str], stack: str | None = None) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 
 import yaml
 
-from copilot_fleet.errors import StackFileError
+from copilot_fleet.errors import FleetError, ProjectNotFound, StackFileError
 from copilot_fleet.spec import NAMESPACE, OFFLINE_SECRET, FleetSpec, RawConfig, load_spec, namespace_values
 _STACK_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 
-class StackNotFound(LookupError):
+class StackNotFound(FleetError, LookupError):
     """No such stack file; the message lists the stacks there are."""
 
 
@@ -30,7 +30,7 @@ def find_project_dir(start: Path | None = None) -> Path:
     for d in (here, *here.parents):
         if (d / "Pulumi.yaml").is_file():
             return d
-    raise FileNotFoundError(f"no Pulumi.yaml in {here} or any parent: run copilot-fleet from the project directory "
+    raise ProjectNotFound(f"no Pulumi.yaml in {here} or any parent: run copilot-fleet from the project directory "
                             "or pass --project-dir")
 
 

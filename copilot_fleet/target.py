@@ -13,12 +13,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.isolation import Isolation
 
 Platform = Literal["kubernetes", "azure", "local"]
 
 
-class TargetError(ValueError):
+class TargetError(FleetError, ValueError):
     """A target file or document that cannot be used; the message names what is wrong."""
 
 

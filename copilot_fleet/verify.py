@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from copilot_fleet.errors import FleetError
+
 Outcome = Literal["passed", "failed", "skipped"]
 
 RESULTS_OPTION = "--verify-results"
@@ -36,7 +38,7 @@ _MESSAGE_LIMIT = 400
 _SYMBOL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 
 
-class VerifyError(RuntimeError):
+class VerifyError(FleetError, RuntimeError):
     """Verification could not run at all (no smoke_tests/ folder, pytest would not start); nothing was checked."""
 
 

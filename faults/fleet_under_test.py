@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.local import probes
 from copilot_fleet.pod import procfs
 from copilot_fleet.local.paths import StatePaths
@@ -35,7 +36,7 @@ PROJECT_CACHE = ROOT / ".tools/copilot-cache"
 
 
 
-class FleetFault(RuntimeError):
+class FleetFault(FleetError, RuntimeError):
     """The fleet under test could not be started, reached or restored."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from copilot_fleet.client import SessionDisconnected
+from copilot_fleet.errors import FleetError
 
 if TYPE_CHECKING:
     from copilot_fleet.client import FleetSession
@@ -30,7 +31,7 @@ SMALL: dict[str, Any] = {
 _RECALLED = re.compile(r"recalled: (.*)$", re.MULTILINE)
 
 
-class ReplicaGone(ConnectionError):
+class ReplicaGone(FleetError, ConnectionError):
     """The connection to the session's CLI server ended while we waited for a reply."""
 
 

@@ -63,12 +63,13 @@ class ResolvedTarget:
 
 def _project_dir(args: argparse.Namespace) -> Path | None:
     """The stack project; None for `--target FILE` run outside any project (the installed smoke tests run then)."""
+    from copilot_fleet.errors import ProjectNotFound
     from copilot_fleet.stackfile import find_project_dir
 
     if args.target_file and not args.project_dir:
         try:
             return find_project_dir()
-        except FileNotFoundError:
+        except ProjectNotFound:
             return None
     return find_project_dir(Path(args.project_dir) if args.project_dir else None)
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.pod import health
 from copilot_fleet.local.plan import HOST, Service
 
@@ -32,7 +33,7 @@ class ProbeResult:
     detail: str  # the server's version, PONG, or what went wrong
 
 
-class JsonRpcError(RuntimeError):
+class JsonRpcError(FleetError, RuntimeError):
     """A CLI server (or HAProxy in front of one) that did not complete the round trip; the message says why."""
 
 

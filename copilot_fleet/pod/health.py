@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from copilot_fleet.argtypes import positive, secret_from_file_or_env
+from copilot_fleet.errors import FleetError
 
 DEFAULT_TIMEOUT = 2.0
 TOKEN_ENV = "COPILOT_CONNECTION_TOKEN"
@@ -47,7 +48,7 @@ MAX_HEADER_LINES = 32
 AUTH_FAILED_CODE = -32002
 
 
-class HealthCheckError(Exception):
+class HealthCheckError(FleetError):
     """Why a check failed; the message is what the one-line report says."""
 
 

@@ -39,6 +39,7 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.rpc import _special_secret_sig, _special_sig_key
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.render import schema_check
 from copilot_fleet.stackfile import as_engine_config, read_stack_config
 
@@ -392,6 +393,10 @@ def masked_outputs(run: ProgramRun) -> dict[str, Any]:
 # Any other kind without a schema is an error.
 CUSTOM_RESOURCES_WITHOUT_SCHEMA = frozenset({("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass")})
 
+class UnknownKubernetesVersion(FleetError, ValueError):
+    """A Kubernetes version without a bundled schema (the message names the versions there are)."""
+
+
 class SchemaValidator:
     """`kubernetes_validate.validate(doc, version, strict=True)`, with each schema loaded once.
 
@@ -408,12 +413,16 @@ class SchemaValidator:
         from kubernetes_validate import utils as kv
 
         self._kv = kv
-        wanted = kv.major_minor(version.removeprefix("v"))
-        supported = [v for v in kv.all_versions() if kv.Version(kv.major_minor(v)) <= kv.Version(wanted)]
         latest = kv.major_minor(kv.latest_version())
-        if not supported or kv.Version(wanted) > kv.Version(latest):
+        try:
+            wanted = kv.Version(kv.major_minor(version.removeprefix("v")))
+        except ValueError:  # not a version at all ('abc')
+            wanted = None
+        supported = [v for v in kv.all_versions() if wanted is not None and kv.Version(kv.major_minor(v)) <= wanted]
+        if not supported or wanted is None or wanted > kv.Version(latest):
             first = kv.major_minor(kv.all_versions()[0])
-            raise ValueError(f"Kubernetes version {version!r} has no bundled schema: use {first} to {latest}")
+            raise UnknownKubernetesVersion(f"Kubernetes version {version!r} has no bundled schema: use {first} to "
+                                           f"{latest}")
         self.version = kv.major_minor(supported[-1])
         self._dir = f"v{supported[-1]}-local" + ("-strict" if strict else "")
         self._validators: dict[tuple[str, str], Any] = {}

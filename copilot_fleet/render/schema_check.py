@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin
 
+from copilot_fleet.errors import FleetError
+
 Check = Callable[[Any], bool]
 
 # Keywords that never make an instance invalid here: annotations, extensions, `$defs` (a place for `$ref`s to point
@@ -30,7 +32,7 @@ _IMPLEMENTED = frozenset({"type", "properties", "additionalProperties", "require
                           "oneOf"})
 
 
-class Unsupported(ValueError):
+class Unsupported(FleetError, ValueError):
     """The schema uses something this compiler does not implement: validate with jsonschema instead."""
 
 

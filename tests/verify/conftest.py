@@ -24,11 +24,6 @@ PATTERNS = ("shared-cli", "shared-session", "per-user")
 PER_USER_USERS = ["alice", "bob-smith"]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # The smoke suite's marker, for tests here that load a smoke test module to test its helpers.
-    config.addinivalue_line("markers", "applies(isolation=(...), platform=(...)): where a smoke check applies")
-
-
 @dataclass
 class RunningFleet:
     project: Project
