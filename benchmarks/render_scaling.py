@@ -155,7 +155,9 @@ def profile_one(users: int) -> dict[str, Any]:
     config, secret = fleet_config(users)
     render.render_config(fleet_config(1)[0], secret, stack="warm")
     profiles = [cProfile.Profile(time.thread_time)]  # CPU time of its own thread: waiting costs nothing
-    run_isolated = render._run_isolated
+    from copilot_fleet.render import mock_engine
+
+    run_isolated = mock_engine._run_isolated
 
     def profiled(*args: Any) -> Any:  # the program runs on a thread of its own: profile it there
         profiles.append(cProfile.Profile(time.thread_time))
@@ -165,7 +167,7 @@ def profile_one(users: int) -> dict[str, Any]:
         finally:
             profiles[-1].disable()
 
-    render._run_isolated = profiled
+    mock_engine._run_isolated = profiled
     with tempfile.TemporaryDirectory() as tmp:
         profiles[0].enable()
         result = render.render_config(config, secret, stack="bench", collect=False)
