@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The one path set-up of the benchmarks. Run as scripts (`python benchmarks/x.py`), they have only benchmarks/ on
+# sys.path, which is how they import each other (`import common`); a script that needs more imports this module
+# first, and it puts the checkout root after benchmarks/: for the fault suite (faults/, which is not installed) and
+# for a checkout without `pip install`. The tests import the benchmarks through pytest's pythonpath instead.
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(1, str(ROOT))
 
 from copilot_fleet.pod import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402

@@ -15,11 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 OPS = ("create", "resume", "send", "delete")
 

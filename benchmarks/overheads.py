@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 TARGETS = {"endpoint": 1.05, "fleet_client": 1.05, "cross_replica_resume": 1.2}
 LABELS = {"endpoint": ("through HAProxy", "direct to a replica"),

@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from faults import report  # noqa: E402
-from faults.runner import FULL, QUICK, SCENARIOS, run_all  # noqa: E402
+from common import ROOT  # first: it puts the checkout root on sys.path, where the fault suite is
+from faults import report
+from faults.runner import FULL, QUICK, SCENARIOS, run_all
 
 DOC = ROOT / "docs" / "reliability.md"
 

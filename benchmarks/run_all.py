@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import latency  # noqa: E402
-import overheads  # noqa: E402
-import scale  # noqa: E402
+import common
+import latency
+import overheads
+import scale
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 RENDER_TARGET_S = 3.0

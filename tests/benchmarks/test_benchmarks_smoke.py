@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import common  # noqa: E402
-import latency  # noqa: E402
-import overheads  # noqa: E402
-import run_all  # noqa: E402
-import scale  # noqa: E402
+import common
+import latency
+import overheads
+import run_all
+import scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

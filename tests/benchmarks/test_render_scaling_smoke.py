@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import render_scaling  # noqa: E402
+import render_scaling
 
 
 def test_render_scaling_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
