@@ -54,8 +54,8 @@ def _platform_deployer(spec: FleetSpec) -> Deployer:
         try:
             from copilot_fleet.components.azure import deploy_azure
         except ImportError as exc:  # the Azure components are a separate part of the project
-            raise RuntimeError(f"fleet:platform azure needs copilot_fleet.components.azure.deploy_azure, which cannot be "
-                               f"imported here ({exc}); use platform kubernetes or install the Azure components"
+            raise RuntimeError(f"fleet:platform azure needs copilot_fleet.components.azure.deploy_azure, which cannot "
+                               f"be imported here ({exc}); use platform kubernetes or install the Azure components"
                                ) from exc
         return deploy_azure
     return _deploy_kubernetes

@@ -100,7 +100,8 @@ def _check_quantity(value: str) -> str:
     return value
 
 
-Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
+Quantity = Annotated[str,
+                     BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
                      AfterValidator(_check_quantity)]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -17,6 +17,7 @@ import yaml
 
 from copilot_fleet.errors import FleetError, ProjectNotFound, StackFileError
 from copilot_fleet.spec import NAMESPACE, OFFLINE_SECRET, FleetSpec, RawConfig, load_spec, namespace_values
+
 _STACK_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
 

@@ -15,6 +15,7 @@ process started is stopped by PID):
 - bad_input.bad_input            bad session ids, other users' ids, broken target files, wrong credentials
 - secrets_audit.secrets_audit    no secret in state files, logs, process arguments or rendered manifests
 
-`runner.run_all` runs them in order against one fleet (`fleet_under_test.FleetUnderTest`); `benchmarks/reliability.py` is the one
-command, and writes docs/reliability.md (`report`). tests/faults/ runs the same code at CI sizes.
+`runner.run_all` runs them in order against one fleet (`fleet_under_test.FleetUnderTest`);
+`benchmarks/reliability.py` is the one command, and writes docs/reliability.md (`report`). tests/faults/ runs the
+same code at CI sizes.
 """

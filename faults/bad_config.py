@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faults.fleet_under_test import FleetUnderTest, fleet_env, free_port_block, write_project, write_stack
+from copilot_fleet.pod.ports import free_port_block
+from faults.fleet_under_test import FleetUnderTest, fleet_env, write_project, write_stack
 from faults.measure import ScenarioResult
 
 DROP = "__drop__"

@@ -7,6 +7,7 @@ snapshotted before and after every case (paths, sizes, modification times, modes
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -28,10 +29,10 @@ from copilot_fleet.client import (
     ReplicaUnavailable,
     new_session_id,
 )
+from copilot_fleet.target import Target, TargetError, load_target
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, reply_watching, snapshot_tree, tree_changes
-from copilot_fleet.target import Target, TargetError, load_target
 
 BAD_SESSION_IDS = {
     "empty": "",
@@ -82,7 +83,7 @@ async def bad_input(fleet: FleetUnderTest, workdir: Path) -> ScenarioResult:
         cases: list[Case] = []
         for label, bad in BAD_SESSION_IDS.items():
             cases.append(Case(f"resume id {label}", "session id",
-                              lambda bad=bad: mallory.resume_session(bad, **SMALL), InvalidSessionId))
+                              functools.partial(mallory.resume_session, bad, **SMALL), InvalidSessionId))
         cases.append(Case("delete id with a slash", "session id",
                           lambda: mallory.delete_session("a/b"), InvalidSessionId, ("'/'",)))
         cases += [
@@ -162,7 +163,7 @@ def _target_file_cases(fleet: FleetUnderTest, workdir: Path) -> list[Case]:
     for label, (body, mentions) in files.items():
         path = workdir / f"target-{label.replace(' ', '-')}.json"
         path.write_text(body)
-        cases.append(Case(f"target file: {label}", "target file", _async(lambda p=path: load_target(p)),
+        cases.append(Case(f"target file: {label}", "target file", _async(functools.partial(load_target, path)),
                           TargetError, (str(path), *mentions)))
     missing = workdir / "no-such-target.json"
     cases.append(Case("target file: missing", "target file", _async(lambda: load_target(missing)), TargetError,

@@ -12,14 +12,15 @@ DOWN and each started one UP again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError
+from copilot_fleet.local import lbstats
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
-from copilot_fleet.local import lbstats
 
 Progress = Callable[[str], None]
 OP_BOUND = 40.0  # seconds: an operation slower than this counts as an unbounded error
@@ -107,10 +108,8 @@ async def replica_flapping(fleet: FleetUnderTest, *, duration: float, workers: i
                 if time.monotonic() - began > OP_BOUND:
                     r.bump("unbounded_ops")
             if sid is not None:
-                try:
+                with contextlib.suppress(Exception):  # cleanup only
                     await fc.delete_session(sid, wait=10)
-                except Exception:  # noqa: BLE001 - cleanup only
-                    pass
 
     async def lb_state(name: str, wanted: str, timeout: float) -> bool:
         """Wait until HAProxy's own health checks report the replica `wanted` (UP / DOWN)."""

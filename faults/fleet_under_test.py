@@ -9,6 +9,7 @@ machine seeing it, and nothing is left mounted once the fleet's processes are go
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,10 +25,10 @@ import yaml
 
 from copilot_fleet.errors import FleetError
 from copilot_fleet.local import probes
-from copilot_fleet.pod import procfs
 from copilot_fleet.local.paths import StatePaths
-from copilot_fleet.pod.ports import free_port_block
 from copilot_fleet.local.supervisor import Supervisor, read_record
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.ports import free_port_block
 from copilot_fleet.target import Target, load_target
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: the fault suite is not installed
@@ -169,10 +170,8 @@ class FleetUnderTest:
         finally:
             for pid in pids:
                 if record is not None and procfs.session_id(pid) == record.pid and procfs.is_alive(pid):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         deadline = time.monotonic() + 10
         while (alive := [p for p in pids if record is not None and procfs.session_id(p) == record.pid
                          and procfs.is_alive(p)]) and time.monotonic() < deadline:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionNotFound
+from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, Janitor, last_activity
+from copilot_fleet.sessiondir import LOCKS_DIR, WORKSPACE, is_session_id
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
-from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, LOCKS_DIR, Janitor, last_activity
-from copilot_fleet.sessiondir import WORKSPACE, is_session_id
 
 Progress = Callable[[str], None]
 DAY = 86400
@@ -56,9 +56,7 @@ def _eligible(state: Path) -> set[tuple[str, str]]:
     locks = state / LOCKS_DIR
     for lock in locks.glob("*.lock") if locks.is_dir() else []:
         sid = lock.name[: -len(".lock")]
-        if ("session", sid) in due:
-            due.add(("lock", sid))
-        elif not (state / sid).exists() and now - lock.stat().st_mtime >= DEFAULT_LOCK_GRACE:
+        if ("session", sid) in due or not (state / sid).exists() and now - lock.stat().st_mtime >= DEFAULT_LOCK_GRACE:
             due.add(("lock", sid))
     return due
 
@@ -81,7 +79,7 @@ async def janitor_live(fleet: FleetUnderTest, *, rounds: int, budget: float,
             open_handles = []
             failed_before = len(r.failed_checks)
             try:
-                async def made(purpose: str) -> str:
+                async def made(purpose: str, fc: FleetClient = fc, k: int = k) -> str:
                     s = await fc.create_session(purpose, **SMALL)
                     await reply_watching(s, f"remember: {purpose}{k}")
                     await s.close()
@@ -110,10 +108,11 @@ async def janitor_live(fleet: FleetUnderTest, *, rounds: int, budget: float,
                 report = await Janitor(state, TTL, leases=leases).run()
                 r.time("pass", time.monotonic() - started, "one janitor pass over the shared session-state")
                 r.runs += 1
-                actions = {(i.kind, i.name): i.action for i in report.items}
+                actions: dict[tuple[str, str], str] = {(i.kind, i.name): i.action for i in report.items}
                 r.check(f"round {k}: the pass finished", report.fatal is None, str(report.fatal))
 
-                def expect(kind: str, name: str, wanted: str, gone: bool) -> None:
+                def expect(kind: str, name: str, wanted: str, gone: bool, *, k: int = k, locks: Path = locks,
+                           actions: dict[tuple[str, str], str] = actions) -> None:
                     got = actions.get((kind, name), "not seen")
                     path = (state / name) if kind == "session" else (locks / f"{name}.lock")
                     exists = path.exists()

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetClientError, FleetSession, rank_replicas
+from copilot_fleet.sessiondir import EVENTS
 from faults.fleet_under_test import FleetUnderTest, Identity
 from faults.history import check_history
-from copilot_fleet.sessiondir import EVENTS
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
 

@@ -12,6 +12,7 @@ to recover, and the holder's session resumes with its history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -19,10 +20,10 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseLost, LeaseUnavailable
+from copilot_fleet.local import probes
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
-from copilot_fleet.local import probes
 
 Progress = Callable[[str], None]
 
@@ -72,10 +73,8 @@ def _restore(fleet: FleetUnderTest, mode: str) -> None:
     sup = fleet.supervisor
     info = sup.processes().get("redis", {})
     if mode == "frozen" and info.get("pid"):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(info["pid"]), signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     elif mode == "stopped" and info.get("statename") not in ("RUNNING", "STARTING"):
         sup.start_process("redis")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from faults import bad_config
 from faults.bad_input import bad_input
-from faults.fleet_under_test import FleetUnderTest
 from faults.flapping import replica_flapping
+from faults.fleet_under_test import FleetUnderTest
 from faults.janitor_run import janitor_live
 from faults.kill import sigkill_mid_turn
 from faults.lease_store import redis_outage

@@ -2,7 +2,8 @@
 
 Where secrets may be: the 0600 files under `secrets/`, and the 0600 files that must carry them to a program
 (target.json, config/supervisord.conf - the CLI servers' environment -, config/redis.conf - requirepass -,
-config/haproxy.cfg - the health check's connection token -, config/janitor-redis-url - the janitor's lease store). Everything else is searched for every secret value
+config/haproxy.cfg - the health check's connection token -, config/janitor-redis-url - the janitor's lease store).
+Everything else is searched for every secret value
 (byte for byte, binary files included): the rest of the state directory (fleet.json, supervisord.json, every
 log: supervisord, each program, each CLI's own logs, the session-state files, each replica's SQLite session store,
 Redis' append-only files), the command line of every process on the machine (`/proc/*/cmdline`, what `ps` shows),
@@ -37,7 +38,8 @@ def _holders(root: Path) -> set[Path]:
     return {root / rel for rel in ALLOWED_HOLDERS} | set((root / "secrets").glob("*"))
 
 
-def secrets_audit(fleet: FleetUnderTest, *, render: bool = True, extra_files: list[Path] | None = None) -> ScenarioResult:
+def secrets_audit(fleet: FleetUnderTest, *, render: bool = True,
+                  extra_files: list[Path] | None = None) -> ScenarioResult:
     r = ScenarioResult("secrets", "Secrets audit", run_unit="places searched")
     r.target("leaks", max=0, meaning="files or process arguments (outside the secret holders) containing a secret")
     r.target("bad_modes", max=0, meaning="secret holders not 0600, state directories not 0700")
@@ -52,7 +54,7 @@ def secrets_audit(fleet: FleetUnderTest, *, render: bool = True, extra_files: li
     if not fleet.paths.run_dir.is_relative_to(root):
         trees.append(fleet.paths.run_dir)
     for tree in trees:
-        for dirpath, dirnames, filenames in os.walk(tree):
+        for dirpath, _dirnames, filenames in os.walk(tree):
             d = Path(dirpath)
             mode = stat.S_IMODE(d.stat().st_mode)
             r.bump("directories checked")

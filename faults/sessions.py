@@ -9,6 +9,7 @@ With SDK 1.0.25 alone, a turn on a CLI server that dies returns only at its time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import stat
@@ -58,10 +59,9 @@ async def close_quietly(session: FleetSession | None) -> None:
     """Detach and release the lease; a dead server makes detaching fail, which is expected here."""
     if session is None:
         return
-    try:
+    # A failure is expected and harmless: the lease is released in close()'s finally block either way.
+    with contextlib.suppress(Exception):
         await asyncio.wait_for(session.close(), 30)
-    except Exception:  # noqa: BLE001 - the lease is released in close()'s finally block either way
-        pass
 
 
 @dataclass(frozen=True)

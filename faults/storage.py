@@ -20,15 +20,17 @@ What counts (checked after every fault, once the space is back or the mount is g
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, FleetSession, SessionNotFound, is_storage_error
+from copilot_fleet.sessiondir import EVENTS
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
-from copilot_fleet.sessiondir import EVENTS
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching, snapshot_tree, tree_changes
 
@@ -86,11 +88,11 @@ async def storage_faults(fleet: FleetUnderTest, *, free_pages: tuple[int, ...] =
     return r.finish()
 
 
-async def _outcome(r: ScenarioResult, what: str, call: Callable[[], object], timeout: float) -> object:
+async def _outcome(r: ScenarioResult, what: str, call: Callable[[], Awaitable[object]], timeout: float) -> object:
     """Run one operation under the fault; classify its failure as clear or not. Returns the result or the error."""
     started = time.monotonic()
     try:
-        result = await asyncio.wait_for(call(), timeout)  # type: ignore[arg-type]
+        result = await asyncio.wait_for(call(), timeout)
     except Exception as exc:  # noqa: BLE001
         r.error(exc)
         r.time("error", time.monotonic() - started, "until an operation under the fault failed")
@@ -164,12 +166,13 @@ async def _full(fleet: FleetUnderTest, fc: FleetClient, state: Path, free_pages:
             known_before = set(user_dirs(view, fc.user))
             # a new session and its first turn
             created = await _outcome(r, f"create with {left} free page(s)",
-                                     lambda: fc.create_session(f"full{n}", **SMALL), reply_timeout)
+                                     functools.partial(fc.create_session, f"full{n}", **SMALL), reply_timeout)
             new_words: dict[str, str] = {}
             if isinstance(created, FleetSession):
                 word = f"new{n}"
                 answer = await _outcome(r, f"first turn with {left} free page(s)",
-                                        lambda: reply_watching(created, f"remember: {word}", timeout=reply_timeout),
+                                        functools.partial(reply_watching, created, f"remember: {word}",
+                                                          timeout=reply_timeout),
                                         reply_timeout + 5)
                 if isinstance(answer, str):
                     new_words[created.session_id] = word
@@ -181,7 +184,8 @@ async def _full(fleet: FleetUnderTest, fc: FleetClient, state: Path, free_pages:
             if isinstance(resumed, FleetSession):
                 word = f"old{n}"
                 answer = await _outcome(r, f"turn of an existing session with {left} free page(s)",
-                                        lambda: reply_watching(resumed, f"remember: {word}", timeout=reply_timeout),
+                                        functools.partial(reply_watching, resumed, f"remember: {word}",
+                                                          timeout=reply_timeout),
                                         reply_timeout + 5)
                 if isinstance(answer, str):
                     old_words.append(word)
@@ -195,10 +199,8 @@ async def _full(fleet: FleetUnderTest, fc: FleetClient, state: Path, free_pages:
             debris = [d for d in new_ids if d not in listed and d not in ghosts]
             r.bump("debris_dirs", len(debris))
             for d in new_ids:
-                try:
+                with contextlib.suppress(SessionNotFound):
                     await fc.delete_session(d, wait=5)
-                except SessionNotFound:
-                    pass
             leftover = [d for d in new_ids if (view / d).exists()]
             r.check(f"delete_session removes what run {n} left behind", not leftover, str(leftover))
             again = await fc.resume_session(old_sid, wait=5, **SMALL)

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from copilot_fleet.client import ClientPool, FleetClient, SessionInUse
+from copilot_fleet.sessiondir import EVENTS, INUSE_HOLD_GLOB
+from copilot_fleet.target import Target
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
-from copilot_fleet.sessiondir import EVENTS, INUSE_HOLD_GLOB
 from faults.measure import ScenarioResult
 from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
-from copilot_fleet.target import Target
 
 Progress = Callable[[str], None]
 
@@ -126,7 +126,7 @@ async def two_writers(fleet: FleetUnderTest, *, rounds: int, sessions: int, budg
 
             for u in users:
                 spans = sorted(intervals[u])
-                overlaps = sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+                overlaps = sum(1 for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1])
                 if overlaps:
                     r.bump("double_attach", overlaps)
                 r.check(f"attachments of {sids[u]} never overlap", not overlaps, f"{overlaps} overlap(s)")

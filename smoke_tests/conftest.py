@@ -403,10 +403,8 @@ class RawSdk:
 
     async def close(self) -> None:
         for client in self.clients:
-            try:
+            with contextlib.suppress(Exception):
                 await client.force_stop()  # force_stop: no 1 s thread join per client
-            except Exception:
-                pass
 
 
 @pytest.fixture

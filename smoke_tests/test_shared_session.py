@@ -9,6 +9,7 @@ session kept: one `session.start`, the user turns in the order they were sent, e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import selectors
 import subprocess
@@ -90,10 +91,8 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
         # Delete while still members (membership is what authorizes it), then drop the membership.
         for handle in a.open_sessions + b.open_sessions:
             await handle.close()
-        try:
+        with contextlib.suppress(SessionNotFound):
             await a.delete_session(session_id, wait=timeout)
-        except SessionNotFound:
-            pass
         fleet.forget(session_id)
         await a.members.remove_members(name, [alice, bob, carol])
 
@@ -108,8 +107,8 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
             await session.reply(f"remember: {words[user]}", timeout=timeout)
             return session
 
-        async def race() -> list[Any]:
-            return await asyncio.gather(write(a, alice), write(b, bob), return_exceptions=True)
+        async def race() -> list[FleetSession | BaseException]:
+            return list(await asyncio.gather(write(a, alice), write(b, bob), return_exceptions=True))
 
         results = fleet.run(race())
         winners = [(u, r) for u, r in zip((alice, bob), results, strict=True) if isinstance(r, FleetSession)]

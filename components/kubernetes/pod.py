@@ -175,7 +175,8 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         },
         "lifecycle": {"pre_stop": {"exec": {"command": [
             "/bin/sh", "-c",
-            f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.pod.drain --session-state {SESSION_STATE} "
+            f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.pod.drain "
+            f"--session-state {SESSION_STATE} "
             f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
         "volume_mounts": [

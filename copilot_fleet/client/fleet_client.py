@@ -26,7 +26,7 @@ from .creates import CreateRequests
 from .draining import DrainingReplicas
 from .errors import AccessDenied, FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionNotFound
 from .handle import FleetSession, translate_sdk_error
-from .ids import SessionIdParts, validate_id_part, new_session_id, parse_session_id, shared_session_id
+from .ids import SessionIdParts, new_session_id, parse_session_id, shared_session_id, validate_id_part
 from .lease import DEFAULT_TTL_SECONDS, Lease, LeaseManager
 from .options import InfiniteSessions, infinite_sessions_option
 from .ownership import MembershipStore, RedisMembership, check_access

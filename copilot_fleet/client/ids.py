@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from copilot_fleet.sessiondir import MAX_SESSION_ID_LENGTH
+from copilot_fleet.sessiondir import MAX_SESSION_ID_LENGTH as MAX_SESSION_ID_LENGTH
 from copilot_fleet.sessiondir import SESSION_ID_CHARS_DESCRIPTION as ALLOWED_DESCRIPTION
 
 from .errors import InvalidSessionId

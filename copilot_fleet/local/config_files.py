@@ -186,4 +186,4 @@ backend {HAPROXY_BACKEND}
     tcp-check expect rstring "\\"ok\\":true"
     default-server check inter {CHECK_INTERVAL} fall {CHECK_FALL} rise {CHECK_RISE}
 {servers}
-"""
+"""  # noqa: E501 - the haproxy.cfg as written, comment lines included

@@ -8,6 +8,7 @@ what it started. On a fleet that already runs it changes nothing, except startin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,18 +22,17 @@ from pathlib import Path
 from typing import TextIO
 
 from copilot_fleet.local import lbstats, probes
-
-from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
+from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.local.operate import drained_servers, restore_rotation
 from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
-from copilot_fleet.pod.ports import port_holder, port_is_free
-from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
-from copilot_fleet.local.operate import drained_servers, restore_rotation
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.ports import port_holder, port_is_free
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.topology import Topology, build_topology
 
@@ -199,10 +199,8 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, env: Mapping[str, str],
@@ -235,10 +233,8 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
                             announce=bool(to_start))
     except LocalFleetError:
         for name in to_start:  # stop what this call started; leave the rest of the running fleet alone
-            try:
+            with contextlib.suppress(OSError, xmlrpc.client.Error):
                 supervisor.stop_process(name)
-            except (OSError, xmlrpc.client.Error):
-                pass
         raise
     if not paths.target_file.is_file():
         write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
@@ -252,8 +248,9 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
 
 def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, str], deadline: float, out: TextIO,
                 proc: subprocess.Popen[bytes] | None, announce: bool = True) -> dict[str, float]:
-    """Probe every service until it answers and supervisord counts it RUNNING, printing each as it becomes ready. A program supervisord gave up on
-    (FATAL), a dead supervisord or the deadline ends the wait with the log tail of what is not ready."""
+    """Probe every service until it answers and supervisord counts it RUNNING, printing each as it becomes ready.
+    A program supervisord gave up on (FATAL), a dead supervisord or the deadline ends the wait with the log tail of
+    what is not ready."""
     began = time.monotonic()
     pending: dict[str, Service] = {s.name: s for s in plan.services}
     last: dict[str, str] = {}

@@ -33,11 +33,11 @@ import redis
 
 from copilot_fleet.client.draining import clear_draining, mark_draining
 from copilot_fleet.local import lbstats, probes
-from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HAPROXY_PROGRAM, Service, load_manifest
+from copilot_fleet.pod import procfs
 from copilot_fleet.pod.drain import turn_in_flight, wait_idle
 from copilot_fleet.pod.wear import measure
 from copilot_fleet.sessiondir import attached_dirs

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from copilot_fleet.errors import FleetError
-from copilot_fleet.pod import health
 from copilot_fleet.local.plan import HOST, Service
+from copilot_fleet.pod import health
 
 DEFAULT_TIMEOUT = 2.0
 # Straight to 127.0.0.1, whatever HTTP_PROXY says.

@@ -10,19 +10,19 @@ longer the server's).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from copilot_fleet.local import lbstats, probes
-
-from copilot_fleet.pod import procfs
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import Service, load_manifest
 from copilot_fleet.local.stack import not_local_message, stack_platform
+from copilot_fleet.pod import procfs
 from copilot_fleet.sessiondir import attached_dirs, session_dirs
 
 
@@ -71,10 +71,8 @@ def _secret_values(paths: StatePaths, services: list[Service]) -> dict[str, str]
     names = {n for s in services for n in (s.token_secret, s.password_secret) if n}
     values = {}
     for name in names:
-        try:
+        with contextlib.suppress(OSError):
             values[name] = paths.secret_file(name).read_text().strip()
-        except OSError:
-            pass
     return values
 
 

@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from copilot_fleet.argtypes import secret_from_file_or_env, seconds_between
+from copilot_fleet.argtypes import seconds_between, secret_from_file_or_env
 from copilot_fleet.sessiondir import EVENTS, INUSE_HOLD_GLOB, LOCKS_DIR, WORKSPACE, is_session_id, operation_lock
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Report:
 
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        done = "would-remove" if self.dry_run else "removed"
+        done: Action = "would-remove" if self.dry_run else "removed"
         text = (f"janitor {self.state_dir}: {verb} {self.count(done, 'session')} session(s) and "
                 f"{self.count(done, 'lock')} lock file(s); kept {self.count('kept')} younger than "
                 f"{_human(self.ttl_seconds)}; skipped {self.count('skipped')} attached/in use; "

@@ -45,7 +45,7 @@ def plain(value: Any, mask: bool = True) -> Any:
 
 def to_manifest(reg: Registration, mask: bool = True) -> dict[str, Any]:
     """The Kubernetes object a registration stands for (its inputs are the object: apiVersion, kind, metadata, ...)."""
-    doc = plain(reg.inputs, mask)
+    doc: dict[str, Any] = plain(reg.inputs, mask)
     if mask and doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
         # A Secret's data is secret whether or not the program marked it so.
         for key in ("data", "stringData"):

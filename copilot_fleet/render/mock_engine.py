@@ -148,7 +148,8 @@ def deserialize_inputs(struct: Any) -> dict[str, Any]:
     try:
         return _plain_struct(struct)
     except _NotPlain:
-        return rpc.deserialize_properties(struct)
+        inputs: dict[str, Any] = rpc.deserialize_properties(struct)
+        return inputs
 
 
 def _plain_struct(struct: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ SafeDumper writes (through libyaml where that gives the same bytes, about 5 time
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,8 @@ class _ManifestRepresenter:
             if kind is dict:
                 items = list(data.items())
                 if self.sort_keys:  # type: ignore[attr-defined]
-                    try:
+                    with contextlib.suppress(TypeError):
                         items = sorted(items)
-                    except TypeError:
-                        pass
                 for k, v in items:
                     if self.libyaml_safe and not (type(k) is str and 0 < len(k) <= 100):
                         raise _NeedsPythonEmitter
@@ -106,7 +105,7 @@ def _plain(node: Any) -> bool:
     return isinstance(node, yaml.ScalarNode) and not node.style
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+def _represent_str(dumper: yaml.representer.SafeRepresenter, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
@@ -118,7 +117,7 @@ class _ManifestDumper(_ManifestRepresenter, yaml.SafeDumper):
 _ManifestDumper.add_representer(str, _represent_str)
 _LibyamlDumper: Any = None
 if hasattr(yaml, "CSafeDumper"):  # PyYAML built with libyaml: its emitter is about 5 times faster
-    class _LibyamlManifestDumper(_ManifestRepresenter, yaml.CSafeDumper):  # type: ignore[misc, name-defined]
+    class _LibyamlManifestDumper(_ManifestRepresenter, yaml.CSafeDumper):
         libyaml_safe = True
 
     _LibyamlManifestDumper.add_representer(str, _represent_str)

@@ -387,7 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as err:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(err), "invalid_request") from None
         reply: Answer = answer(turns)
-        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else self.server.model
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) and asked else self.server.model
         self._note.update(model=model, stream=str(stream).lower(), turns=len(turns), command=reply.command)
         if reply.sleep_seconds > 0:
             self.server.stopping.wait(reply.sleep_seconds)  # woken early by shutdown

@@ -1,9 +1,9 @@
-"""Fixtures of the Azure platform tests: mocked program runs with Azure's answers (see tests/helpers/azure_mock_engine.py)."""
+"""Fixtures of the Azure platform tests: mocked program runs with Azure's answers (see
+tests/helpers/azure_mock_engine.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -14,16 +14,17 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
-from copilot_fleet.components.azure import offline
-from copilot_fleet.components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME
-from copilot_fleet.components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet import render
+from copilot_fleet.components.azure import offline
+from copilot_fleet.components.azure.secret_sync import CLIENT_ID_ANNOTATION
+from copilot_fleet.components.azure.secret_sync import NAME as SYNC_NAME
+from copilot_fleet.components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import load_stack_spec
 from copilot_fleet.target import parse_target
 from copilot_fleet.topology import build_topology
+from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
 AZ = "azure-native:"
 SHARED = ("azure-shared-cli", "azure-shared-session")

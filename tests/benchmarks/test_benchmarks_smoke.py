@@ -5,7 +5,6 @@ the machine is shared and the figures are what the benchmark is for.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path

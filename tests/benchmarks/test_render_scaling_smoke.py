@@ -3,7 +3,6 @@ run, the SDK floor, the profile, the whole command) and the report has its table
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest

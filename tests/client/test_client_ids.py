@@ -130,6 +130,7 @@ def test_property_many_generated_ids_round_trip_and_obey_cli_rules() -> None:
         sid = new_session_id(user, purpose, now=ts)
         assert CLI_ID_RE.fullmatch(sid), sid
         parts = parse_session_id(sid)
+        assert parts.created_at is not None, sid
         assert (parts.owner, parts.purpose, int(parts.created_at.timestamp())) == (user, purpose, ts), sid
         # Any other user's id never parses to this owner.
         other = user + rng.choice(ALLOWED)

@@ -33,7 +33,7 @@ def manager(server: RedisServer, ttl: float = 5.0, password: str | None = None) 
     return LeaseManager.from_url(url, ttl=ttl, timeout=0.5)
 
 
-async def raw_get(server: RedisServer, key: str) -> bytes | None:
+async def raw_get(server: RedisServer, key: str) -> bytes | str | None:
     async with aioredis.Redis(port=server.port, password=server.password) as client:
         return await client.get(key)
 

@@ -20,8 +20,8 @@ import pytest
 from faults import runner
 from faults.bad_config import bad_config_while_running
 from faults.bad_input import bad_input
-from faults.fleet_under_test import FleetUnderTest
 from faults.flapping import replica_flapping
+from faults.fleet_under_test import FleetUnderTest
 from faults.janitor_run import janitor_live
 from faults.kill import sigkill_mid_turn
 from faults.lease_store import redis_outage
@@ -230,8 +230,9 @@ def test_a_full_disk_leaves_no_ghost_session(storage: ScenarioResult) -> None:
 
 
 def test_every_storage_failure_names_its_cause(storage: ScenarioResult) -> None:
-    """CLI 1.0.102 never answers a turn on a resumed session whose session-state is read-only or full to the last page
-    (finding 5); the fleet client names the cause at the turn's timeout (SessionStateUnwritable, client/write_check.py)."""
+    """CLI 1.0.102 never answers a turn on a resumed session whose session-state is read-only or full to the last
+    page (finding 5); the fleet client names the cause at the turn's timeout (SessionStateUnwritable,
+    client/write_check.py)."""
     assert storage.targets["unclear_errors"].value == 0, storage.summary()
     assert storage.counts.get("clear_errors", 0) >= 4  # both creates and both silent turns, at least
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from copilot_fleet.client import rank_replicas
 from faults import report
 from faults.bad_config import CASES, local_values, merged
 from faults.history import check_history, turn_contents
 from faults.kill import users_by_primary
 from faults.measure import ScenarioResult, median, percentile
 from faults.sessions import recalled_words, snapshot_tree, tree_changes
-from copilot_fleet.client import rank_replicas
 
 
 def test_percentile_is_nearest_rank() -> None:

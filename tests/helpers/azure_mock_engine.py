@@ -1,21 +1,20 @@
 """The mock engine for the Azure platform tests (the fixtures are in tests/azure/conftest.py).
 
 Runs programs through the project's offline harness (`copilot_fleet.render.run_program`: a fresh Pulumi runtime
-per run) with mocks that also answer what Azure would (`copilot_fleet.components.azure.offline`): ARM ids, names, the Redis host,
-identity ids, the OIDC issuer, and the invokes (client config, kubeconfig, Redis and storage keys).
+per run) with mocks that also answer what Azure would (`copilot_fleet.components.azure.offline`): ARM ids, names,
+the Redis host, identity ids, the OIDC issuer, and the invokes (client config, kubeconfig, Redis and storage keys).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pulumi
 
-from copilot_fleet.components.azure import offline
 from copilot_fleet import render
+from copilot_fleet.components.azure import offline
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 AZURE_STACKS = ("azure-shared-cli", "azure-shared-session", "azure-per-user")

@@ -7,6 +7,7 @@ Every test project lives in a temp dir with its own ports, so the tests never to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,14 +21,17 @@ from typing import Any
 
 import yaml
 
-# The environment `copilot-fleet` runs with (the project's CLI and its warm cache) and a throwaway project: the
-# fault suite's. PROJECT_CLI is re-exported for the test folders.
-from faults.fleet_under_test import PROJECT_CLI, fleet_env, write_project  # noqa: F401
-from copilot_fleet.pod import procfs
-from copilot_fleet.pod.ports import free_port_block  # noqa: F401  (re-exported for the test folders)
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.supervisor import read_record
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.ports import free_port_block as free_port_block  # re-exported for the test folders
 from copilot_fleet.target import Target, load_target
+
+# The environment `copilot-fleet` runs with (the project's CLI and its warm cache) and a throwaway project: the
+# fault suite's. PROJECT_CLI is re-exported for the test folders.
+from faults.fleet_under_test import PROJECT_CLI as PROJECT_CLI
+from faults.fleet_under_test import fleet_env as fleet_env
+from faults.fleet_under_test import write_project
 
 
 @dataclass
@@ -72,7 +76,8 @@ class Project:
 
     def run_ok(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         proc = self.run(*args, env=env)
-        assert proc.returncode == 0, f"copilot-fleet {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, (f"copilot-fleet {' '.join(args)} failed ({proc.returncode}):\n"
+                                      f"{proc.stdout}\n{proc.stderr}")
         return proc
 
     def status(self, stack: str) -> dict[str, Any]:
@@ -93,10 +98,8 @@ class Project:
     def kill_everything(self, stack: str) -> None:
         """Teardown fallback: SIGKILL whatever of the fleet `down` left."""
         for pid in self.fleet_pids(stack):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def teardown(self, stack: str) -> None:
         try:

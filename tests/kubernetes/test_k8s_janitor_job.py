@@ -25,7 +25,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from copilot_fleet.client.lease import LEASE_KEY_PREFIX
-from copilot_fleet.pod.janitor import LOCKS_DIR, build_parser
+from copilot_fleet.pod.janitor import build_parser
+from copilot_fleet.sessiondir import LOCKS_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 DOCKERFILE = PROJECT_DIR / "images" / "cli" / "Dockerfile"
@@ -85,7 +86,9 @@ def test_the_lease_store_url_reaches_the_janitor_only_as_a_secret_file(make_flee
     assert secret["stringData"] == {"redis-url": redis_url}  # the target's URL: in-cluster or external
     assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "janitor"
     (pod,) = janitor_pods(fleet, kube).values()
-    path, volume = lease_store_file(pod)
+    found = lease_store_file(pod)
+    assert found is not None
+    path, volume = found
     assert volume["secretName"] == JANITOR_SECRET
     assert volume["items"] == [{"key": "redis-url", "path": path.rsplit("/", 1)[1]}]
     assert volume["mount"]["readOnly"] is True
@@ -159,7 +162,7 @@ def image_site(root: Path) -> Path:
         for top in {f.parts[0] for f in dist.files or []}:
             if top.endswith((".dist-info", ".egg-info")) or top in ("..", "__pycache__") or (site / top).exists():
                 continue
-            (site / top).symlink_to(dist.locate_file(top))
+            (site / top).symlink_to(str(dist.locate_file(top)))
     (site / "copilot_fleet").symlink_to(PROJECT_DIR / "copilot_fleet")
     return site
 
@@ -208,7 +211,9 @@ def shared_job(make_fleet, kube) -> tuple[list[str], dict[str, str], list[dict[s
     (c,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
-    url_file, _ = lease_store_file(pod)
+    found = lease_store_file(pod)
+    assert found is not None
+    url_file, _ = found
     return c["command"], {"sessions": mounts[claim_volume], "url": url_file}, c["env"]
 
 
@@ -238,8 +243,10 @@ def test_the_command_removes_idle_sessions_under_leases_in_the_image(shared_job,
     command, paths, env = shared_job
     site = image_site(tmp_path)
     port, password = free_port(), "janitor-test-pw"
+    redis_server = shutil.which("redis-server")
+    assert redis_server is not None
     server = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

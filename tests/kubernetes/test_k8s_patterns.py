@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,8 @@ def test_per_user_gives_each_user_their_own_everything(make_fleet, kube):
         # ... and that Service selects no other user's pod
         for other in cli_sets(fleet, kube):
             if other is not sts:
-                assert not kube.matches(services[0]["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"])
+                labels = other["spec"]["template"]["metadata"]["labels"]
+                assert not kube.matches(services[0]["spec"]["selector"], labels)
         per_user[user]["service"] = services[0]["metadata"]["name"]
     assert set(per_user) == set(users)
     for key in ("sts", "claim", "token_secret", "service"):
@@ -180,7 +182,8 @@ def test_redis_exactly_where_the_pattern_needs_it(make_fleet, kube, pattern, ove
 
 
 def _policies_for(fleet, kube, pod_labels):
-    return [p for p in fleet.of_kind("NetworkPolicy") if kube.matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
+    return [p for p in fleet.of_kind("NetworkPolicy")
+            if kube.matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
 
 
 def _admits(policy, kube, client_labels, port):
@@ -219,8 +222,8 @@ def test_network_policies_admit_only_clients(make_fleet, kube):
 
 def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube):
     fleet = make_fleet("per-user", clientSelector={"app": "chat"})
-    servers = {s["spec"]["template"]["metadata"]["labels"]["copilot-fleet/user"]: s["spec"]["template"]["metadata"]["labels"]
-               for s in cli_sets(fleet, kube)}
+    labels = [s["spec"]["template"]["metadata"]["labels"] for s in cli_sets(fleet, kube)]
+    servers = {label["copilot-fleet/user"]: label for label in labels}
     for user, labels in servers.items():
         for client_user in servers:
             client = {"app": "chat", "copilot-fleet/user": client_user}
@@ -302,7 +305,8 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
     for probe in ("readinessProbe", "livenessProbe"):
         # a real JSON-RPC round trip, not a TCP connect: a server that accepts but never answers fails it
         command = cli[probe]["exec"]["command"]
-        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"] and command[command.index("--port") + 1] == "4400"
+        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"]
+        assert command[command.index("--port") + 1] == "4400"
     assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
@@ -354,7 +358,8 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
             term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
             assert term["topologyKey"] == "kubernetes.io/hostname"
             owners = [s for s in cli_sets(fleet, kube) if claim in str(s["spec"]["template"]["spec"]["volumes"])]
-            assert kube.matches(term["labelSelector"]["matchLabels"], owners[0]["spec"]["template"]["metadata"]["labels"])
+            owner_labels = owners[0]["spec"]["template"]["metadata"]["labels"]
+            assert kube.matches(term["labelSelector"]["matchLabels"], owner_labels)
     assert janitor_claims == claims_used_by_servers
 
 
@@ -413,7 +418,7 @@ def test_outputs_are_the_target(make_fleet, kube, pattern):
 
 def test_program_exports_each_target_key(make_fleet):
     """run() exports one stack output per target key, the same values it returns."""
-    seen: dict = {}
+    seen: dict[str, Any] = {}
 
     def program():
         from pulumi.runtime import settings
@@ -421,9 +426,9 @@ def test_program_exports_each_target_key(make_fleet):
         from copilot_fleet.program import TARGET_KEYS, run
 
         exported = run()
-        root = settings.get_root_resource()
+        root: Any = settings.get_root_resource()  # the Stack resource: its outputs are not public API
         assert root is not None
-        seen["stack_outputs"] = sorted(getattr(root, "outputs"))
+        seen["stack_outputs"] = sorted(root.outputs)
         seen["keys"] = TARGET_KEYS
         return exported
 

@@ -9,9 +9,9 @@ import socket
 import stat
 from pathlib import Path
 
-import tests.helpers.local_fleet as h
 import pytest
 
+import tests.helpers.local_fleet as h
 from copilot_fleet import CLI_VERSION
 from copilot_fleet.pod import procfs
 

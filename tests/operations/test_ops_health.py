@@ -138,7 +138,7 @@ def test_bad_arguments_are_refused() -> None:
         check("127.0.0.1:1", None, timeout=0)
 
 
-def test_token_from_file_wins_over_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_token_from_file_wins_over_environment(tmp_path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     assert read_token(str(token_file), {"COPILOT_CONNECTION_TOKEN": "from-env"}) == "from-file"
@@ -155,7 +155,7 @@ def _probe(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
                           capture_output=True, text=True, timeout=30)
 
 
-def test_command_line_probe_exit_codes_and_one_line(ops_fleet: OpsFleet, silent: SilentServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_command_line_probe_exit_codes_and_one_line(ops_fleet: OpsFleet, silent: SilentServer, tmp_path) -> None:
     port = str(ops_fleet.a.port)
     ok = _probe("--host", "127.0.0.1", "--port", port, env={"COPILOT_CONNECTION_TOKEN": ops_fleet.token})
     assert ok.returncode == 0, ok.stdout + ok.stderr

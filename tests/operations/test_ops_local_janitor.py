@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from copilot_fleet.local.config_files import supervisord_conf, tasks_conf
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import build_plan, secret_names
-from copilot_fleet.local.config_files import supervisord_conf, tasks_conf
 from copilot_fleet.local.secrets import FleetSecrets, generate
 from copilot_fleet.local.tools import Tools
 from copilot_fleet.spec import RawConfig, load_spec

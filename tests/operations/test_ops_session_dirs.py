@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from copilot_fleet import sessiondir
 from copilot_fleet.local import status
+from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.plan import Service
 from copilot_fleet.pod import drain
 from copilot_fleet.pod.janitor import Janitor
 
@@ -49,14 +53,30 @@ def test_a_session_is_a_real_directory_named_by_a_session_id(tmp_path: Path) -> 
     assert sessiondir.session_dirs(tmp_path / "missing") == []
 
 
+def status_of_a_stopped_fleet(project: Path, state: Path) -> status.FleetStatus:
+    """`copilot-fleet status` of a (stopped) local fleet whose one CLI server keeps its sessions in `state`."""
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: t\n")
+    service = Service(name="copilot-cli-0", kind="cli", port=4401, port_key="fleet:local.replicaBasePort",
+                      probe="jsonrpc", log=str(project / "cli.log"), session_state=str(state),
+                      shared_session_state=True)
+    manifest = StatePaths(project, "t").manifest
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"stack": "t", "isolation": "shared-cli", "balance": None,
+                                    "uses_test_model": False, "services": [asdict(service)]}))
+    return status.collect(project, "t")
+
+
 def test_the_janitor_and_status_agree_on_what_a_session_is(tmp_path: Path) -> None:
     state = planted(tmp_path)
     age_everything(state, 3 * 86400)
     report = asyncio.run(Janitor(state, 86400, dry_run=True).run())
     judged = sorted(i.name for i in report.items if i.kind == "session" and i.action != "error")
     assert judged == sorted(REAL)
-    assert status.session_dirs is sessiondir.session_dirs  # what `status` counts as sessions on disk
     assert (tmp_path / "elsewhere").is_dir()  # a dry run touches nothing, the link's target least of all
+    fleet = status_of_a_stopped_fleet(tmp_path / "project", state)
+    assert fleet.shared_sessions_on_disk == len(REAL)
+    assert [s.sessions_on_disk for s in fleet.services] == [len(REAL)]
 
 
 def test_attached_sessions_are_read_from_real_session_directories_only(tmp_path: Path) -> None:

@@ -82,8 +82,8 @@ async def _compactions(fleet: FleetClient, provider: dict[str, Any], small: dict
             await asyncio.sleep(0.1)
     finally:
         await session.close()
-    return [str(getattr(e.data.trigger, "value", e.data.trigger)) for e in seen
-            if e.type.value == "session.compaction_start"]
+    triggers = [getattr(e.data, "trigger", None) for e in seen if e.type.value == "session.compaction_start"]
+    return [str(getattr(trigger, "value", trigger)) for trigger in triggers]
 
 
 @pytest.mark.fleet

@@ -93,8 +93,8 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     (site,) = venv.glob("lib/python3*/site-packages")
     (site / "dependencies-of-the-test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    done = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-                           "--disable-pip-version-check", "-q", str(wheel)],
+    done = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--no-deps", "--no-index",
+                           "--ignore-installed", "--disable-pip-version-check", "-q", str(wheel)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return venv

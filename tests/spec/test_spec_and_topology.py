@@ -21,7 +21,7 @@ from copilot_fleet.topology import SHARED_GROUP, build_topology
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def spec_of(secret_keys: set[str] | None = None, **values: object):
+def spec_of(secret_keys: set[str] | None = None, /, **values: object):
     return load_spec(RawConfig(values=values, secret_keys=frozenset(secret_keys or ()), stack="t"))
 
 

@@ -171,8 +171,10 @@ def test_components_and_smoke_tests_are_imported_only_from_inside_the_package() 
     for path in project_sources():
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                     else [node.module or ""] if not node.level else [])
             offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {name}" for name in names
                           if name.split(".")[0] in ("components", "smoke_tests")]
     assert not offenders, "import copilot_fleet.components / copilot_fleet.smoke_tests instead:\n" + "\n".join(
