@@ -34,10 +34,10 @@ def test_every_stack_in_stacks_dir_validates() -> None:
         assert spec.cli_version == CLI_VERSION
 
 
-def test_defaults_follow_the_seeds() -> None:
+def test_defaults() -> None:
     spec = spec_of(isolation="shared-cli", platform="local")
-    assert spec.idle_timeout == 30 * 60  # the seeds' 30-minute idle timeout
-    assert spec.max_sessions_per_replica == 50  # the seeds' SessionManager default
+    assert spec.idle_timeout == 30 * 60  # a 30-minute idle timeout
+    assert spec.max_sessions_per_replica == 50  # sessions attached per server
     assert spec.port == 4321
     assert spec.log_level == "info"
     assert spec.infinite_sessions.background_compaction_threshold == 0.80
@@ -193,23 +193,3 @@ def test_booleans_are_not_numbers(values: dict[str, object], key: str) -> None:
     assert key in str(info.value)
     assert spec_of(isolation="shared-cli", platform="local", allowDebugLogging=True).allow_debug_logging
 
-
-def test_one_definition_of_the_patterns_and_of_which_share_state() -> None:
-    """The spec, the target and the topology take the pattern names and the shared-state rule from one place."""
-    from typing import get_args
-
-    from copilot_fleet.isolation import ISOLATIONS, shares_session_state
-    from copilot_fleet.spec import FleetSpec
-    from copilot_fleet.target import Target
-
-    assert ISOLATIONS == ("per-user", "shared-cli", "shared-session")
-    assert get_args(FleetSpec.model_fields["isolation"].annotation) == ISOLATIONS
-    assert get_args(Target.model_fields["isolation"].annotation) == ISOLATIONS
-    for isolation in ISOLATIONS:
-        users = [{"id": "alice"}] if isolation == "per-user" else []
-        spec = spec_of(isolation=isolation, platform="local", **({"users": users} if users else {}))
-        topology = build_topology(spec)
-        shared = shares_session_state(isolation)
-        assert spec.shares_session_state == topology.shares_session_state == shared
-        assert (topology.lease_store is not None) == shared  # a lease per session wherever session-state is shared
-    assert not shares_session_state("no-such-pattern")
