@@ -179,7 +179,7 @@ def _targets(results: Results) -> str:
                      "" if ok else "the Pulumi SDK's: its per-registration cost under mocks (the SDK floor column) "
                                    "is most of the render; docs/render-benchmark.md splits ours from it"])
     if results.scale is not None:
-        rows.append(["sessions on one replica (no error, p99 send <= 2 s)", "report (seeds' limit 50)",
+        rows.append(["sessions on one replica (no error, p99 send <= 2 s)", "report (50 per server is the usual cap)",
                      str(results.scale.max_ok_sessions), results.scale.stopped_because, ""])
     if not rows:
         return ""
@@ -216,7 +216,7 @@ p99 is close to the maximum).
         parts.append(f"""## Latency on one replica
 
 Each session: create, send (`remember: apple`), disconnect, resume, send (`recall`), disconnect, delete; `n`
-sessions run at once over one SDK client to replica 0 (the seeds' default limit is 50 sessions per server).
+sessions run at once over one SDK client to replica 0 (a usual cap is 50 sessions per server).
 Send is `send_and_wait` until the test model's reply arrives.
 
 {latency.report(results.latency)}

@@ -42,7 +42,7 @@ OFFLINE_SECRET = "offline-placeholder-secret"
 Platform = Literal["kubernetes", "azure", "local"]
 LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
 
-# Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (facts: copilot-runtime.md).
+# Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (measured with CLI 1.0.102).
 PROMPT_LOGGING_LEVELS = frozenset({"debug", "all"})
 
 
@@ -117,7 +117,8 @@ def _check_dns_label(value: str) -> str:
 DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 
 # A user id must be usable in resource names (per-user servers) and in session ids: a DNS label of at most 40
-# characters. It may contain '-', which the fleet client's session ids handle (unlike the seeds' split("-")).
+# characters. It may contain '-', which the fleet client's session ids handle (an owner check that splits an id on
+# '-' would not).
 # 39 at most: the StatefulSet `copilot-user-<id>` must stay within 52 characters (its pods get a revision label).
 _USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,37}[a-z0-9])?$")
 
@@ -245,7 +246,7 @@ class ResourceAmounts(_Section):
 
 
 class ResourcesSpec(_Section):
-    # Idle CLI about 243 MiB, +3.7 MiB per attached session (facts): 512Mi request, 2Gi limit fit the 50-session cap.
+    # Idle CLI about 243 MiB, +3.7 MiB per attached session (CLI 1.0.102): 512Mi request, 2Gi limit fit 50 sessions.
     requests: ResourceAmounts = ResourceAmounts(cpu="250m", memory="512Mi")
     limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
 
@@ -281,7 +282,7 @@ class AzureSpec(_Section):
 
 
 class InfiniteSessionsSpec(_Section):
-    """The seeds' infinite-session settings, passed by the fleet client on create: context-use fractions."""
+    """The SDK's infinite-session settings, passed by the fleet client on create: context-use fractions."""
 
     enabled: bool = True
     background_compaction_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.80

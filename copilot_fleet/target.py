@@ -51,7 +51,7 @@ def _check_address(value: str) -> str:
 
 
 class Target(BaseModel):
-    """What a deployment hands to verification (see ../shared/design.md, "The target")."""
+    """What a deployment hands to verification (docs/architecture.md, "The target")."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -100,7 +100,7 @@ def build_topology(spec: FleetSpec) -> Topology:
         token_key="fleet",
         session_volume=SHARED_SESSION_VOLUME,
     )
-    # Two servers on one session-state/ can attach the same session at once (facts): shared-cli needs the lease
+    # Two servers on one session-state/ can attach the same session at once (CLI 1.0.102): shared-cli needs the lease
     # store as much as shared-session does.
     lease: LeaseStoreKind = "local" if spec.platform == "local" else spec.redis.mode
     return Topology(spec=spec, groups=(shared,), lease_store=lease, load_balanced=True)

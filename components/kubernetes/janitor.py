@@ -1,7 +1,7 @@
 """The session janitor: a CronJob that removes sessions older than `fleet:sessionTtl` from a session volume.
 
 The CLI never deletes sessions on its own, and `delete_session` leaves `.session-operation-locks/<id>.lock` behind
-(facts: copilot-runtime.md). The job runs `python3 -m copilot_fleet.pod.janitor`, the same janitor local fleets run
+(CLI 1.0.102). The job runs `python3 -m copilot_fleet.pod.janitor`, the same janitor local fleets run
 (see its docstring): it never removes a session a client holds the lease of or a CLI has attached.
 
 One janitor per session volume: the shared patterns have one; `per-user` has one per user, scheduled onto the node

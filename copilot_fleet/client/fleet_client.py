@@ -1,4 +1,4 @@
-"""`FleetClient`: one user's view of a deployed fleet (a `Target`), with the checks the seeds leave to the app.
+"""`FleetClient`: one user's view of a deployed fleet (a `Target`), with the checks an app would otherwise make.
 
 Every attach goes the same way, and every check that can be made locally is made before any server call:
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What the CLI says (facts/copilot-runtime.md); matched as substrings, case-insensitively.
+# What the CLI says (CLI 1.0.102, as measured here); matched as substrings, case-insensitively.
 _NO_AUTH = "no github oauth token or copilot hmac key provided"
 _NOT_FOUND = ("session not found", "session file not found")
 

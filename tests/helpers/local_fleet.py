@@ -140,7 +140,7 @@ def _client(address: str, token: str | None) -> Any:
 
 
 async def _close(client: Any) -> None:
-    """Sessions are disconnected already; `stop()` would block about 1 s joining a reader thread (facts), and
+    """Sessions are disconnected already; `stop()` would block about 1 s joining a reader thread (measured), and
     `force_stop()` only closes the socket to the server, which is all a URI connection needs."""
     await client.force_stop()
 

@@ -42,12 +42,12 @@ def test_bad_infinite_session_settings_are_refused(value: dict[str, Any], messag
         InfiniteSessions.coerce(value)
 
 
-def test_infinite_sessions_accept_the_seeds_and_the_stack_spellings() -> None:
-    seeds = InfiniteSessions.coerce({"enabled": True, "backgroundCompactionThreshold": 0.8,
+def test_infinite_sessions_accept_camel_case_and_the_stack_spelling() -> None:
+    camel = InfiniteSessions.coerce({"enabled": True, "backgroundCompactionThreshold": 0.8,
                                      "bufferExhaustionThreshold": 0.95})
     stack = InfiniteSessions.coerce(InfiniteSessionsSpec(background_compaction_threshold=0.8))
-    assert seeds == stack == InfiniteSessions()
-    assert seeds.to_sdk() == {"enabled": True, "background_compaction_threshold": 0.8,
+    assert camel == stack == InfiniteSessions()
+    assert camel.to_sdk() == {"enabled": True, "background_compaction_threshold": 0.8,
                               "buffer_exhaustion_threshold": 0.95}
     with pytest.raises(InvalidSessionOption):
         InfiniteSessions.coerce(0.8)
