@@ -116,22 +116,21 @@ def measure_one(users: int, mode: str) -> dict[str, Any]:
     return out
 
 
-# copilot_fleet/render.py's functions by step of the render.
+# The render's modules by step of the render (copilot_fleet/render/: one job per module).
 _RENDER_STEPS = {
-    "ours: mock monitor and mocks (render.py)": {"RegisterResource", "deserialize_inputs", "_plain_struct",
-                                                 "_plain_value", "new_resource", "submit", "_complete"},
-    "ours: manifests, masking (render.py)": {"manifests", "to_manifest", "plain", "_masked", "is_wrapped_secret",
-                                             "_sort_key", "<genexpr>", "<dictcomp>", "<listcomp>"},
-    "ours: YAML representer (render.py)": {"represent_data", "resolve", "_plain", "to_yaml", "write_manifests",
-                                           "file_name", "_represent_str"},
+    "copilot_fleet/render/mock_engine.py": "ours: mock monitor and mocks (render/mock_engine.py)",
+    "copilot_fleet/render/masking.py": "ours: manifests, masking (render/masking.py)",
+    "copilot_fleet/render/yaml_emitter.py": "ours: YAML representer (render/yaml_emitter.py)",
+    "copilot_fleet/render/__init__.py": "ours: render/__init__.py",
 }
 
 
-def _owner(filename: str, function: str = "") -> str | None:
+def _owner(filename: str) -> str | None:
     """Whose code a profiled function is, from its file; None: attribute it to whoever called it."""
     path = filename.replace("\\", "/")
-    if path.endswith("copilot_fleet/render.py"):
-        return next((step for step, names in _RENDER_STEPS.items() if function in names), "ours: render.py (other)")
+    step = next((label for module, label in _RENDER_STEPS.items() if path.endswith(module)), None)
+    if step is not None:
+        return step
     if f"{ROOT.as_posix()}/copilot_fleet/" in path or f"{ROOT.as_posix()}/components/" in path:
         return "ours: " + path.split(ROOT.as_posix() + "/")[1]
     for package, owner in (("/pulumi_kubernetes/", "Pulumi SDK"), ("/pulumi_random/", "Pulumi SDK"),
@@ -185,7 +184,7 @@ def profile_one(users: int) -> dict[str, Any]:
         """How a function's own time divides among owners (1.0 in all)."""
         if func in memo:
             return memo[func]
-        owner = _owner(func[0], func[2])
+        owner = _owner(func[0])
         if owner is not None or depth > 8:
             result_: dict[str, float] = {owner or "other": 1.0}
         else:
