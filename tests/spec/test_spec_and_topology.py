@@ -192,4 +192,3 @@ def test_booleans_are_not_numbers(values: dict[str, object], key: str) -> None:
         spec_of(isolation="shared-cli", platform="local", **values)
     assert key in str(info.value)
     assert spec_of(isolation="shared-cli", platform="local", allowDebugLogging=True).allow_debug_logging
-
