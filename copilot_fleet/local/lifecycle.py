@@ -291,9 +291,12 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
 
 
 def _all_backends_up(plan: FleetPlan, result: probes.ProbeResult) -> probes.ProbeResult:
-    """HAProxy is ready once it routes to every replica, not just to one."""
+    """HAProxy is ready once it routes to every replica, not just to one, and no replica is on its way down: `UP
+    1/2` is a failed check HAProxy has counted against a server `up` restarts (it failed while the server was
+    stopped), and a second one would take the server out after `up` returned. Plain `UP` comes with the first
+    check that passes."""
     states = lbstats.backend_states(plan.paths.haproxy_socket)
-    down = [name for name in (p.name for p in plan.cli_programs) if not states.get(name, "").startswith("UP")]
+    down = [name for name in (p.name for p in plan.cli_programs) if states.get(name, "") != "UP"]
     if down:
         return probes.ProbeResult(False, result.latency_ms, f"HAProxy does not route to {', '.join(down)} yet")
     return probes.ProbeResult(True, result.latency_ms, f"{result.detail}, {len(states)} replicas UP")
