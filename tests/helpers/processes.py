@@ -1,8 +1,7 @@
 """Real processes for tests: redis-server, Copilot CLI servers sharing one session-state/, the deterministic model.
 
 Every process runs in the foreground (Popen), listens on 127.0.0.1 only, and is stopped by its PID when the
-context that started it ends. The fixtures that use these are in tests/client/conftest.py and
-tests/operations/conftest.py.
+context that started it ends. Used by tests/client/conftest.py (the fixtures) and tests/helpers/ops_fleet.py.
 """
 
 from __future__ import annotations
