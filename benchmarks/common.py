@@ -5,6 +5,7 @@ table and plot writers. Everything runs on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -13,20 +14,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The one path set-up of the benchmarks. Run as scripts (`python benchmarks/x.py`), they have only benchmarks/ on
+# sys.path, which is how they import each other (`import common`); a script that needs more imports this module
+# first, and it puts the checkout root after benchmarks/: for the fault suite (faults/, which is not installed) and
+# for a checkout without `pip install`. The tests import the benchmarks through pytest's pythonpath instead.
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(1, str(ROOT))
 
-from copilot_fleet.local import procfs  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
+from copilot_fleet.pod import procfs  # noqa: E402
+from copilot_fleet.pod.ports import free_port_block  # noqa: E402
+from copilot_fleet.sessiondir import INUSE_LOCK_GLOB  # noqa: E402
 from copilot_fleet.target import Target, load_target  # noqa: E402
-from copilot_fleet.local.ports import free_port_block
 
 CLI = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 CACHE = ROOT / ".tools/copilot-cache"
@@ -164,7 +170,7 @@ class LocalFleet:
         `session-state/<id>/inuse.<pid>.lock` while a client holds it open."""
         assert self.target is not None
         pids = {self.pid(self.replica_name(i)): addr for i, addr in enumerate(self.target.replicas)}
-        for lock in (self.paths.shared_session_state / session_id).glob("inuse.*.lock"):
+        for lock in (self.paths.shared_session_state / session_id).glob(INUSE_LOCK_GLOB):
             addr = pids.get(int(lock.name.split(".")[1]))
             if addr:
                 return addr
@@ -182,10 +188,8 @@ class LocalFleet:
                 print(proc.stdout, proc.stderr, file=sys.stderr)
         finally:
             for pid in self.fleet_pids():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -243,7 +247,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+def plot(path: Path, title: str, xlabel: str, ylabel: str,
+         series: Mapping[str, tuple[Sequence[float] | Sequence[str], Sequence[float]]],
          kind: str = "line") -> Path:
     """A PNG with one line (or bar group) per series; Agg backend, no display needed."""
     import matplotlib
@@ -262,7 +267,7 @@ def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tup
         ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(first))], [str(x) for x in first])
     else:
         for name, (xs, ys) in series.items():
-            ax.plot(list(xs), list(ys), marker="o", label=name)
+            ax.plot(xs, ys, marker="o", label=name)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -13,13 +13,11 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
+from copilot_fleet.target import Target
 
 OPS = ("create", "resume", "send", "delete")
 
@@ -68,12 +66,12 @@ async def _bounded(coro: Any, result: LatencyResult, seconds: float = 180.0) -> 
     """No session may hang a round: one that takes longer is cancelled and counted as an error."""
     try:
         await asyncio.wait_for(coro, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         result.errors["send"] += 1
         result.error_examples.append(f"session cycle cancelled after {seconds:g} s")
 
 
-async def measure(target: common.Target, address: str, concurrencies: tuple[int, ...] = (1, 10, 50),
+async def measure(target: Target, address: str, concurrencies: tuple[int, ...] = (1, 10, 50),
                   max_sessions: int = 100, seconds_per_level: float = 60.0) -> list[LatencyResult]:
     """Per concurrency level: rounds of `c` sessions at once until about `max_sessions` sessions or the time."""
     opts = common.session_options(target)

@@ -25,15 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from copilot_fleet.local import procfs  # noqa: E402
-from copilot_fleet.local.paths import StatePaths  # noqa: E402
-from copilot_fleet.local.supervisor import Supervisor  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import shared_cli_stack  # noqa: E402
+from common import ROOT, shared_cli_stack
+from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.supervisor import Supervisor
+from copilot_fleet.pod import procfs
 
 DOC = ROOT / "docs" / "local-fleet.md"
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"

@@ -13,15 +13,15 @@ A cycle is create, send, disconnect, delete. Targets: ratio at p50 <= 1.05 (1.2 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
+from copilot_fleet.target import Target
 
 TARGETS = {"endpoint": 1.05, "fleet_client": 1.05, "cross_replica_resume": 1.2}
 LABELS = {"endpoint": ("through HAProxy", "direct to a replica"),
@@ -77,7 +77,7 @@ async def _sdk_cycle(client: Any, opts: dict[str, Any]) -> None:
     await client.delete_session(sid)
 
 
-def user_on(target: common.Target, address: str) -> str:
+def user_on(target: Target, address: str) -> str:
     """A user whose sessions the fleet routes to `address` first."""
     from copilot_fleet.client import Router
 
@@ -88,7 +88,7 @@ def user_on(target: common.Target, address: str) -> str:
     raise RuntimeError(f"no user routed to {address} among 1000 tries")
 
 
-async def measure(target: common.Target, iterations: int = 30, seconds: float = 120.0,
+async def measure(target: Target, iterations: int = 30, seconds: float = 120.0,
                   profile: bool = True, locate: Callable[[str], str | None] | None = None,
                   ) -> tuple[list[Comparison], str]:
     """Runs the three comparisons; returns them and, for a missed fleet-client target, a pyinstrument profile.
@@ -159,7 +159,8 @@ async def measure(target: common.Target, iterations: int = 30, seconds: float = 
         budget = common.Budget(iterations, seconds / 3)
         while budget.next():
             sid_other, sid_same = await made_on_r0(), await made_on_r0()
-            await _interleave(cross, lambda: resume_send(direct1, sid_other), lambda: resume_send(direct0, sid_same),
+            await _interleave(cross, functools.partial(resume_send, direct1, sid_other),
+                              functools.partial(resume_send, direct0, sid_same),
                               common.Budget(budget.count, seconds, count=budget.count - 1))  # one pair; ABAB/BABA order
             for sid in (sid_other, sid_same):
                 await direct0.delete_session(sid)

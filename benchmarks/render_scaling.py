@@ -116,22 +116,21 @@ def measure_one(users: int, mode: str) -> dict[str, Any]:
     return out
 
 
-# copilot_fleet/render.py's functions by step of the render.
+# The render's modules by step of the render (copilot_fleet/render/: one job per module).
 _RENDER_STEPS = {
-    "ours: mock monitor and mocks (render.py)": {"RegisterResource", "deserialize_inputs", "_plain_struct",
-                                                 "_plain_value", "new_resource", "submit", "_complete"},
-    "ours: manifests, masking (render.py)": {"manifests", "to_manifest", "plain", "_masked", "is_wrapped_secret",
-                                             "_sort_key", "<genexpr>", "<dictcomp>", "<listcomp>"},
-    "ours: YAML representer (render.py)": {"represent_data", "resolve", "_plain", "to_yaml", "write_manifests",
-                                           "file_name", "_represent_str"},
+    "copilot_fleet/render/mock_engine.py": "ours: mock monitor and mocks (render/mock_engine.py)",
+    "copilot_fleet/render/masking.py": "ours: manifests, masking (render/masking.py)",
+    "copilot_fleet/render/yaml_emitter.py": "ours: YAML representer (render/yaml_emitter.py)",
+    "copilot_fleet/render/__init__.py": "ours: render/__init__.py",
 }
 
 
-def _owner(filename: str, function: str = "") -> str | None:
+def _owner(filename: str) -> str | None:
     """Whose code a profiled function is, from its file; None: attribute it to whoever called it."""
     path = filename.replace("\\", "/")
-    if path.endswith("copilot_fleet/render.py"):
-        return next((step for step, names in _RENDER_STEPS.items() if function in names), "ours: render.py (other)")
+    step = next((label for module, label in _RENDER_STEPS.items() if path.endswith(module)), None)
+    if step is not None:
+        return step
     if f"{ROOT.as_posix()}/copilot_fleet/" in path or f"{ROOT.as_posix()}/components/" in path:
         return "ours: " + path.split(ROOT.as_posix() + "/")[1]
     for package, owner in (("/pulumi_kubernetes/", "Pulumi SDK"), ("/pulumi_random/", "Pulumi SDK"),
@@ -155,17 +154,19 @@ def profile_one(users: int) -> dict[str, Any]:
     config, secret = fleet_config(users)
     render.render_config(fleet_config(1)[0], secret, stack="warm")
     profiles = [cProfile.Profile(time.thread_time)]  # CPU time of its own thread: waiting costs nothing
-    run_isolated = render._run_isolated
+    from copilot_fleet.render import mock_engine
 
-    def profiled(*args: Any) -> Any:  # the program runs on a thread of its own: profile it there
+    run_isolated = mock_engine._run_isolated
+
+    def profiled(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], set[str]]:  # the program's own thread
         profiles.append(cProfile.Profile(time.thread_time))
         profiles[-1].enable()
         try:
-            return run_isolated(*args)
+            return run_isolated(*args, **kwargs)
         finally:
             profiles[-1].disable()
 
-    render._run_isolated = profiled
+    mock_engine._run_isolated = profiled
     with tempfile.TemporaryDirectory() as tmp:
         profiles[0].enable()
         result = render.render_config(config, secret, stack="bench", collect=False)
@@ -183,7 +184,7 @@ def profile_one(users: int) -> dict[str, Any]:
         """How a function's own time divides among owners (1.0 in all)."""
         if func in memo:
             return memo[func]
-        owner = _owner(func[0], func[2])
+        owner = _owner(func[0])
         if owner is not None or depth > 8:
             result_: dict[str, float] = {owner or "other": 1.0}
         else:
@@ -268,7 +269,8 @@ def run_child(users: int, mode: str, floor_count: int = 0) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise SystemExit(f"benchmark child ({users} users, {mode}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
 
 
 def table(rows: list[dict[str, Any]], floors: dict[int, dict[str, Any]]) -> str:
@@ -286,7 +288,8 @@ def table(rows: list[dict[str, Any]], floors: dict[int, dict[str, Any]]) -> str:
         lines.append(
             f"| {r['users']} | {r['registrations']} | {r['objects']} | {r['program_s']:.2f} | {r['program_cpu_s']:.2f} "
             f"| {1000 * r['program_cpu_s'] / r['registrations']:.2f} | {floor_s} | {r['manifests_s']:.2f} "
-            f"| {r['validate_s']:.2f} | {r['write_s']:.2f} | {r['total_s']:.2f} | {1000 * r['total_s'] / r['users']:.1f} "
+            f"| {r['validate_s']:.2f} | {r['write_s']:.2f} | {r['total_s']:.2f} "
+            f"| {1000 * r['total_s'] / r['users']:.1f} "
             f"| {r['rss_peak_mb']:.0f} | {growth:.0f} | {heap:.0f} | {heap / r['users']:.3f} | {r['free_cpu_s']:.2f} |")
     return "\n".join(lines)
 
@@ -447,7 +450,7 @@ schema validation 5.2 s (jsonschema's `iter_errors`: `descend`, `evolve`, `prope
 ## What was ours, and what was changed
 
 - schema validation: jsonschema's Draft 2020-12 walk cost about 0.8 ms an object. Each kind's schema now compiles
-  once into a yes/no check (`copilot_fleet/schema_check.py`: the eight keywords the bundled schemas use, with
+  once into a yes/no check (`copilot_fleet/render/schema_check.py`: the eight keywords the bundled schemas use, with
   jsonschema's exact semantics; jsonschema still gives the messages for any object it rejects);
 - YAML files: PyYAML's pure-Python emitter cost 1.5-2 ms an object. libyaml's emitter now writes them, with a
   representer that builds the same nodes directly and remembered scalar tags, and PyYAML's emitter for any
@@ -479,7 +482,7 @@ Our components build their dictionaries in about 0.1 ms a user; nothing of ours 
   the first time, 0.15 s for the same files again (the kernel's); turning the objects into YAML is about 1.3 s.
 - The command also pays its imports (about 1.7 s here: site-packages has no bytecode on these machines, so
   pulumi-kubernetes compiles from source in every new interpreter) and the schema files' loading (constant).
-""")
+""")  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
 
 
 if __name__ == "__main__":

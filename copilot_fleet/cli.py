@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from copilot_fleet import __version__
-from copilot_fleet.errors import CommandError, StackFileError
+from copilot_fleet.errors import CommandError, FleetError
 from copilot_fleet.spec import ConfigError
 
 # Subcommand modules under copilot_fleet.commands, in help order. A module that is missing is skipped so that a
@@ -47,9 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"copilot-fleet: {exc}", file=sys.stderr)
         return 2
-    except (CommandError, StackFileError, FileNotFoundError, LookupError) as exc:
-        msg = exc.args[0] if isinstance(exc, LookupError) and exc.args else exc
-        print(f"copilot-fleet {args.command}: {msg}", file=sys.stderr)
+    except FleetError as exc:  # one of ours: the message says what to do; anything else is a bug (traceback)
+        print(f"copilot-fleet {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("copilot-fleet: interrupted", file=sys.stderr)

@@ -16,12 +16,12 @@ from copilot_fleet.spec import ConfigError, FleetSpec
 from copilot_fleet.topology import Topology, build_topology
 
 if TYPE_CHECKING:
-    from components.common import ConnectionTokens, FleetEndpoints
+    from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 
 # What a platform provides: deploy the topology with these tokens, say where the fleet answers.
 Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[str, Any]"]
 
-# The keys of the target (shared/design.md), exported one stack output each, in this order.
+# The keys of the target (copilot_fleet/target.py), exported one stack output each, in this order.
 TARGET_KEYS = ("stack", "platform", "isolation", "endpoint", "replicas", "users", "connection_token",
                "user_tokens", "redis_url", "provider", "model")
 
@@ -32,7 +32,7 @@ def run() -> dict[str, Any]:
     topology = build_topology(spec)
     deploy = _platform_deployer(spec)  # refuses local (and a missing Azure module) before anything registers
 
-    from components.common import ConnectionTokens, FleetEndpoints
+    from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 
     tokens = ConnectionTokens("connection-tokens", topology)
     endpoints = deploy(topology, tokens)
@@ -52,17 +52,17 @@ def _platform_deployer(spec: FleetSpec) -> Deployer:
         ], stack=spec.stack or None)
     if spec.platform == "azure":
         try:
-            from components.azure import deploy_azure
+            from copilot_fleet.components.azure import deploy_azure
         except ImportError as exc:  # the Azure components are a separate part of the project
-            raise RuntimeError(f"fleet:platform azure needs components.azure.deploy_azure, which cannot be "
-                               f"imported here ({exc}); use platform kubernetes or install the Azure components"
+            raise RuntimeError(f"fleet:platform azure needs copilot_fleet.components.azure.deploy_azure, which cannot "
+                               f"be imported here ({exc}); use platform kubernetes or install the Azure components"
                                ) from exc
         return deploy_azure
     return _deploy_kubernetes
 
 
 def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEndpoints:
-    from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+    from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
 
     spec = topology.spec
     fleet = KubernetesFleet("copilot-fleet", KubernetesFleetArgs(
@@ -76,7 +76,7 @@ def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEnd
 
 def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens,
                    endpoints: FleetEndpoints) -> dict[str, Any]:
-    """The target (design.md) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
+    """The target (copilot_fleet/target.py) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
 
     Keys that do not apply to this fleet (no load-balanced endpoint in per-user, no lease store, no provider)
     are left out rather than exported as null.

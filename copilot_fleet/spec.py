@@ -30,6 +30,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from copilot_fleet import CLI_VERSION
+from copilot_fleet.errors import FleetError
+from copilot_fleet.isolation import Isolation, shares_session_state
 
 NAMESPACE = "fleet"
 
@@ -37,15 +39,14 @@ NAMESPACE = "fleet"
 # Format checks skip it; the render masks every secret anyway, and no real server ever receives it.
 OFFLINE_SECRET = "offline-placeholder-secret"
 
-Isolation = Literal["per-user", "shared-cli", "shared-session"]
 Platform = Literal["kubernetes", "azure", "local"]
 LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
 
-# Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (facts: copilot-runtime.md).
+# Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (measured with CLI 1.0.102).
 PROMPT_LOGGING_LEVELS = frozenset({"debug", "all"})
 
 
-class ConfigError(ValueError):
+class ConfigError(FleetError, ValueError):
     """Stack config that cannot be deployed. `problems` holds one line per offending key."""
 
     def __init__(self, problems: list[str], stack: str | None = None) -> None:
@@ -99,7 +100,8 @@ def _check_quantity(value: str) -> str:
     return value
 
 
-Quantity = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
+Quantity = Annotated[str,
+                     BeforeValidator(lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v),
                      AfterValidator(_check_quantity)]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -115,7 +117,8 @@ def _check_dns_label(value: str) -> str:
 DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 
 # A user id must be usable in resource names (per-user servers) and in session ids: a DNS label of at most 40
-# characters. It may contain '-', which the fleet client's session ids handle (unlike the seeds' split("-")).
+# characters. It may contain '-', which the fleet client's session ids handle (an owner check that splits an id on
+# '-' would not).
 # 39 at most: the StatefulSet `copilot-user-<id>` must stay within 52 characters (its pods get a revision label).
 _USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,37}[a-z0-9])?$")
 
@@ -243,7 +246,7 @@ class ResourceAmounts(_Section):
 
 
 class ResourcesSpec(_Section):
-    # Idle CLI about 243 MiB, +3.7 MiB per attached session (facts): 512Mi request, 2Gi limit fit the 50-session cap.
+    # Idle CLI about 243 MiB, +3.7 MiB per attached session (CLI 1.0.102): 512Mi request, 2Gi limit fit 50 sessions.
     requests: ResourceAmounts = ResourceAmounts(cpu="250m", memory="512Mi")
     limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
 
@@ -279,7 +282,7 @@ class AzureSpec(_Section):
 
 
 class InfiniteSessionsSpec(_Section):
-    """The seeds' infinite-session settings, passed by the fleet client on create: context-use fractions."""
+    """The SDK's infinite-session settings, passed by the fleet client on create: context-use fractions."""
 
     enabled: bool = True
     background_compaction_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.80
@@ -347,7 +350,7 @@ class FleetSpec(_Section):
     @property
     def shares_session_state(self) -> bool:
         """Shared patterns keep session-state/ on one volume; every such topology needs a lease per session."""
-        return self.isolation != "per-user"
+        return shares_session_state(self.isolation)
 
     @property
     def user_ids(self) -> list[str]:

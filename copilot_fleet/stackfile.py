@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from copilot_fleet.errors import StackFileError
-from copilot_fleet.stacknames import InvalidStackName, check_stack_name
+from copilot_fleet.errors import FleetError, ProjectNotFound, StackFileError
 from copilot_fleet.spec import NAMESPACE, OFFLINE_SECRET, FleetSpec, RawConfig, load_spec, namespace_values
+from copilot_fleet.stacknames import InvalidStackName, check_stack_name
 
 
-class StackNotFound(LookupError):
+class StackNotFound(FleetError, LookupError):
     """No such stack file; the message lists the stacks there are."""
 
 
@@ -29,7 +29,7 @@ def find_project_dir(start: Path | None = None) -> Path:
     for d in (here, *here.parents):
         if (d / "Pulumi.yaml").is_file():
             return d
-    raise FileNotFoundError(f"no Pulumi.yaml in {here} or any parent: run copilot-fleet from the project directory "
+    raise ProjectNotFound(f"no Pulumi.yaml in {here} or any parent: run copilot-fleet from the project directory "
                             "or pass --project-dir")
 
 

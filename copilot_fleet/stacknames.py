@@ -2,13 +2,15 @@
 
 A stack name ends up in `stacks/Pulumi.<stack>.yaml`, in the local fleet's `.fleet/<stack>/` (which `down --purge`
 removes) and in `render`'s default output directory. So `.`, `..`, a `/` or a trailing newline must never get that
-far: `down --stack .. --purge` once removed the whole project. Only the standard library is imported here.
+far: `down --stack .. --purge` once removed the whole project.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+
+from copilot_fleet.errors import FleetError
 
 DEFAULT_STACK = "local"
 
@@ -18,7 +20,7 @@ _STACK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 RULE = "1 to 100 letters, digits, '_', '-' and '.', starting with a letter, a digit or '_'"
 
 
-class InvalidStackName(ValueError):
+class InvalidStackName(FleetError, ValueError):
     """A name that cannot be a stack: the message says what is allowed."""
 
 

@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-Isolation = Literal["per-user", "shared-cli", "shared-session"]
+from copilot_fleet.errors import FleetError
+from copilot_fleet.isolation import Isolation
+
 Platform = Literal["kubernetes", "azure", "local"]
 
 
-class TargetError(ValueError):
+class TargetError(FleetError, ValueError):
     """A target file or document that cannot be used; the message names what is wrong."""
 
 
@@ -49,7 +51,7 @@ def _check_address(value: str) -> str:
 
 
 class Target(BaseModel):
-    """What a deployment hands to verification (see ../shared/design.md, "The target")."""
+    """What a deployment hands to verification (docs/architecture.md, "The target")."""
 
     model_config = ConfigDict(extra="ignore")
 

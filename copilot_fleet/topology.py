@@ -39,6 +39,11 @@ class Topology:
     load_balanced: bool  # one client entry point in front of the replicas
 
     @property
+    def shares_session_state(self) -> bool:
+        """One group of replicas on one session-state/ volume (the shared patterns): sessions need leases."""
+        return self.shared_group is not None
+
+    @property
     def shared_group(self) -> CliGroup | None:
         return next((g for g in self.groups if g.user is None), None)
 
@@ -73,7 +78,7 @@ def _credential(spec: FleetSpec, user_token: bool) -> Credential:
 
 def build_topology(spec: FleetSpec) -> Topology:
     """The one place that maps an isolation pattern onto servers, volumes and a lease store."""
-    if spec.isolation == "per-user":
+    if not spec.shares_session_state:
         groups = tuple(
             CliGroup(
                 name=user_group_name(u.id),
@@ -95,7 +100,7 @@ def build_topology(spec: FleetSpec) -> Topology:
         token_key="fleet",
         session_volume=SHARED_SESSION_VOLUME,
     )
-    # Two servers on one session-state/ can attach the same session at once (facts): shared-cli needs the lease
+    # Two servers on one session-state/ can attach the same session at once (CLI 1.0.102): shared-cli needs the lease
     # store as much as shared-session does.
     lease: LeaseStoreKind = "local" if spec.platform == "local" else spec.redis.mode
     return Topology(spec=spec, groups=(shared,), lease_store=lease, load_balanced=True)

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from copilot_fleet.errors import FleetError
+
 Outcome = Literal["passed", "failed", "skipped"]
 
 RESULTS_OPTION = "--verify-results"
@@ -36,7 +38,7 @@ _MESSAGE_LIMIT = 400
 _SYMBOL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 
 
-class VerifyError(RuntimeError):
+class VerifyError(FleetError, RuntimeError):
     """Verification could not run at all (no smoke_tests/ folder, pytest would not start); nothing was checked."""
 
 
@@ -116,10 +118,12 @@ class VerifyReport:
         }
 
 
-def find_smoke_tests(project_dir: Path) -> Path:
-    """The suite: the project's own `smoke_tests/` if it has one, else the one of the copilot-fleet checkout this
-    package runs from (a stack project elsewhere still gets the suite that matches this code)."""
-    candidates = [project_dir / "smoke_tests", Path(__file__).resolve().parents[1] / "smoke_tests"]
+def find_smoke_tests(project_dir: Path | None) -> Path:
+    """The suite: the project's own `smoke_tests/` if it has one, else the one installed with this package
+    (copilot_fleet/smoke_tests), so that a stack project elsewhere, or no project at all, still gets the suite that
+    matches this code."""
+    packaged = Path(__file__).resolve().parent / "smoke_tests"
+    candidates = [project_dir / "smoke_tests", packaged] if project_dir is not None else [packaged]
     for path in candidates:
         if (path / "conftest.py").is_file():
             return path.resolve()
@@ -130,7 +134,7 @@ def find_smoke_tests(project_dir: Path) -> Path:
 def run_smoke_tests(
     target_file: Path,
     *,
-    project_dir: Path,
+    project_dir: Path | None,
     target_label: str,
     fleet_state: Path | None = None,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,

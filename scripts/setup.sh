@@ -2,7 +2,7 @@
 # Installs everything copilot-fleet needs on a fresh Debian machine (run as root, or with sudo available):
 #   apt: redis-server, haproxy (the local fleet's lease store and load balancer), python3-venv, npm
 #   npm: @github/copilot-linux-x64 at the CLI version the pinned SDK expects, into .tools/npm
-#   pip: the project and its dependencies into .venv
+#   pip: the project with every extra (client, deploy, local, verify, pod, bench, dev) into .venv, editable
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +35,12 @@ if [ ! -x .venv/bin/python ]; then
   say "python3 -m venv .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import copilot_fleet, copilot, pulumi_kubernetes, pulumi_azure_native, matplotlib' >/dev/null 2>&1 \
+# Every extra: the README's commands and CI use all of them (the tests, the benchmarks, ruff and mypy).
+EXTRAS=client,deploy,local,verify,pod,bench,dev
+if ! .venv/bin/python -c 'import copilot_fleet.components, copilot, pulumi_kubernetes, pulumi_azure_native, supervisor, testinfra, matplotlib, mypy' >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.copilot-fleet-installed ]; then
-  say "pip install -e '.[bench]' into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check --no-compile -e '.[bench]'
+  say "pip install -e '.[$EXTRAS]' into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check --no-compile -e ".[$EXTRAS]"
   touch .venv/.copilot-fleet-installed
 fi
 say "ready: CLI $("$CLI_BIN" --version 2>/dev/null | head -n 1), $(.venv/bin/copilot-fleet --version)"

@@ -32,7 +32,7 @@ T = TypeVar("T")
 TARGET_KEY = pytest.StashKey[Target]()
 
 # Users for fleets whose servers are shared (per-user fleets bring their own). The second contains '-', the case
-# that breaks the seeds' `split("-")` ownership check.
+# that breaks an ownership check that splits the id on '-'.
 SHARED_FLEET_USERS = ("verify-alice", "verify-bob-smith")
 
 
@@ -403,10 +403,8 @@ class RawSdk:
 
     async def close(self) -> None:
         for client in self.clients:
-            try:
+            with contextlib.suppress(Exception):
                 await client.force_stop()  # force_stop: no 1 s thread join per client
-            except Exception:
-                pass
 
 
 @pytest.fixture

@@ -69,7 +69,8 @@ def test_persistent_session_lifecycle(target, fleet, user, unique, fleet_state) 
         assert answer and secret_word in answer, (
             f"after resuming on {session.address} the model did not get the earlier turn: it answered {answer!r}"
         )
-        history = [getattr(e.data, "content", None) for e in await session.get_events() if e.type.value == "user.message"]
+        history = [getattr(e.data, "content", None) for e in await session.get_events()
+                   if e.type.value == "user.message"]
         assert history[:1] == [f"remember: {secret_word}"], f"the resumed history starts with {history[:1]!r}"
         await session.close()
 

@@ -9,6 +9,7 @@ session kept: one `session.start`, the user turns in the order they were sent, e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import selectors
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet.client import FleetSession, SessionInUse, SessionNotFound, shared_session_id
+from copilot_fleet.sessiondir import EVENTS
 from copilot_fleet.testmodel.commands import MARKER
 
 HOLDER_SCRIPT = Path(__file__).with_name("lease_holder.py")
@@ -89,10 +91,8 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
         # Delete while still members (membership is what authorizes it), then drop the membership.
         for handle in a.open_sessions + b.open_sessions:
             await handle.close()
-        try:
+        with contextlib.suppress(SessionNotFound):
             await a.delete_session(session_id, wait=timeout)
-        except SessionNotFound:
-            pass
         fleet.forget(session_id)
         await a.members.remove_members(name, [alice, bob, carol])
 
@@ -107,8 +107,8 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
             await session.reply(f"remember: {words[user]}", timeout=timeout)
             return session
 
-        async def race() -> list[Any]:
-            return await asyncio.gather(write(a, alice), write(b, bob), return_exceptions=True)
+        async def race() -> list[FleetSession | BaseException]:
+            return list(await asyncio.gather(write(a, alice), write(b, bob), return_exceptions=True))
 
         results = fleet.run(race())
         winners = [(u, r) for u, r in zip((alice, bob), results, strict=True) if isinstance(r, FleetSession)]
@@ -180,7 +180,7 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
             assert counted == f"{MARKER} user turns: {len(sent)}", f"the model counted otherwise: {counted!r}"
 
         if fleet_state is not None:
-            log = fleet_state / "session-state" / session_id / "events.jsonl"
+            log = fleet_state / "session-state" / session_id / EVENTS
             assert log.is_file(), f"no event log for the shared session at {log}"
             events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             where = str(log)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pulumi
 
-from components.azure.fleet import AzureFleet, AzureFleetArgs
-from components.common import ConnectionTokens, FleetEndpoints
+from copilot_fleet.components.azure.azure_fleet import AzureFleet, AzureFleetArgs
+from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 from copilot_fleet.topology import Topology
 
 __all__ = ["AzureFleet", "AzureFleetArgs", "deploy_azure"]

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi_azure_native import containerservice, operationalinsights
 
-from components.azure.names import dns_prefix
+from copilot_fleet.components.azure.names import dns_prefix
 
 SECRETS_PROVIDER_ADDON = "azureKeyvaultSecretsProvider"
 MONITORING_ADDON = "omsagent"

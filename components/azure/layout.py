@@ -1,13 +1,12 @@
 """Which Key Vault secret holds what, and which Kubernetes Secret key it is synced into (no Pulumi resources here).
 
-The Kubernetes fleet decides the Secrets its pods read (`components.kubernetes.secrets.secret_material`: name ->
-key -> value); on Azure every one of them is stored in Key Vault under `<secret>-<key>` and synced back under the
-same name and key. Azure adds one Secret per session volume for the Azure Files CSI mount
-(`azurestorageaccountname`/`azurestorageaccountkey`, the names the driver reads) and the lease store's key and URL.
-The key only applications read (not synced); the URL is also what the session janitor takes leases with, so it is
-stored once, as `lease-store-redis-url`, and synced into the janitor's Secret (`copilot-janitor-credentials`,
-key `redis-url`).
-"""
+The Kubernetes fleet decides the Secrets its pods read
+(`copilot_fleet.components.kubernetes.secrets.secret_material`: name -> key -> value); on Azure every one of them is
+stored in Key Vault under `<secret>-<key>` and synced back under the same name and key. Azure adds one Secret per
+session volume for the Azure Files CSI mount (`azurestorageaccountname`/`azurestorageaccountkey`, the names the
+driver reads) and the lease store's key and URL. The key only applications read (not synced); the URL is also what
+the session janitor takes leases with, so it is stored once, as `lease-store-redis-url`, and synced into the
+janitor's Secret (`copilot-janitor-credentials`, key `redis-url`)."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-from components.azure.names import kv_secret_name
-from components.azure.secret_sync import SyncedSecret
-from components.kubernetes.secrets import JANITOR_CREDENTIALS, REDIS_URL_KEY
+from copilot_fleet.components.azure.names import kv_secret_name
+from copilot_fleet.components.azure.secret_sync import SyncedSecret
+from copilot_fleet.components.kubernetes.secrets import JANITOR_CREDENTIALS, REDIS_URL_KEY
 
 # Keys the Azure Files CSI driver reads from a node-stage Secret.
 ACCOUNT_NAME_KEY = "azurestorageaccountname"

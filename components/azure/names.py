@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from copilot_fleet.errors import FleetError
+
 # pulumi-random RandomString settings for the per-stack suffix: lowercase letters and digits fit every rule below.
 SUFFIX_LENGTH = 8
 
@@ -19,7 +21,7 @@ _KV_SECRET = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 _SHARE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 
 
-class AzureNameError(ValueError):
+class AzureNameError(FleetError, ValueError):
     """A generated name that Azure would refuse; names the rule broken."""
 
 

@@ -25,9 +25,9 @@ import pulumi_kubernetes.apps.v1 as apps
 import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
-from components.common import child_options
-from components.kubernetes.meta import FleetMeta
-from components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.common import child_options
+from copilot_fleet.components.kubernetes.meta import FleetMeta
+from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
 
 API_VERSION = "secrets-store.csi.x-k8s.io/v1"
 KIND = "SecretProviderClass"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_azure_native import storage
 
-from components.azure.names import share_name, storage_account_name
+from copilot_fleet.components.azure.names import share_name, storage_account_name
 
 
 @dataclass(frozen=True)

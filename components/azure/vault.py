@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_azure_native import authorization, keyvault
 
-from components.azure.names import kv_secret_name
+from copilot_fleet.components.azure.names import kv_secret_name
 
 # Built-in role "Key Vault Secrets User": read secret contents (data plane), nothing else.
 KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"

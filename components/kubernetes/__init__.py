@@ -4,7 +4,7 @@
 `PlatformHooks` (hooks.py) is how another platform (Azure) adapts it. See docs/kubernetes.md.
 """
 
-from components.kubernetes.fleet import KubernetesFleet, KubernetesFleetArgs
-from components.kubernetes.hooks import PlatformHooks, StaticVolume
+from copilot_fleet.components.kubernetes.hooks import PlatformHooks, StaticVolume
+from copilot_fleet.components.kubernetes.kubernetes_fleet import KubernetesFleet, KubernetesFleetArgs
 
 __all__ = ["KubernetesFleet", "KubernetesFleetArgs", "PlatformHooks", "StaticVolume"]

@@ -15,12 +15,12 @@ import pulumi_kubernetes.apps.v1 as apps
 import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
-from components.common import child_options
-from components.kubernetes import network, pod, storage
-from components.kubernetes.hooks import PlatformHooks
-from components.kubernetes.janitor import janitor_cron_job
-from components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
-from components.kubernetes.secrets import SecretKeyRef
+from copilot_fleet.components.common import child_options
+from copilot_fleet.components.kubernetes import network, pod, storage
+from copilot_fleet.components.kubernetes.hooks import PlatformHooks
+from copilot_fleet.components.kubernetes.janitor import janitor_cron_job
+from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
+from copilot_fleet.components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
 # Kubernetes' own default for ClientIP affinity, used when the idle timeout is off; the API allows 1..86400.

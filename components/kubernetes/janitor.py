@@ -1,7 +1,7 @@
 """The session janitor: a CronJob that removes sessions older than `fleet:sessionTtl` from a session volume.
 
 The CLI never deletes sessions on its own, and `delete_session` leaves `.session-operation-locks/<id>.lock` behind
-(facts: copilot-runtime.md). The job runs `python3 -m copilot_fleet.janitor`, the same janitor local fleets run
+(CLI 1.0.102). The job runs `python3 -m copilot_fleet.pod.janitor`, the same janitor local fleets run
 (see its docstring): it never removes a session a client holds the lease of or a CLI has attached.
 
 One janitor per session volume: the shared patterns have one; `per-user` has one per user, scheduled onto the node
@@ -19,9 +19,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
-from components.kubernetes.meta import CLI, JANITOR, FleetMeta
-from components.kubernetes.pod import container_security_context, pod_security_context
-from components.kubernetes.secrets import SecretKeyRef
+from copilot_fleet.components.kubernetes.meta import CLI, JANITOR, FleetMeta
+from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
 MOUNT = "/sessions"
@@ -34,9 +34,9 @@ RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "50
 
 
 def janitor_command(session_ttl: int, lease_store: bool) -> list[str]:
-    """The container command: `copilot_fleet.janitor` once over the mounted volume (tests parse it with the
+    """The container command: `copilot_fleet.pod.janitor` once over the mounted volume (tests parse it with the
     janitor's own argument parser)."""
-    command = ["python3", "-m", "copilot_fleet.janitor", "--session-state", MOUNT, "--ttl", f"{session_ttl}s"]
+    command = ["python3", "-m", "copilot_fleet.pod.janitor", "--session-state", MOUNT, "--ttl", f"{session_ttl}s"]
     if lease_store:
         command += ["--redis-url-file", f"{LEASE_STORE_DIR}/{LEASE_STORE_FILE}", "--require-leases"]
     return command

@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes.networking.v1 as networking
 
-from components.kubernetes.meta import (
+from copilot_fleet.components.kubernetes.meta import (
     CLI,
     DEFAULT_DENY_POLICY,
     JANITOR,

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.kubernetes import secrets
-from components.kubernetes.meta import FleetMeta
+from copilot_fleet.components.kubernetes import secrets
+from copilot_fleet.components.kubernetes.meta import FleetMeta
 from copilot_fleet.spec import RecycleSpec
 from copilot_fleet.topology import CliGroup
 
@@ -29,7 +29,7 @@ CONTAINER_NAME = "copilot"
 RUN_AS_USER = 1000
 
 # Drain before SIGTERM: the endpoints controller and kube-proxy take the pod out of every Service within a few
-# seconds (asynchronously; the short sleep covers that), then `copilot_fleet.drain` waits until no attached session
+# seconds (asynchronously; the short sleep covers that), then `copilot_fleet.pod.drain` waits until no attached session
 # of this server has a turn in flight. Half the grace period, at most 30 s, leaves the rest for the CLI to stop.
 MAX_PRESTOP_SECONDS = 30
 ENDPOINT_REMOVAL_SECONDS = 2
@@ -98,10 +98,10 @@ class Probes:
 
 
 def health_command(port: int, timeout: int, recycle: RecycleSpec | None = None) -> dict[str, Any]:
-    """`copilot_fleet.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
+    """`copilot_fleet.pod.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
     server that accepts TCP but does not answer fails the probe; with `fleet:recycle` bounds, so does a server past
     one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits)."""
-    command = ["python3", "-m", "copilot_fleet.health", "--port", str(port), "--timeout", str(timeout)]
+    command = ["python3", "-m", "copilot_fleet.pod.health", "--port", str(port), "--timeout", str(timeout)]
     if recycle is not None and recycle.max_rss_mb is not None:
         command += ["--recycle-rss-mb", str(recycle.max_rss_mb)]
     if recycle is not None and recycle.max_sessions is not None:
@@ -175,7 +175,8 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         },
         "lifecycle": {"pre_stop": {"exec": {"command": [
             "/bin/sh", "-c",
-            f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.drain --session-state {SESSION_STATE} "
+            f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.pod.drain "
+            f"--session-state {SESSION_STATE} "
             f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
         "volume_mounts": [

@@ -13,10 +13,10 @@ import pulumi_kubernetes.apps.v1 as apps
 import pulumi_kubernetes.core.v1 as core
 import pulumi_random as random
 
-from components.common import child_options
-from components.kubernetes import secrets
-from components.kubernetes.meta import LEASE_STORE, REDIS, REDIS_PORT, FleetMeta
-from components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.common import child_options
+from copilot_fleet.components.kubernetes import secrets
+from copilot_fleet.components.kubernetes.meta import LEASE_STORE, REDIS, REDIS_PORT, FleetMeta
+from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
 
 # The `redis` user of the official images (alpine and debian variants alike).
 REDIS_UID = 999

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes.core.v1 as core
 
-from components.common import ConnectionTokens
-from components.kubernetes.meta import JANITOR, LEASE_STORE, REDIS, FleetMeta
+from copilot_fleet.components.common import ConnectionTokens
+from copilot_fleet.components.kubernetes.meta import JANITOR, LEASE_STORE, REDIS, FleetMeta
 from copilot_fleet.topology import CliGroup, Topology
 
 FLEET_CREDENTIALS = "copilot-fleet-credentials"

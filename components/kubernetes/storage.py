@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pulumi
 import pulumi_kubernetes.core.v1 as core
 
-from components.kubernetes.hooks import StaticVolume
-from components.kubernetes.meta import FleetMeta
+from copilot_fleet.components.kubernetes.hooks import StaticVolume
+from copilot_fleet.components.kubernetes.meta import FleetMeta
 from copilot_fleet.topology import CliGroup
 
 

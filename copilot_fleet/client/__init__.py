@@ -46,7 +46,7 @@ from .routing import Route, Router, rank_replicas
 
 if TYPE_CHECKING:
     from .cap import Eviction, SessionCap, SessionCapReached
-    from .fleet import FleetClient
+    from .fleet_client import FleetClient
     from .handle import FleetSession
     from .options import InfiniteSessions, InvalidSessionOption
     from .pool import ClientPool
@@ -56,7 +56,7 @@ _LAZY = {
     "Eviction": "cap",
     "SessionCap": "cap",
     "SessionCapReached": "cap",
-    "FleetClient": "fleet",
+    "FleetClient": "fleet_client",
     "FleetSession": "handle",
     "InfiniteSessions": "options",
     "InvalidSessionOption": "options",

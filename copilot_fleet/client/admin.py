@@ -23,10 +23,10 @@ from typing import Literal
 import redis.exceptions
 from copilot import CopilotClient
 
+from copilot_fleet.isolation import shares_session_state
 from copilot_fleet.target import Target
 
 from .errors import FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionInUse, SessionNotFound
-from .fleet import SHARED_STATE_ISOLATIONS
 from .handle import translate_sdk_error
 from .ids import parse_session_id
 from .lease import LeaseManager
@@ -100,7 +100,7 @@ class FleetAdmin:
         self._owns_pool = pool is None
         self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
         self._owns_leases = False
-        if leases is None and target.isolation in SHARED_STATE_ISOLATIONS and target.redis_url is not None:
+        if leases is None and shares_session_state(target.isolation) and target.redis_url is not None:
             leases = LeaseManager.from_url(target.redis_url.get_secret_value())
             self._owns_leases = True
         self.leases = leases

@@ -1,13 +1,15 @@
 """The fleet client's errors: one type per thing that can go wrong, each with a message that says what to do.
 
-Every error derives from `FleetClientError` and from the builtin that best describes it, so callers can catch
-either (`except PermissionError` still catches `AccessDenied`).
+Every error derives from `FleetClientError` (itself a copilot_fleet.errors.FleetError) and from the builtin that
+best describes it, so callers can catch either (`except PermissionError` still catches `AccessDenied`).
 """
 
 from __future__ import annotations
 
+from copilot_fleet.errors import FleetError
 
-class FleetClientError(Exception):
+
+class FleetClientError(FleetError):
     """Base class of every error the fleet client raises on purpose."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from copilot import CopilotSession
 from copilot.session_events import SessionEvent
@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from copilot import CopilotClient
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# What the CLI says (facts/copilot-runtime.md); matched as substrings, case-insensitively.
+# What the CLI says (CLI 1.0.102, as measured here); matched as substrings, case-insensitively.
 _NO_AUTH = "no github oauth token or copilot hmac key provided"
 _NOT_FOUND = ("session not found", "session file not found")
 
@@ -149,7 +150,7 @@ class FleetSession:
         except Exception:
             logger.debug("abort after lease loss failed for %s", self.session_id, exc_info=True)
 
-    async def _guarded(self, call: Callable[[], Awaitable[Any]], *, turn: bool = False) -> Any:
+    async def _guarded(self, call: Callable[[], Awaitable[T]], *, turn: bool = False) -> T:
         self.check()
         try:
             result = await self._unless_disconnected(call)
@@ -172,7 +173,7 @@ class FleetSession:
             self.lease.check()  # a reply produced while someone else may have written is not a clean success
         return result
 
-    async def _unless_disconnected(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _unless_disconnected(self, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, ended with SessionDisconnected as soon as the session's connection ends: the SDK does not wake
         a waiting `send_and_wait` then, so a replica that dies mid-turn would cost the caller the whole timeout."""
         closed = closed_event(self.sdk)

@@ -1,7 +1,8 @@
 """Session ids that say who owns a session, what it is for and when it was made, without ambiguity.
 
-The seeds build ids as `{user}-{task}-{timestamp}` and recover the owner with `split("-")[0]`, which gives "alice"
-for user "alice-smith" (and lets user "alice" resume "alice-smith"'s sessions). Here the owner is length-prefixed:
+The obvious scheme builds ids as `{user}-{task}-{timestamp}` and recovers the owner with `split("-")[0]`, which gives
+"alice" for user "alice-smith" (and lets user "alice" resume "alice-smith"'s sessions). Here the owner is
+length-prefixed:
 
     u-<len(user)>-<user>-<purpose>-<unix seconds>-<nonce>      a user's own session
     s-<name>                                                    a named shared session (membership decides access)
@@ -24,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from copilot_fleet.sessiondir import MAX_SESSION_ID_LENGTH as MAX_SESSION_ID_LENGTH
+from copilot_fleet.sessiondir import SESSION_ID_CHARS_DESCRIPTION as ALLOWED_DESCRIPTION
+
 from .errors import InvalidSessionId
 
-MAX_SESSION_ID_LENGTH = 128
-ALLOWED_DESCRIPTION = "ASCII letters, digits, '_' and '-'"
 USER_PREFIX = "u-"
 SHARED_PREFIX = "s-"
 NONCE_HEX_DIGITS = 8

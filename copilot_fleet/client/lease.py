@@ -156,7 +156,7 @@ class Lease:
     async def _renew_loop(self, every: float) -> None:
         while not self._released and self._lost_reason is None:
             await asyncio.sleep(every)
-            if self._released:
+            if self.released:  # the property: released while this task slept
                 return
             try:
                 await self.renew()
@@ -289,7 +289,9 @@ class LeaseManager:
             remaining_ms = int(await self.redis.pttl(key))
         except redis.exceptions.RedisError:
             return ""
-        return f" (its lease runs for up to {remaining_ms / 1000:.1f} s more unless renewed)" if remaining_ms > 0 else ""
+        if remaining_ms <= 0:
+            return ""
+        return f" (its lease runs for up to {remaining_ms / 1000:.1f} s more unless renewed)"
 
     @asynccontextmanager
     async def hold(self, session_id: str, *, wait: float = 0.0, renew: bool = True) -> AsyncIterator[Lease]:

@@ -14,6 +14,7 @@ answers "connected" / "cannot watch" and callers get the SDK's own behaviour bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from typing import Any
 
@@ -68,9 +69,7 @@ def _chain(previous: Any, loop: asyncio.AbstractEventLoop, event: asyncio.Event)
                 previous()
         finally:
             if not loop.is_closed():
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop closed in between: nobody is waiting any more
                     loop.call_soon_threadsafe(event.set)
-                except RuntimeError:  # the loop closed in between: nobody is waiting any more
-                    pass
 
     return on_close

@@ -1,6 +1,6 @@
 """Session options the fleet client validates before the CLI sees them.
 
-Infinite sessions (the seeds' `infiniteSessions: {enabled, backgroundCompactionThreshold, ...}`): the CLI compacts a
+Infinite sessions (`infiniteSessions: {enabled, backgroundCompactionThreshold, ...}` in camelCase): the CLI compacts a
 session's history in the background once context use crosses `background_compaction_threshold`, and blocks the
 next turn until compaction finishes once it crosses `buffer_exhaustion_threshold`. Both are fractions of the
 model's prompt budget. The CLI (1.0.102) accepts anything here without complaint - a threshold of 1.5 or
@@ -58,7 +58,7 @@ class InfiniteSessions:
     @classmethod
     def coerce(cls, value: object) -> InfiniteSessions:
         """From an InfiniteSessions, the stack's InfiniteSessionsSpec (same field names), or a dict in the SDK's
-        snake_case or the seeds' camelCase keys."""
+        snake_case or in camelCase."""
         if isinstance(value, InfiniteSessions):
             return value
         if isinstance(value, Mapping):

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from .errors import AccessDenied, MembershipUnavailable
-from .ids import SessionIdParts, validate_id_part, parse_session_id
+from .ids import SessionIdParts, parse_session_id, validate_id_part
 
 MEMBERS_KEY_PREFIX = "copilot-fleet:members:"
 

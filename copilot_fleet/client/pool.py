@@ -8,6 +8,7 @@ loop), share it between FleetClients, and close it at shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -132,10 +133,8 @@ class ClientPool:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise ReplicaUnavailable(f"CLI server {address} did not accept a connection ({reason})") from exc
         writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-        except OSError:
-            pass
         client = self._factory(address, token)
         try:
             await asyncio.wait_for(client.start(), self.connect_timeout)

@@ -62,16 +62,16 @@ def _project_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import fleet
+    from copilot_fleet.local import lifecycle
 
-    fleet.up(_project_dir(args), args.stack, timeout=args.timeout)
+    lifecycle.up(_project_dir(args), args.stack, timeout=args.timeout)
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from copilot_fleet.local import fleet
+    from copilot_fleet.local import lifecycle
 
-    fleet.down(_project_dir(args), args.stack, purge=args.purge)
+    lifecycle.down(_project_dir(args), args.stack, purge=args.purge)
     return 0
 
 

@@ -75,7 +75,7 @@ def cmd_undrain(args: argparse.Namespace) -> int:
 
 
 def cmd_recycle(args: argparse.Namespace) -> int:
-    from copilot_fleet.local.fleet import load_local_spec
+    from copilot_fleet.local.stack import load_local_spec
 
     project = _project_dir(args)
     bounds = load_local_spec(project, args.stack).recycle

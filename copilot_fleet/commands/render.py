@@ -37,17 +37,10 @@ def run(args: argparse.Namespace) -> int:
     project_dir = find_project_dir(Path(args.project_dir) if args.project_dir else None)
     version = args.k8s_version or DEFAULT_K8S_VERSION
     _leave_garbage_at_exit()
-    try:
-        # The program's garbage (the SDK's outputs and tasks in reference cycles) is not freed object by object:
-        # the process ends after this command (see _leave_garbage_at_exit).
-        result = render_stack(project_dir, args.stack, k8s_version=version, collect=False)
-    except ValueError as exc:
-        from copilot_fleet.spec import ConfigError
-
-        if isinstance(exc, ConfigError):
-            raise
-        print(f"copilot-fleet render: {exc}", file=sys.stderr)
-        return 1
+    # The program's garbage (the SDK's outputs and tasks in reference cycles) is not freed object by object: the
+    # process ends after this command (see _leave_garbage_at_exit). Config, stack and version errors are FleetErrors
+    # for cli.main to print; anything else is a bug and shows its traceback.
+    result = render_stack(project_dir, args.stack, k8s_version=version, collect=False)
     out_dir = Path(args.out) if args.out else project_dir / DEFAULT_OUT / args.stack
     with fewer_collections(collect=False):  # a full collection here would walk the program's garbage
         written = write_manifests(result.objects, out_dir)

@@ -59,9 +59,16 @@ class ResolvedTarget:
     temporary: bool
 
 
-def _project_dir(args: argparse.Namespace) -> Path:
+def _project_dir(args: argparse.Namespace) -> Path | None:
+    """The stack project; None for `--target FILE` run outside any project (the installed smoke tests run then)."""
+    from copilot_fleet.errors import ProjectNotFound
     from copilot_fleet.stackfile import find_project_dir
 
+    if args.target_file and not args.project_dir:
+        try:
+            return find_project_dir()
+        except ProjectNotFound:
+            return None
     return find_project_dir(Path(args.project_dir) if args.project_dir else None)
 
 
@@ -73,7 +80,7 @@ def write_private_target(document: dict[str, object]) -> Path:
     return Path(name)
 
 
-def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
+def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarget:
     """The target to verify, validated before anything runs; errors name the problem."""
     from copilot_fleet.target import TargetError, load_target
 
@@ -91,6 +98,7 @@ def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
     from copilot_fleet.local.paths import StatePaths
 
     stack = args.stack or DEFAULT_STACK
+    assert project_dir is not None  # only --target FILE runs without a project
     target, warning = targets.read_target(project_dir, stack)  # the same resolution as `copilot-fleet target`
     if warning:
         raise CommandError(f"{warning}; nothing was verified")
@@ -105,7 +113,7 @@ def _label(target: object, source: str) -> str:
 
 
 @contextmanager
-def _resolved(args: argparse.Namespace, project_dir: Path) -> Iterator[ResolvedTarget]:
+def _resolved(args: argparse.Namespace, project_dir: Path | None) -> Iterator[ResolvedTarget]:
     resolved = resolve(args, project_dir)
     try:
         yield resolved

@@ -32,20 +32,18 @@ from pathlib import Path
 import redis
 
 from copilot_fleet.client.draining import clear_draining, mark_draining
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HAPROXY_PROGRAM, Service, load_manifest
-from copilot_fleet.local.status import session_dirs
-from copilot_fleet.wear import measure
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.drain import turn_in_flight, wait_idle
+from copilot_fleet.pod.wear import measure
+from copilot_fleet.sessiondir import attached_dirs
 
 DEFAULT_DRAIN_TIMEOUT = 60.0
 _POLL = 0.2
-_RECENT_WRITE_SECONDS = 1.0
-# Events after which a session waits for its user: no turn in flight.
-_IDLE_EVENTS = frozenset({"assistant.turn_end", "session.start", "session.resume", "session.shutdown",
-                          "session.idle", "session.model_change", "session.info", "session.error"})
 
 
 @dataclass
@@ -146,55 +144,6 @@ def set_lb_state(paths: StatePaths, server: str, state: str) -> None:
     answer = haproxy_command(paths.haproxy_socket, f"set server {HAPROXY_BACKEND}/{server} state {state}")
     if answer:
         raise LocalFleetError(f"HAProxy refused `set server {HAPROXY_BACKEND}/{server} state {state}`: {answer}")
-
-
-# --- sessions ---------------------------------------------------------------------------------------------------
-
-def _last_event_type(events: Path) -> str | None:
-    try:
-        with open(events, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return str(json.loads(line).get("type"))
-        except ValueError:
-            continue  # a partial line being written, or the cut start of the tail
-    return None
-
-
-def turn_in_flight(session_dir: Path) -> bool:
-    events = session_dir / "events.jsonl"
-    try:
-        if time.time() - events.stat().st_mtime < _RECENT_WRITE_SECONDS:
-            return True
-    except OSError:
-        return False
-    return _last_event_type(events) not in _IDLE_EVENTS
-
-
-def attached_dirs(session_state: Path, pid: int) -> list[Path]:
-    lock = f"inuse.{pid}.lock"
-    return [d for d in session_dirs(session_state) if (d / lock).exists()]
-
-
-def busy_sessions(session_state: Path, pid: int) -> list[str]:
-    """The sessions attached to the CLI with `pid` that are in a turn."""
-    return [d.name for d in attached_dirs(session_state, pid) if turn_in_flight(d)]
-
-
-def wait_idle(session_state: Path, pid: int, timeout: float, poll: float = _POLL) -> list[str]:
-    """Wait until the CLI with `pid` has no turn in flight, at most `timeout` s; the sessions still in a turn then
-    (empty: idle). The local drain and the Kubernetes preStop hook both wait with this."""
-    deadline = time.monotonic() + timeout
-    busy = busy_sessions(session_state, pid)
-    while busy and time.monotonic() < deadline:
-        time.sleep(poll)
-        busy = busy_sessions(session_state, pid)
-    return busy
 
 
 # --- drain / undrain --------------------------------------------------------------------------------------------

@@ -141,10 +141,10 @@ def secret_names(topology: Topology) -> list[str]:
     """The secrets this fleet generates."""
     spec = topology.spec
     names: list[str] = []
-    if spec.isolation == "per-user":
-        names += [user_token_name(g.token_key) for g in topology.groups]
-    else:
+    if topology.shares_session_state:
         names.append(CONNECTION_TOKEN)
+    else:
+        names += [user_token_name(g.token_key) for g in topology.groups]
     if topology.lease_store is not None:
         names.append(REDIS_PASSWORD)
     if spec.provider is None:
@@ -172,7 +172,7 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     spec = topology.spec
     local = spec.local
     uses_test_model = spec.provider is None
-    shared = spec.isolation != "per-user"
+    shared = topology.shares_session_state
     programs: list[Program] = []
 
     if uses_test_model:
@@ -224,9 +224,9 @@ def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs
     """The same janitor as the Kubernetes CronJob, every 15 minutes under supervisord: one for the shared
     session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there)."""
     env = _python_task_env()
-    base = (str(tools.python), "-m", "copilot_fleet.janitor", "--ttl", f"{topology.spec.session_ttl}s",
+    base = (str(tools.python), "-m", "copilot_fleet.pod.janitor", "--ttl", f"{topology.spec.session_ttl}s",
             "--every", str(JANITOR_EVERY_SECONDS))
-    if topology.spec.isolation != "per-user":
+    if topology.shares_session_state:
         leases: tuple[str, ...] = ()
         if topology.lease_store is not None:
             leases = ("--redis-url-file", str(paths.config_dir / "janitor-redis-url"), "--require-leases")

@@ -1,7 +1,7 @@
 """Readiness and health checks, each a real round trip with the service's own protocol:
 
 - a CLI server (and HAProxy in front of them): the JSON-RPC `connect` handshake with the connection token, then
-  `status.get` (copilot_fleet.health, the same check the Kubernetes probes run; not the SDK, which costs 0.7 s
+  `status.get` (copilot_fleet.pod.health, the same check the Kubernetes probes run; not the SDK, which costs 0.7 s
   to import and about 1 s per client `stop()`, while `up`/`status` check every server at once).
 - Redis: PING with the password (redis-py).
 - the test model: GET /healthz.
@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from copilot_fleet import health
+from copilot_fleet.errors import FleetError
 from copilot_fleet.local.plan import HOST, Service
+from copilot_fleet.pod import health
 
 DEFAULT_TIMEOUT = 2.0
 # Straight to 127.0.0.1, whatever HTTP_PROXY says.
@@ -32,7 +33,7 @@ class ProbeResult:
     detail: str  # the server's version, PONG, or what went wrong
 
 
-class JsonRpcError(RuntimeError):
+class JsonRpcError(FleetError, RuntimeError):
     """A CLI server (or HAProxy in front of one) that did not complete the round trip; the message says why."""
 
 

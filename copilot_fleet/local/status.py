@@ -1,25 +1,29 @@
 """`copilot-fleet status`: each process of a local fleet with its supervisord state, health and sessions.
 
 Health is the same round trip as readiness (probes.py), timed. Sessions are counted from disk, where the CLI
-keeps them: `session-state/<id>/` is one session, and the CLI marks a session a process has attached (open) with
-`session-state/<id>/inuse.<pid>.lock`, removed when the client disconnects. So "attached" per server is the number
-of sessions holding a lock with that server's current PID, which works for a session-state/ shared by several
-replicas too (a stale lock left by a killed server carries a PID that is no longer the server's).
+keeps them (copilot_fleet.sessiondir): `session-state/<id>/` is one session, and the CLI marks a session a process
+has attached (open) with `session-state/<id>/inuse.<pid>.lock`, removed when the client disconnects. So "attached"
+per server is the number of sessions holding a lock with that server's current PID, which works for a
+session-state/ shared by several replicas too (a stale lock left by a killed server carries a PID that is no
+longer the server's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.fleet import not_local_message, stack_platform
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import Service, load_manifest
+from copilot_fleet.local.stack import not_local_message, stack_platform
+from copilot_fleet.pod import procfs
+from copilot_fleet.sessiondir import attached_dirs, session_dirs
 
 
 @dataclass
@@ -63,27 +67,12 @@ class FleetStatus:
                 "services": [asdict(s) for s in self.services]}
 
 
-def session_dirs(session_state: Path) -> list[Path]:
-    """One directory per session (dot-directories hold the CLI's own locks)."""
-    try:
-        return [d for d in session_state.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    except OSError:
-        return []
-
-
-def attached_sessions(session_state: Path, pid: int) -> int:
-    lock = f"inuse.{pid}.lock"
-    return sum(1 for d in session_dirs(session_state) if (d / lock).exists())
-
-
 def _secret_values(paths: StatePaths, services: list[Service]) -> dict[str, str]:
     names = {n for s in services for n in (s.token_secret, s.password_secret) if n}
     values = {}
     for name in names:
-        try:
+        with contextlib.suppress(OSError):
             values[name] = paths.secret_file(name).read_text().strip()
-        except OSError:
-            pass
     return values
 
 
@@ -138,7 +127,7 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
             state_dir = Path(svc.session_state)
             row.sessions_shared = svc.shared_session_state
             row.sessions_on_disk = len(session_dirs(state_dir))
-            row.attached = attached_sessions(state_dir, row.pid) if row.pid else 0
+            row.attached = len(attached_dirs(state_dir, row.pid)) if row.pid else 0
             row.drained = svc.name in drained
             if lb:
                 lb_row = lb.get(svc.name, {})

@@ -7,6 +7,7 @@ as far as writing its own pid file. Every process of the fleet runs in superviso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from copilot_fleet.local import procfs
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, write_private
 from copilot_fleet.local.tools import Tools
+from copilot_fleet.pod import procfs
 
 STOP_TIMEOUT = 30.0  # supervisord stops each program within its stopwaitsecs (10 s), in priority order
 # Longer than a program's stopwaitsecs (10 s): stopProcess(wait=True) answers only once the program is gone.
@@ -154,10 +155,8 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def _reap(pid: int) -> None:
     """Collect the exit status if supervisord is our own child (it was started by this process)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -190,8 +189,6 @@ def stop(record: SupervisorRecord, timeout: float = STOP_TIMEOUT) -> list[int]:
     leftovers = sorted(set(members) | set(procfs.session_members(record.pid)))
     leftovers = [p for p in leftovers if procfs.is_alive(p)]
     for pid in leftovers:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return _wait_gone(leftovers, 5.0)

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.fleet import stack_platform
 from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.stack import stack_platform
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.stackfile import stack_file
 from copilot_fleet.target import Target, TargetError, parse_target

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from copilot_fleet.errors import FleetError
+
 _LEADING_BLOCK = re.compile(r"\s*<([A-Za-z][A-Za-z0-9_-]*)>.*?</\1>\s*", re.DOTALL)
 
 
-class RequestError(ValueError):
+class RequestError(FleetError, ValueError):
     """A request body the test model cannot use; the message names the field and what is allowed."""
 
 

@@ -7,10 +7,12 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from copilot_fleet.errors import FleetError
+
 ENV_VAR = "TESTMODEL_API_KEY"
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(FleetError, ValueError):
     """The configured key cannot be used; the message says which source and why."""
 
 

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.testmodel.commands import Answer, answer
 from copilot_fleet.testmodel.conversation import RequestError, chat_user_turns, responses_user_turns
 from copilot_fleet.testmodel.wire import Completion, Usage
@@ -42,7 +43,7 @@ class RequestRecord:
     user_turns: int | None = None
 
 
-class HttpError(Exception):
+class HttpError(FleetError):
     """An error answered as OpenAI-style JSON: {"error": {"message", "type", "code"}}."""
 
     def __init__(self, status: HTTPStatus, message: str, code: str, headers: dict[str, str] | None = None):
@@ -386,7 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as err:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(err), "invalid_request") from None
         reply: Answer = answer(turns)
-        model = body.get("model") if isinstance(body.get("model"), str) and body.get("model") else self.server.model
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) and asked else self.server.model
         self._note.update(model=model, stream=str(stream).lower(), turns=len(turns), command=reply.command)
         if reply.sleep_seconds > 0:
             self.server.stopping.wait(reply.sleep_seconds)  # woken early by shutdown

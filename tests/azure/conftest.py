@@ -1,20 +1,16 @@
-"""Fixtures of the Azure platform tests: mocked program runs with Azure's answers (see azure_mock_engine.py)."""
+"""Fixtures of the Azure platform tests: mocked program runs with Azure's answers (see
+tests/helpers/azure_mock_engine.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from azure_mock_engine import PROJECT_DIR, AzureRecordingMocks, Run  # noqa: E402
-
-from copilot_fleet import render  # noqa: E402
-from copilot_fleet.stackfile import read_stack_config  # noqa: E402
+from copilot_fleet import render
+from copilot_fleet.stackfile import read_stack_config
+from tests.helpers.azure_mock_engine import PROJECT_DIR, AzureRecordingMocks, Run
 
 
 @pytest.fixture

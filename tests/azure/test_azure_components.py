@@ -10,11 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from azure_mock_engine import PROJECT_DIR, Run
 
-from components.azure import offline
+from copilot_fleet.components.azure import offline
 from copilot_fleet.spec import ConfigError
 from copilot_fleet.stackfile import read_stack_config
+from tests.helpers.azure_mock_engine import PROJECT_DIR, Run
 
 # What the Azure components use of pulumi-azure-native, and nothing else (the whole package: seconds, ~600 MB).
 EXPECTED_SUBMODULES = {"authorization", "containerservice", "keyvault", "managedidentity", "operationalinsights",
@@ -22,20 +22,19 @@ EXPECTED_SUBMODULES = {"authorization", "containerservice", "keyvault", "managed
 
 _PROBE = """
 import json, sys, time
-sys.path.insert(0, "tests/azure")
 
 def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
-import pulumi, pulumi_kubernetes, pulumi_random, components.kubernetes  # the baseline every platform pays
+import pulumi, pulumi_kubernetes, pulumi_random, copilot_fleet.components.kubernetes  # the baseline every platform pays
 import pulumi._utils
 base = rss_mib()
 start = time.perf_counter()
-import components.azure
+import copilot_fleet.components.azure
 imported = time.perf_counter() - start
 # azure-native submodules are lazy: they load on first use, so run a whole stack to load what is used.
-from azure_mock_engine import AzureRecordingMocks
+from tests.helpers.azure_mock_engine import AzureRecordingMocks
 from copilot_fleet import render
 from copilot_fleet.stackfile import read_stack_config
 from pathlib import Path
@@ -104,8 +103,8 @@ def test_the_fleet_hands_back_where_things_landed(run_mocked: Callable[..., Run]
     values, secret = _stack_config("azure-shared-session")
 
     def program() -> dict[str, Any]:
-        from components.azure import AzureFleet, AzureFleetArgs
-        from components.common import ConnectionTokens
+        from copilot_fleet.components.azure import AzureFleet, AzureFleetArgs
+        from copilot_fleet.components.common import ConnectionTokens
         from copilot_fleet.pulumi_config import load_engine_spec
         from copilot_fleet.topology import build_topology
 

@@ -14,16 +14,17 @@ from typing import Any
 
 import pytest
 import yaml
-from azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
-from components.azure import offline
-from components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME
-from components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet import render
+from copilot_fleet.components.azure import offline
+from copilot_fleet.components.azure.secret_sync import CLIENT_ID_ANNOTATION
+from copilot_fleet.components.azure.secret_sync import NAME as SYNC_NAME
+from copilot_fleet.components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import load_stack_spec
 from copilot_fleet.target import parse_target
 from copilot_fleet.topology import build_topology
+from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
 
 AZ = "azure-native:"
 SHARED = ("azure-shared-cli", "azure-shared-session")
@@ -214,7 +215,7 @@ def test_only_the_sync_pods_carry_the_workload_identity(run: Run) -> None:
 
 def test_the_janitor_takes_leases_with_the_cache_url_from_key_vault(stack: str, run: Run) -> None:
     """The janitor CronJob on AKS: the Kubernetes one, its Redis URL file synced from `lease-store-redis-url`."""
-    from copilot_fleet.janitor import build_parser
+    from copilot_fleet.pod.janitor import build_parser
 
     jobs = run.kind("CronJob")
     assert len(jobs) == len(build_topology(spec_of(stack)).session_volumes)
@@ -225,7 +226,7 @@ def test_the_janitor_takes_leases_with_the_cache_url_from_key_vault(stack: str, 
     for job in jobs:
         pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         (c,) = pod["containers"]
-        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.janitor"]
+        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.pod.janitor"]
         args = build_parser().parse_args(c["command"][3:])
         assert args.session_state == next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "sessions")
         secret_volumes = [v for v in pod["volumes"] if "secret" in v]

@@ -8,10 +8,10 @@ import re
 import pytest
 import yaml
 
-from components.azure import names
-from components.azure.cache import redis_url, sku_family
-from components.azure.layout import REDIS_URL_SECRET, secret_layout
-from components.azure.secret_sync import SyncedSecret, provider_class_spec
+from copilot_fleet.components.azure import names
+from copilot_fleet.components.azure.cache import redis_url, sku_family
+from copilot_fleet.components.azure.layout import REDIS_URL_SECRET, secret_layout
+from copilot_fleet.components.azure.secret_sync import SyncedSecret, provider_class_spec
 
 
 @pytest.mark.parametrize("volume", ["copilot-sessions", "copilot-user-a-sessions",

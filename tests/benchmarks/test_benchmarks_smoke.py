@@ -5,21 +5,17 @@ the machine is shared and the figures are what the benchmark is for.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import common  # noqa: E402
-import latency  # noqa: E402
-import overheads  # noqa: E402
-import run_all  # noqa: E402
-import scale  # noqa: E402
+import common
+import latency
+import overheads
+import run_all
+import scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

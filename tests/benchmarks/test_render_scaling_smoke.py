@@ -3,15 +3,11 @@ run, the SDK floor, the profile, the whole command) and the report has its table
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import render_scaling  # noqa: E402
+import render_scaling
 
 
 def test_render_scaling_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

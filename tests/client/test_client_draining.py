@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from copilot_fleet.client.draining import DrainingReplicas, clear_draining, mark_draining
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from tests.helpers.processes import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,7 +23,7 @@ from copilot_fleet.client import handle as handle_module
 from copilot_fleet.target import Target
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from tests.helpers.processes import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 
@@ -160,7 +160,7 @@ async def test_resume_always_resupplies_provider_and_defaults(redis_server: Redi
         assert (kwargs["streaming"], kwargs["reasoning_effort"]) == (True, "low")
         assert await lease_exists(redis_server, sid)
         await handle.close()
-        assert handle.sdk.disconnected and not await lease_exists(redis_server, sid)
+        assert cast(Any, handle.sdk).disconnected and not await lease_exists(redis_server, sid)
 
         def deny(*_: Any) -> None:
             return None
@@ -251,7 +251,8 @@ async def test_a_created_session_whose_first_turn_hit_a_full_disk_is_deleted_on_
         assert not await lease_exists(redis_server, session.session_id)
 
 
-@pytest.mark.parametrize("case", ["resumed", "a turn completed first", "not a storage error", "no turn, no storage error"])
+@pytest.mark.parametrize("case", ["resumed", "a turn completed first", "not a storage error",
+                                  "no turn, no storage error"])
 async def test_sessions_with_possible_history_are_never_deleted_on_close(redis_server: RedisServer, case: str) -> None:
     pool = FakePool({A: "works"})
     fake = pool.fakes[A]
@@ -328,7 +329,7 @@ async def test_a_create_refused_for_storage_deletes_what_it_may_have_left(redis_
             await fleet.create_session("full")
         ((op, sid, _),) = pool.fakes[A].calls
         assert op == "create" and pool.fakes[A].log == [("delete", sid)]
-        assert not await lease_exists(redis_server, sid)
+        assert sid is not None and not await lease_exists(redis_server, sid)
     refused = FakePool({A: "rejects"})
     async with FleetClient(target(redis_server, [A]), user="alice", pool=refused) as fleet:
         with pytest.raises(JsonRpcError, match="invalid model"):
@@ -349,8 +350,7 @@ async def test_a_turn_without_answer_names_a_storage_problem_only_when_the_serve
     """CLI 1.0.102 never answers a turn whose events it cannot write (finding 5). After the timeout the handle asks
     the server to write a small file in the session's workspace: a storage error there becomes
     SessionStateUnwritable (still a TimeoutError) naming it; any other outcome leaves the SDK's TimeoutError."""
-    from copilot_fleet.client import SessionStateUnwritable
-    from copilot_fleet.client import write_check
+    from copilot_fleet.client import SessionStateUnwritable, write_check
 
     monkeypatch.setattr(write_check, "CHECK_TIMEOUT", 0.2)
     pool = FakePool({A: "works"})
@@ -414,6 +414,7 @@ async def test_a_shared_session_on_a_fleet_without_them_is_refused_for_that_reas
 
     pool = FakePool({A: "works"})
     async with FleetClient(target(redis_server, [A]), user="alice", pool=pool) as fleet:
-        with pytest.raises(AccessDenied, match="isolation 'shared-cli'; shared sessions need isolation 'shared-session'"):
+        with pytest.raises(AccessDenied,
+                           match="isolation 'shared-cli'; shared sessions need isolation 'shared-session'"):
             await fleet.resume_session(shared_session_id("team"))
     assert pool.fakes[A].calls == []

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from copilot_fleet.client import (
     AccessDenied,
@@ -31,7 +32,7 @@ from copilot_fleet.client import (
 from copilot_fleet.target import ProviderTarget, Target
 
 if TYPE_CHECKING:
-    from conftest import CliFleet, SpareCli
+    from tests.helpers.processes import CliFleet, SpareCli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 
@@ -153,10 +154,10 @@ async def test_failover_to_the_next_replica_when_the_first_is_down(cli_fleet: Cl
     dead = dead_address()
     replicas = [dead, cli_fleet.a.address]
     user = next(u for u in (f"user{i}" for i in range(100)) if rank_replicas(u, replicas)[0] == dead)
-    async with FleetClient(make_target(cli_fleet, replicas), user=user) as fleet:
-        async with await fleet.create_session("failover", **OPTS) as handle:
-            assert handle.address == cli_fleet.a.address
-            assert "remembered: elder" in (await handle.reply("remember: elder") or "")
+    async with FleetClient(make_target(cli_fleet, replicas), user=user) as fleet, \
+            await fleet.create_session("failover", **OPTS) as handle:
+        assert handle.address == cli_fleet.a.address
+        assert "remembered: elder" in (await handle.reply("remember: elder") or "")
 
 
 async def test_a_crash_mid_turn_ends_the_reply_at_once_and_the_restarted_server_is_reconnected(
@@ -205,18 +206,17 @@ async def test_delete_then_resume_is_session_not_found(cli_fleet: CliFleet) -> N
 
 async def test_list_shows_only_the_users_own_sessions(cli_fleet: CliFleet) -> None:
     target = make_target(cli_fleet, [cli_fleet.a.address])
-    async with ClientPool() as pool:
-        async with FleetClient(target, user="dave", pool=pool) as dave, FleetClient(
-            target, user="dave-smith", pool=pool
-        ) as dave_smith:
-            async with await dave.create_session("listed", **OPTS) as mine:
-                pass
-            async with await dave_smith.create_session("listed", **OPTS) as theirs:
-                pass
-            assert mine.session_id in {m.session_id for m in await dave.list_sessions()}
-            assert theirs.session_id not in {m.session_id for m in await dave.list_sessions()}
-            assert {m.session_id for m in await dave_smith.list_sessions()} >= {theirs.session_id}
-            assert mine.session_id not in {m.session_id for m in await dave_smith.list_sessions()}
+    async with ClientPool() as pool, FleetClient(target, user="dave", pool=pool) as dave, FleetClient(
+        target, user="dave-smith", pool=pool
+    ) as dave_smith:
+        async with await dave.create_session("listed", **OPTS) as mine:
+            pass
+        async with await dave_smith.create_session("listed", **OPTS) as theirs:
+            pass
+        assert mine.session_id in {m.session_id for m in await dave.list_sessions()}
+        assert theirs.session_id not in {m.session_id for m in await dave.list_sessions()}
+        assert {m.session_id for m in await dave_smith.list_sessions()} >= {theirs.session_id}
+        assert mine.session_id not in {m.session_id for m in await dave_smith.list_sessions()}
 
 
 async def test_ephemeral_session_is_deleted_after_use(cli_fleet: CliFleet) -> None:
@@ -238,7 +238,8 @@ async def test_resume_without_provider_names_the_fix(cli_fleet: CliFleet) -> Non
                 with pytest.raises(ProviderMissing, match="pass provider="):
                     await resumed.reply("recall")
             # Passing the provider per call is the fix the message names.
-            provider = ProviderTarget(type="openai", base_url=cli_fleet.model.base_url, api_key=cli_fleet.model.api_key)
+            provider = ProviderTarget(type="openai", base_url=cli_fleet.model.base_url,
+                                      api_key=SecretStr(cli_fleet.model.api_key))
             async with await bare.resume_session(handle.session_id, provider=provider.to_sdk(), **OPTS) as fixed:
                 assert "recalled: hazel" in (await fixed.reply("recall") or "")
 
@@ -370,17 +371,17 @@ def fleet_session_dirs(fleet: CliFleet, user: str) -> set[str]:
 async def test_a_cancelled_create_leaves_no_session(cli_fleet: CliFleet) -> None:
     """The caller gave up after the request left: the server's session is deleted, not left for the janitor."""
     factory = _CreateSeen()
-    async with ClientPool(client_factory=factory) as pool:
-        async with FleetClient(make_target(cli_fleet, [cli_fleet.a.address]), user="gail", pool=pool) as fleet:
-            creating = asyncio.ensure_future(fleet.create_session("cancelled", **OPTS))
-            await asyncio.wait_for(factory.sent.wait(), 30)
-            creating.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await creating
-            await factory.answered()
-            assert not fleet_session_dirs(cli_fleet, "gail"), "the cancelled create left its session on disk"
-            assert not [m for m in await fleet.list_sessions() if m.session_id.startswith("u-4-gail-cancelled-")]
-            assert not fleet.open_sessions
+    async with ClientPool(client_factory=factory) as pool, \
+            FleetClient(make_target(cli_fleet, [cli_fleet.a.address]), user="gail", pool=pool) as fleet:
+        creating = asyncio.ensure_future(fleet.create_session("cancelled", **OPTS))
+        await asyncio.wait_for(factory.sent.wait(), 30)
+        creating.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+        await factory.answered()
+        assert not fleet_session_dirs(cli_fleet, "gail"), "the cancelled create left its session on disk"
+        assert not [m for m in await fleet.list_sessions() if m.session_id.startswith("u-4-gail-cancelled-")]
+        assert not fleet.open_sessions
 
 
 async def test_a_timed_out_create_leaves_no_session(cli_fleet: CliFleet) -> None:

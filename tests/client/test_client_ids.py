@@ -23,10 +23,10 @@ ALLOWED = string.ascii_letters + string.digits + "_-"
 CLI_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-def test_dashed_user_round_trips_where_the_seeds_split_breaks() -> None:
+def test_dashed_user_round_trips_where_a_split_on_dashes_breaks() -> None:
     sid = new_session_id("alice-smith", "code-review", now=1706932800, nonce="0badcafe")
     assert sid == "u-11-alice-smith-code-review-1706932800-0badcafe"
-    assert sid.split("-")[0] != "alice-smith"  # what the seeds' check would see
+    assert sid.split("-")[0] != "alice-smith"  # what an owner check splitting on '-' would see
     parts = parse_session_id(sid)
     assert (parts.kind, parts.owner, parts.purpose) == ("user", "alice-smith", "code-review")
     assert parts.created_at == datetime(2024, 2, 3, 4, 0, 0, tzinfo=UTC)
@@ -97,7 +97,7 @@ def test_length_limit_is_enforced_with_the_budget_named() -> None:
 @pytest.mark.parametrize(
     "sid",
     [
-        "alice-code-review-1706932800",  # the seeds' format
+        "alice-code-review-1706932800",  # {user}-{task}-{timestamp}
         "3f2b8c1e-0d6a-4a8e-9a3c-2a1d5b7c9e10",  # a CLI-generated UUID
         "u-5-alice-review-1706932800",  # no nonce
         "u-6-alice-review-1706932800-0badcafe",  # length does not match the owner
@@ -130,6 +130,7 @@ def test_property_many_generated_ids_round_trip_and_obey_cli_rules() -> None:
         sid = new_session_id(user, purpose, now=ts)
         assert CLI_ID_RE.fullmatch(sid), sid
         parts = parse_session_id(sid)
+        assert parts.created_at is not None, sid
         assert (parts.owner, parts.purpose, int(parts.created_at.timestamp())) == (user, purpose, ts), sid
         # Any other user's id never parses to this owner.
         other = user + rng.choice(ALLOWED)

@@ -21,7 +21,7 @@ from copilot_fleet.client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import RedisServer
+    from tests.helpers.processes import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]  # starts redis-server
 
@@ -33,7 +33,7 @@ def manager(server: RedisServer, ttl: float = 5.0, password: str | None = None) 
     return LeaseManager.from_url(url, ttl=ttl, timeout=0.5)
 
 
-async def raw_get(server: RedisServer, key: str) -> bytes | None:
+async def raw_get(server: RedisServer, key: str) -> bytes | str | None:
     async with aioredis.Redis(port=server.port, password=server.password) as client:
         return await client.get(key)
 

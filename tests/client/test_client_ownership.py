@@ -40,7 +40,7 @@ async def test_prefix_and_lookalike_users_are_refused(owner: str, intruder: str)
 
 async def test_malformed_ids_and_users_are_invalid_not_denied() -> None:
     with pytest.raises(InvalidSessionId):
-        await check_access("alice-review-1706932800", "alice")  # the seeds' format carries no reliable owner
+        await check_access("alice-review-1706932800", "alice")  # {user}-{task}-{timestamp}: no reliable owner
     with pytest.raises(InvalidSessionId, match="user"):
         await check_access(new_session_id("alice", "x"), "alice@example.com")
 

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from copilot_fleet.client import NoRoute, Router, rank_replicas
 from copilot_fleet.target import Target
@@ -19,7 +20,7 @@ USERS = [f"user-{i}" for i in range(300)]
 def pooled(replicas: list[str], endpoint: str | None = "10.0.0.9:4321") -> Target:
     return Target(
         stack="t", platform="local", isolation="shared-cli", endpoint=endpoint, replicas=replicas,
-        connection_token="tok",
+        connection_token=SecretStr("tok"),
     )
 
 
@@ -91,7 +92,7 @@ def test_endpoint_only_and_per_user_targets() -> None:
     per_user = Target(
         stack="pu", platform="local", isolation="per-user",
         users={"alice": "127.0.0.1:4501", "bob": "127.0.0.1:4502"},
-        user_tokens={"alice": "ta", "bob": "tb"},
+        user_tokens={"alice": SecretStr("ta"), "bob": SecretStr("tb")},
     )
     route = Router(per_user).route("bob")
     assert (route.addresses, route.token) == (("127.0.0.1:4502",), "tb")

@@ -3,7 +3,7 @@ key, zero resources registered, no process started, no state directory written.
 
 Every case runs `up` in-process with a CLI path that does not exist, so a config that slipped through validation
 fails on the missing CLI instead of starting a fleet (and the test says so); three also run through the real
-`copilot-fleet up` command. The table and the checks live in copilot_fleet/faults/bad_config.py.
+`copilot-fleet up` command. The table and the checks live in faults/bad_config.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from copilot_fleet.faults.bad_config import CASES, ConfigCase, check_engine, check_local
-from copilot_fleet.faults.fleet import fleet_env, write_project
+from faults.bad_config import CASES, ConfigCase, check_engine, check_local
+from faults.fleet_under_test import fleet_env, write_project
 
 # Known defects elsewhere, kept failing on purpose (strict: the test turns red once they are fixed, so the marker
 # gets removed). See docs/reliability.md, "Findings".

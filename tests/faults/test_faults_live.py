@@ -1,6 +1,6 @@
 """The fault suite at CI size against one real local fleet: 3 CLI replicas, HAProxy, Redis, the test model, under
 supervisord, started with `copilot-fleet up` in a private mount namespace (root) so the storage faults can mount over
-its session-state. The same scenario code as the full run (benchmarks/faults.py); here each target is asserted.
+its session-state. The same scenario code as the full run (benchmarks/reliability.py); here each target is asserted.
 
 Tests marked xfail(strict=True) pin down defects found by the suite in code outside it; each turns red once the
 defect is fixed (then drop the marker). docs/reliability.md, "Findings", has the suggested fixes.
@@ -17,20 +17,20 @@ from typing import Any
 
 import pytest
 
-from copilot_fleet.faults import runner
-from copilot_fleet.faults.bad_config import bad_config_while_running
-from copilot_fleet.faults.bad_input import bad_input
-from copilot_fleet.faults.fleet import FleetUnderTest
-from copilot_fleet.faults.flapping import replica_flapping
-from copilot_fleet.faults.janitor_run import janitor_live
-from copilot_fleet.faults.kill import sigkill_mid_turn
-from copilot_fleet.faults.lease_store import redis_outage
-from copilot_fleet.faults.measure import ScenarioResult
-from copilot_fleet.faults.restart import restart_identity
-from copilot_fleet.faults.secrets_audit import secrets_audit
-from copilot_fleet.faults.sessions import SMALL
-from copilot_fleet.faults.storage import storage_faults
-from copilot_fleet.faults.writers import pinned, two_writers, writers_without_lease
+from faults import runner
+from faults.bad_config import bad_config_while_running
+from faults.bad_input import bad_input
+from faults.flapping import replica_flapping
+from faults.fleet_under_test import FleetUnderTest
+from faults.janitor_run import janitor_live
+from faults.kill import sigkill_mid_turn
+from faults.lease_store import redis_outage
+from faults.measure import ScenarioResult
+from faults.restart import restart_identity
+from faults.secrets_audit import secrets_audit
+from faults.sessions import SMALL
+from faults.storage import storage_faults
+from faults.writers import pinned, two_writers, writers_without_lease
 
 pytestmark = pytest.mark.fleet
 PLAN = runner.QUICK
@@ -175,8 +175,8 @@ def test_janitor_removes_only_expired_detached_sessions(fleet: FleetUnderTest) -
 
 
 def test_janitor_trash_directory_is_private(tmp_path: Path) -> None:
-    from copilot_fleet.janitor import TRASH_DIR, Janitor
-    from copilot_fleet.faults.janitor_run import make_old
+    from copilot_fleet.pod.janitor import TRASH_DIR, Janitor
+    from faults.janitor_run import make_old
 
     old_umask = os.umask(0o022)  # what a CronJob or a shell has
     try:
@@ -230,8 +230,9 @@ def test_a_full_disk_leaves_no_ghost_session(storage: ScenarioResult) -> None:
 
 
 def test_every_storage_failure_names_its_cause(storage: ScenarioResult) -> None:
-    """CLI 1.0.102 never answers a turn on a resumed session whose session-state is read-only or full to the last page
-    (finding 5); the fleet client names the cause at the turn's timeout (SessionStateUnwritable, client/write_check.py)."""
+    """CLI 1.0.102 never answers a turn on a resumed session whose session-state is read-only or full to the last
+    page (finding 5); the fleet client names the cause at the turn's timeout (SessionStateUnwritable,
+    client/write_check.py)."""
     assert storage.targets["unclear_errors"].value == 0, storage.summary()
     assert storage.counts.get("clear_errors", 0) >= 4  # both creates and both silent turns, at least
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from copilot_fleet.faults import report
-from copilot_fleet.faults.bad_config import CASES, local_values, merged
-from copilot_fleet.faults.history import check_history, turn_contents
-from copilot_fleet.faults.kill import users_by_primary
-from copilot_fleet.faults.measure import ScenarioResult, median, percentile
-from copilot_fleet.faults.sessions import recalled_words, snapshot_tree, tree_changes
 from copilot_fleet.client import rank_replicas
+from faults import report
+from faults.bad_config import CASES, local_values, merged
+from faults.history import check_history, turn_contents
+from faults.kill import users_by_primary
+from faults.measure import ScenarioResult, median, percentile
+from faults.sessions import recalled_words, snapshot_tree, tree_changes
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -123,7 +123,7 @@ def test_report_replaces_only_its_block(tmp_path: Path) -> None:
     skipped = ScenarioResult("storage", "session-state read-only or full", skipped="not root")
     doc = tmp_path / "reliability.md"
     doc.write_text(f"# Reliability\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\n## Findings\nkept\n")
-    report.write(doc, [r, skipped], report.RunInfo(command="benchmarks/faults.py"))
+    report.write(doc, [r, skipped], report.RunInfo(command="benchmarks/reliability.py"))
     text = doc.read_text()
     assert text.startswith("# Reliability\n\nintro") and text.endswith("## Findings\nkept\n")
     assert "old" not in text

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pulumi
 import pytest
 
-from components.kubernetes.hooks import PlatformHooks, StaticVolume
+from copilot_fleet.components.kubernetes.hooks import PlatformHooks, StaticVolume
 
 KUBECONFIG = json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []})
 
@@ -16,11 +17,11 @@ KUBECONFIG = json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "
 def _program(hooks: Callable[[], PlatformHooks] | PlatformHooks | None, with_provider: bool = False):
     """The fleet alone, with hooks built inside the run (Outputs belong to the run's own event loop)."""
 
-    def program() -> dict:
+    def program() -> dict[str, Any]:
         import pulumi_kubernetes as k8s
 
-        from components.common import ConnectionTokens
-        from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+        from copilot_fleet.components.common import ConnectionTokens
+        from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
         from copilot_fleet.pulumi_config import load_engine_spec
         from copilot_fleet.topology import build_topology
 
@@ -55,7 +56,8 @@ def test_static_session_volumes_replace_dynamic_ones(make_fleet, kube):
         spec = claim["spec"]
         assert spec["storageClassName"] == ""
         pv = by_name[spec["volumeName"]]
-        assert pv["spec"]["claimRef"] == {"name": claim["metadata"]["name"], "namespace": claim["metadata"]["namespace"]}
+        assert pv["spec"]["claimRef"] == {"name": claim["metadata"]["name"],
+                                          "namespace": claim["metadata"]["namespace"]}
         assert pv["spec"]["csi"]["driver"] == "file.csi.azure.com"
         assert pv["spec"]["csi"]["volumeHandle"].endswith(claim["metadata"]["name"])
         assert pv["spec"]["csi"]["nodeStageSecretRef"]["name"] == "azure-files"

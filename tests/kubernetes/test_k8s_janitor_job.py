@@ -1,4 +1,4 @@
-"""The janitor CronJob: the same `copilot_fleet.janitor` as local fleets, with the lease store URL as a Secret file.
+"""The janitor CronJob: the same `copilot_fleet.pod.janitor` as local fleets, with the lease store URL as a Secret file.
 
 The rendered command is parsed with the janitor's own argument parser (the two cannot drift apart), and run for
 real with only what images/cli/Dockerfile installs next to copilot-fleet, against a real redis-server when one is
@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from copilot_fleet.client.lease import LEASE_KEY_PREFIX
-from copilot_fleet.janitor import LOCKS_DIR, build_parser
+from copilot_fleet.pod.janitor import build_parser
+from copilot_fleet.sessiondir import LOCKS_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 DOCKERFILE = PROJECT_DIR / "images" / "cli" / "Dockerfile"
@@ -59,7 +61,7 @@ def test_the_rendered_command_is_what_the_janitors_parser_accepts(make_fleet, ku
         (c,) = pod["containers"]
         command = c["command"]
         assert "args" not in c
-        assert command[:3] == ["python3", "-m", "copilot_fleet.janitor"], name
+        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.janitor"], name
         args = build_parser().parse_args(command[3:])  # exits (SystemExit) on anything it does not accept
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
@@ -84,7 +86,9 @@ def test_the_lease_store_url_reaches_the_janitor_only_as_a_secret_file(make_flee
     assert secret["stringData"] == {"redis-url": redis_url}  # the target's URL: in-cluster or external
     assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "janitor"
     (pod,) = janitor_pods(fleet, kube).values()
-    path, volume = lease_store_file(pod)
+    found = lease_store_file(pod)
+    assert found is not None
+    path, volume = found
     assert volume["secretName"] == JANITOR_SECRET
     assert volume["items"] == [{"key": "redis-url", "path": path.rsplit("/", 1)[1]}]
     assert volume["mount"]["readOnly"] is True
@@ -128,10 +132,14 @@ def test_the_job_keeps_its_limits_and_its_security(make_fleet, kube):
 # --- the command, run with what the image holds ------------------------------------------------------------------
 
 def image_requirements() -> list[Requirement]:
-    """What the Dockerfile pip-installs into the venv beside copilot-fleet (installed with --no-deps)."""
-    specs = [s for line in DOCKERFILE.read_text().splitlines() if "bin/pip install" in line
-             for s in re.findall(r'"([^"]+)"', line)]
-    assert specs, "no quoted requirements in the Dockerfile's pip install lines"
+    """What the Dockerfile's `pip install "/src[EXTRAS]"` brings along: the core dependencies and those extras."""
+    installs = re.findall(r'bin/pip install [^\n]*"/src\[([a-z,]+)\]"', DOCKERFILE.read_text())
+    assert len(installs) == 1, "the Dockerfile should install copilot-fleet once, as \"/src[extras]\""
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in installs[0].split(","):
+        specs += project["optional-dependencies"][extra]
+    assert not [s for s in specs if s.startswith("copilot-fleet")], "an extra the image uses pulls in another extra"
     return [Requirement(s) for s in specs]
 
 
@@ -154,7 +162,7 @@ def image_site(root: Path) -> Path:
         for top in {f.parts[0] for f in dist.files or []}:
             if top.endswith((".dist-info", ".egg-info")) or top in ("..", "__pycache__") or (site / top).exists():
                 continue
-            (site / top).symlink_to(dist.locate_file(top))
+            (site / top).symlink_to(str(dist.locate_file(top)))
     (site / "copilot_fleet").symlink_to(PROJECT_DIR / "copilot_fleet")
     return site
 
@@ -162,7 +170,7 @@ def image_site(root: Path) -> Path:
 def test_the_image_installs_copilot_fleet_as_python3() -> None:
     text = DOCKERFILE.read_text()
     assert "COPY copilot_fleet /src/copilot_fleet" in text
-    assert re.search(r"pip install [^\n]*--no-deps /src", text)
+    assert re.search(r'pip install [^\n]*"/src\[pod\]"', text) and "--no-deps" not in text
     # `python3` in the job's command is the venv's, which has copilot-fleet and its requirements
     assert re.search(r"^ENV PATH=/opt/copilot-fleet/bin:\$PATH$", text, re.MULTILINE)
 
@@ -203,7 +211,9 @@ def shared_job(make_fleet, kube) -> tuple[list[str], dict[str, str], list[dict[s
     (c,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
-    url_file, _ = lease_store_file(pod)
+    found = lease_store_file(pod)
+    assert found is not None
+    url_file, _ = found
     return c["command"], {"sessions": mounts[claim_volume], "url": url_file}, c["env"]
 
 
@@ -233,8 +243,10 @@ def test_the_command_removes_idle_sessions_under_leases_in_the_image(shared_job,
     command, paths, env = shared_job
     site = image_site(tmp_path)
     port, password = free_port(), "janitor-test-pw"
+    redis_server = shutil.which("redis-server")
+    assert redis_server is not None
     server = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
+        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password,
          "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
-from copilot_fleet.janitor import build_parser
+from copilot_fleet.pod.janitor import build_parser
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
 CREDENTIAL_NAME = re.compile(r"TOKEN|KEY|PASSWORD|SECRET", re.IGNORECASE)
@@ -125,7 +126,8 @@ def test_per_user_gives_each_user_their_own_everything(make_fleet, kube):
         # ... and that Service selects no other user's pod
         for other in cli_sets(fleet, kube):
             if other is not sts:
-                assert not kube.matches(services[0]["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"])
+                labels = other["spec"]["template"]["metadata"]["labels"]
+                assert not kube.matches(services[0]["spec"]["selector"], labels)
         per_user[user]["service"] = services[0]["metadata"]["name"]
     assert set(per_user) == set(users)
     for key in ("sts", "claim", "token_secret", "service"):
@@ -180,7 +182,8 @@ def test_redis_exactly_where_the_pattern_needs_it(make_fleet, kube, pattern, ove
 
 
 def _policies_for(fleet, kube, pod_labels):
-    return [p for p in fleet.of_kind("NetworkPolicy") if kube.matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
+    return [p for p in fleet.of_kind("NetworkPolicy")
+            if kube.matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)]
 
 
 def _admits(policy, kube, client_labels, port):
@@ -219,8 +222,8 @@ def test_network_policies_admit_only_clients(make_fleet, kube):
 
 def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube):
     fleet = make_fleet("per-user", clientSelector={"app": "chat"})
-    servers = {s["spec"]["template"]["metadata"]["labels"]["copilot-fleet/user"]: s["spec"]["template"]["metadata"]["labels"]
-               for s in cli_sets(fleet, kube)}
+    labels = [s["spec"]["template"]["metadata"]["labels"] for s in cli_sets(fleet, kube)]
+    servers = {label["copilot-fleet/user"]: label for label in labels}
     for user, labels in servers.items():
         for client_user in servers:
             client = {"app": "chat", "copilot-fleet/user": client_user}
@@ -236,8 +239,8 @@ def test_client_namespaces_and_source_ranges_through_args(make_fleet, kube):
     from copilot_fleet.topology import build_topology
 
     def program():
-        from components.common import ConnectionTokens
-        from components.kubernetes import KubernetesFleet, KubernetesFleetArgs
+        from copilot_fleet.components.common import ConnectionTokens
+        from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs
 
         topology = build_topology(load_engine_spec())
         tokens = ConnectionTokens("t", topology)
@@ -302,11 +305,12 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
     for probe in ("readinessProbe", "livenessProbe"):
         # a real JSON-RPC round trip, not a TCP connect: a server that accepts but never answers fails it
         command = cli[probe]["exec"]["command"]
-        assert command[:3] == ["python3", "-m", "copilot_fleet.health"] and command[command.index("--port") + 1] == "4400"
+        assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"]
+        assert command[command.index("--port") + 1] == "4400"
     assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
-    found = re.search(r"copilot_fleet\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
+    found = re.search(r"copilot_fleet\.pod\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
     assert found, command
     assert found.group(1).endswith("/session-state")
     assert 0 < int(found.group(2)) < 90
@@ -342,7 +346,7 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
         (claim,) = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
         janitor_claims.add(claim)
         # the same janitor as local fleets, once per run, over the mounted session volume
-        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.janitor"]
+        assert c["command"][:3] == ["python3", "-m", "copilot_fleet.pod.janitor"]
         args = build_parser().parse_args(c["command"][3:])
         mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         claim_volume = next(v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
@@ -354,7 +358,8 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
             term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
             assert term["topologyKey"] == "kubernetes.io/hostname"
             owners = [s for s in cli_sets(fleet, kube) if claim in str(s["spec"]["template"]["spec"]["volumes"])]
-            assert kube.matches(term["labelSelector"]["matchLabels"], owners[0]["spec"]["template"]["metadata"]["labels"])
+            owner_labels = owners[0]["spec"]["template"]["metadata"]["labels"]
+            assert kube.matches(term["labelSelector"]["matchLabels"], owner_labels)
     assert janitor_claims == claims_used_by_servers
 
 
@@ -413,7 +418,7 @@ def test_outputs_are_the_target(make_fleet, kube, pattern):
 
 def test_program_exports_each_target_key(make_fleet):
     """run() exports one stack output per target key, the same values it returns."""
-    seen: dict = {}
+    seen: dict[str, Any] = {}
 
     def program():
         from pulumi.runtime import settings
@@ -421,9 +426,9 @@ def test_program_exports_each_target_key(make_fleet):
         from copilot_fleet.program import TARGET_KEYS, run
 
         exported = run()
-        root = settings.get_root_resource()
+        root: Any = settings.get_root_resource()  # the Stack resource: its outputs are not public API
         assert root is not None
-        seen["stack_outputs"] = sorted(getattr(root, "outputs"))
+        seen["stack_outputs"] = sorted(root.outputs)
         seen["keys"] = TARGET_KEYS
         return exported
 
@@ -442,7 +447,7 @@ def test_azure_dispatch_needs_the_azure_components(monkeypatch):
 
     spec = FleetSpec.model_validate({"isolation": "shared-cli", "platform": "azure",
                                      "image": "registry.example.com/copilot-cli:1.0.102", "githubToken": "x"})
-    monkeypatch.setitem(sys.modules, "components.azure", None)  # as if the module were not installed
-    with pytest.raises(RuntimeError, match="components.azure.deploy_azure"):
+    monkeypatch.setitem(sys.modules, "copilot_fleet.components.azure", None)  # as if the module were not installed
+    with pytest.raises(RuntimeError, match="copilot_fleet.components.azure.deploy_azure"):
         program._platform_deployer(spec)
     assert program._platform_deployer(spec.model_copy(update={"platform": "kubernetes"})) is program._deploy_kubernetes

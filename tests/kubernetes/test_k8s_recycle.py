@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from copilot_fleet.health import build_parser
+from copilot_fleet.pod.health import build_parser
 
 
 def _probe_args(fleet, probe: str) -> list[str]:
     (sts,) = [o for o in fleet.objects if o["kind"] == "StatefulSet" and "copilot-cli" in o["metadata"]["name"]]
     (cli,) = sts["spec"]["template"]["spec"]["containers"]
     command = cli[probe]["exec"]["command"]
-    assert command[:3] == ["python3", "-m", "copilot_fleet.health"], command
+    assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"], command
     return command[3:]
 
 

@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -79,7 +80,7 @@ def test_validator_matches_the_library_and_names_object_and_field() -> None:
         render.SchemaValidator("2.99")
 
 
-def _project(tmp_path: Path, stacks: dict[str, dict]) -> Path:
+def _project(tmp_path: Path, stacks: dict[str, dict[str, Any]]) -> Path:
     shutil.copy(PROJECT_DIR / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
     (tmp_path / "stacks").mkdir()
     for name, config in stacks.items():
@@ -150,7 +151,7 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str], monk
 
     real_manifests = render.manifests
 
-    def broken(run: render.ProgramRun, mask: bool = True) -> list[dict]:
+    def broken(run: render.ProgramRun, mask: bool = True) -> list[dict[str, Any]]:
         docs = real_manifests(run, mask)
         for d in docs:
             if d["kind"] == "Service":
@@ -184,12 +185,12 @@ def test_main_module_is_the_program() -> None:
     """`pulumi up` runs __main__.py: under mocks it registers the fleet and exports the target."""
     import runpy
 
-    def program() -> dict:
+    def program() -> dict[str, Any]:
         from pulumi.runtime import settings
 
         runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
-        root = settings.get_root_resource()
-        return dict(getattr(root, "outputs"))
+        root: Any = settings.get_root_resource()  # the Stack resource: its outputs are not public API
+        return dict(root.outputs)
 
     values, secret, project = render.stack_config(PROJECT_DIR, "k8s-shared-cli")
     run = render.run_program(values, secret, stack="k8s-shared-cli", project=project, program=program)

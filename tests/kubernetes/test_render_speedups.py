@@ -13,6 +13,7 @@ import yaml
 from pulumi.runtime import rpc
 
 from copilot_fleet import render
+from copilot_fleet.render import mock_engine, yaml_emitter
 from copilot_fleet.stackfile import list_stacks
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -44,14 +45,14 @@ def _same(a: Any, b: Any) -> bool:
 ])
 def test_monitor_reads_inputs_as_the_sdk_does(inputs: dict[str, Any]) -> None:
     struct = _struct(inputs)
-    assert _same(render.deserialize_inputs(struct), rpc.deserialize_properties(struct))
+    assert _same(mock_engine.deserialize_inputs(struct), rpc.deserialize_properties(struct))
 
 
 def _reference_yaml(doc: Any) -> str:
     class Dumper(yaml.SafeDumper):
         pass
 
-    Dumper.add_representer(str, render._represent_str)
+    Dumper.add_representer(str, yaml_emitter._represent_str)
     return yaml.dump(doc, Dumper=Dumper, sort_keys=True, default_flow_style=False, width=120)
 
 

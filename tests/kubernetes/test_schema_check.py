@@ -1,4 +1,4 @@
-"""The compiled schema check (copilot_fleet.schema_check) says "valid" exactly when jsonschema finds no error.
+"""The compiled schema check (copilot_fleet.render.schema_check) says "valid" exactly when jsonschema finds no error.
 
 SchemaValidator trusts the compiled check's "valid" and asks jsonschema for the messages otherwise, so a wrong
 "valid" would hide a schema error. These tests mutate rendered objects of every kind we render (wrong types, nulls,
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from copilot_fleet import render, schema_check
+from copilot_fleet import render
+from copilot_fleet.render import schema_check
 from copilot_fleet.stackfile import list_stacks
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ import socket
 import stat
 from pathlib import Path
 
-import local_fleet_helpers as h
 import pytest
 
+import tests.helpers.local_fleet as h
 from copilot_fleet import CLI_VERSION
-from copilot_fleet.local import procfs
+from copilot_fleet.pod import procfs
 
 pytestmark = pytest.mark.fleet
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterator
 
-import local_fleet_helpers as h
 import pytest
 
-from copilot_fleet.local import probes, procfs
+import tests.helpers.local_fleet as h
+from copilot_fleet.local import probes
 from copilot_fleet.local.supervisor import Supervisor
+from copilot_fleet.pod import procfs
 
 pytestmark = pytest.mark.fleet
 STACK = "users"

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from copilot_fleet.local.config_files import haproxy_cfg, health_check_request, redis_conf, supervisord_conf
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import StackCredentials, build_plan, secret_names
-from copilot_fleet.local.render import haproxy_cfg, health_check_request, redis_conf, supervisord_conf
 from copilot_fleet.local.secrets import FleetSecrets, generate
 from copilot_fleet.local.tools import Tools
 from copilot_fleet.spec import OFFLINE_SECRET, ConfigError, RawConfig, load_spec

@@ -12,16 +12,18 @@ import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-import local_fleet_helpers as h
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from copilot_fleet.local import lbstats, procfs, probes
+import tests.helpers.local_fleet as h
+from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local.supervisor import Supervisor, read_record
+from copilot_fleet.pod import procfs
 
 pytestmark = pytest.mark.fleet
 STACK = "cli"
@@ -40,7 +42,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Project]:
         assert not project.paths(STACK).root.exists()
 
 
-def _healthy(project: h.Project) -> dict:
+def _healthy(project: h.Project) -> dict[str, Any]:
     return h.wait_for(lambda: (s := project.status(STACK))["healthy"] and s, 60, "fleet healthy again")
 
 

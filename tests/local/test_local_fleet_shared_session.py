@@ -7,11 +7,12 @@ import os
 import signal
 from collections.abc import Iterator
 
-import local_fleet_helpers as h
 import pytest
 
-from copilot_fleet.local import lbstats, probes, procfs
+import tests.helpers.local_fleet as h
+from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local.supervisor import read_record
+from copilot_fleet.pod import procfs
 
 pytestmark = pytest.mark.fleet
 STACK = "team"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import local_fleet_helpers as h
 import pytest
 
+import tests.helpers.local_fleet as h
 from copilot_fleet.cli import build_parser
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.stacknames import InvalidStackName, check_stack_name

@@ -21,7 +21,7 @@ from copilot_fleet.client import (
 )
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 
@@ -114,27 +114,26 @@ async def test_cap_counts_per_replica_and_guards_ownership(ops_fleet: OpsFleet) 
     target = ops_fleet.target(replicas)
     alice, bob = user_on(replicas[0], replicas, "alice"), user_on(replicas[1], replicas, "bob")
     cap = SessionCap(max_per_replica=1)
-    async with ClientPool() as pool:
-        async with FleetClient(target, user=alice, pool=pool, session_cap=cap) as fa, \
+    async with ClientPool() as pool, FleetClient(target, user=alice, pool=pool, session_cap=cap) as fa, \
                 FleetClient(target, user=bob, pool=pool, session_cap=cap) as fb:
-            sa = await fa.create_session("own", **ops_fleet.small)
-            sb = await fb.create_session("own", **ops_fleet.small)
-            assert cap.counts() == {replicas[0]: 1, replicas[1]: 1}, "one each: no eviction across replicas"
-            assert cap.evicted_total == 0
+        sa = await fa.create_session("own", **ops_fleet.small)
+        sb = await fb.create_session("own", **ops_fleet.small)
+        assert cap.counts() == {replicas[0]: 1, replicas[1]: 1}, "one each: no eviction across replicas"
+        assert cap.evicted_total == 0
 
-            with pytest.raises(AccessDenied):
-                await cap.get(fb, sa.session_id)  # bob never gets alice's attached handle
-            assert not sa.closed
+        with pytest.raises(AccessDenied):
+            await cap.get(fb, sa.session_id)  # bob never gets alice's attached handle
+        assert not sa.closed
 
-            sa2 = await fa.create_session("own2", **ops_fleet.small)
-            assert sa.closed and not sb.closed and cap.counts() == {replicas[0]: 1, replicas[1]: 1}
-            assert sa2.address == replicas[0]
+        sa2 = await fa.create_session("own2", **ops_fleet.small)
+        assert sa.closed and not sb.closed and cap.counts() == {replicas[0]: 1, replicas[1]: 1}
+        assert sa2.address == replicas[0]
 
-            # A session closed by its owner frees its place without an eviction.
-            await sa2.close()
-            assert cap.counts() == {replicas[1]: 1}
-            await fa.create_session("own3", **ops_fleet.small)
-            assert cap.evicted_total == 1
+        # A session closed by its owner frees its place without an eviction.
+        await sa2.close()
+        assert cap.counts() == {replicas[1]: 1}
+        await fa.create_session("own3", **ops_fleet.small)
+        assert cap.evicted_total == 1
 
 
 async def test_get_needs_the_fleet_client_that_uses_the_cap(ops_fleet: OpsFleet) -> None:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
-
-from local_fleet_helpers import (  # noqa: E402
+from copilot_fleet.client import rank_replicas
+from copilot_fleet.local import lbstats
+from copilot_fleet.local.operate import drain, recycle, undrain
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.wear import sessions_served
+from tests.helpers.local_fleet import (
     PROJECT_CLI,
     Project,
     create_session,
@@ -28,11 +29,6 @@ from local_fleet_helpers import (  # noqa: E402
     run,
     service,
 )
-
-from copilot_fleet.client import rank_replicas  # noqa: E402
-from copilot_fleet.local import lbstats, procfs  # noqa: E402
-from copilot_fleet.local.operate import drain, recycle, undrain  # noqa: E402
-from copilot_fleet.wear import sessions_served  # noqa: E402
 
 STACK = "ops-drain"
 FIGURES: dict[str, Any] = {}
@@ -86,7 +82,7 @@ async def _turn_on(address: str, token: str | None, target: Any, prompt: str,
         started.set()
         event = await pending
         await session.disconnect()
-        return session.session_id, str(event.data.content if event else "")
+        return session.session_id, str(getattr(event.data, "content", None) if event else "")
     finally:
         await client.force_stop()
 
@@ -160,7 +156,7 @@ async def _draining_mark(target: Any, address: str) -> str | None:
 
     async with aioredis.from_url(target.redis_url.get_secret_value()) as raw:
         value = await raw.get(draining_key(address))
-    return value.decode() if value is not None else None
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _fleet_create_and_delete(target: Any, user: str) -> str:
@@ -196,7 +192,7 @@ async def _fill(address: str, token: str | None, target: Any, count: int) -> lis
             session = await client.create_session(provider=target.provider.to_sdk(), model=target.model,
                                                   on_permission_request=PermissionHandler.approve_all)
             event = await session.send_and_wait(f"remember: word{i}", timeout=90)
-            assert event is not None and f"word{i}" in str(event.data.content)
+            assert event is not None and f"word{i}" in str(getattr(event.data, "content", None))
             await session.disconnect()
             return str(session.session_id)
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from copilot_fleet import CLI_VERSION
-from copilot_fleet.health import check, check_many, read_token
+from copilot_fleet.pod.health import check, check_many, read_token
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.fleet
 
@@ -138,7 +138,7 @@ def test_bad_arguments_are_refused() -> None:
         check("127.0.0.1:1", None, timeout=0)
 
 
-def test_token_from_file_wins_over_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_token_from_file_wins_over_environment(tmp_path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     assert read_token(str(token_file), {"COPILOT_CONNECTION_TOKEN": "from-env"}) == "from-file"
@@ -151,11 +151,11 @@ def test_token_from_file_wins_over_environment(tmp_path) -> None:  # type: ignor
 
 def _probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k != "COPILOT_CONNECTION_TOKEN"}
-    return subprocess.run([sys.executable, "-m", "copilot_fleet.health", *args], env={**clean, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "copilot_fleet.pod.health", *args], env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=30)
 
 
-def test_command_line_probe_exit_codes_and_one_line(ops_fleet: OpsFleet, silent: SilentServer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_command_line_probe_exit_codes_and_one_line(ops_fleet: OpsFleet, silent: SilentServer, tmp_path) -> None:
     port = str(ops_fleet.a.port)
     ok = _probe("--host", "127.0.0.1", "--port", port, env={"COPILOT_CONNECTION_TOKEN": ops_fleet.token})
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -189,8 +189,8 @@ def test_probe_fails_a_server_past_its_recycle_bounds(ops_fleet: OpsFleet) -> No
     """The Kubernetes recycle: an answering CLI over fleet:recycle's bounds fails readiness and liveness."""
     import asyncio
 
-    from copilot_fleet.local.ports import port_holder_pid
-    from copilot_fleet.wear import measure
+    from copilot_fleet.pod.ports import port_holder_pid
+    from copilot_fleet.pod.wear import measure
 
     server = ops_fleet.a
     asyncio.run(_one_session_on(ops_fleet, server.address))

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionNotFound
-from copilot_fleet.janitor import LOCKS_DIR, TRASH_DIR, Janitor, Report, last_activity, read_redis_url
+from copilot_fleet.pod.janitor import TRASH_DIR, Janitor, Report, last_activity, read_redis_url
+from copilot_fleet.sessiondir import LOCKS_DIR
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.anyio
 
@@ -84,7 +85,7 @@ async def test_removes_idle_sessions_and_their_locks_keeps_the_rest(tmp_path: Pa
 
 async def test_age_is_the_newest_sign_of_life(tmp_path: Path) -> None:
     recent_update = fake_session(tmp_path, "s-recent-update", 30 * DAY, updated_at=iso(time.time() - 3600))
-    garbage = fake_session(tmp_path, "s-garbage", 30 * DAY, updated_at="not a date")
+    fake_session(tmp_path, "s-garbage", 30 * DAY, updated_at="not a date")
     fresh_events = fake_session(tmp_path, "s-fresh-events", 30 * DAY)
     (fresh_events / "events.jsonl").write_text('{"type":"user.message"}\n')  # a turn just landed
     assert last_activity(recent_update) == pytest.approx(time.time() - 3600, abs=5)
@@ -218,7 +219,7 @@ async def test_lease_store_down_deletes_nothing(ops_fleet: OpsFleet, tmp_path: P
 
 def _janitor(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COPILOT_FLEET_REDIS_URL"}
-    return subprocess.run([sys.executable, "-m", "copilot_fleet.janitor", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "copilot_fleet.pod.janitor", *args], capture_output=True, text=True,
                           timeout=60, env=env)
 
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from copilot_fleet.local.config_files import supervisord_conf, tasks_conf
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.plan import build_plan, secret_names
-from copilot_fleet.local.render import supervisord_conf, tasks_conf
 from copilot_fleet.local.secrets import FleetSecrets, generate
 from copilot_fleet.local.tools import Tools
 from copilot_fleet.spec import RawConfig, load_spec
@@ -44,7 +44,7 @@ def test_shared_fleet_runs_the_janitor_with_required_leases(tmp_path: Path) -> N
     programs = _programs(tasks_conf(plan))
     assert f"files={plan.paths.tasks_conf}" in supervisord_conf(plan, tools)
     janitor = shlex.split(programs["janitor"]["command"])
-    assert janitor[:3] == ["/venv/bin/python", "-m", "copilot_fleet.janitor"]
+    assert janitor[:3] == ["/venv/bin/python", "-m", "copilot_fleet.pod.janitor"]
     assert janitor[janitor.index("--session-state") + 1] == str(plan.paths.shared_session_state)
     assert janitor[janitor.index("--ttl") + 1] == "172800s"
     assert janitor[janitor.index("--every") + 1] == "900"
@@ -79,7 +79,7 @@ def test_cli_servers_export_opentelemetry_to_a_file_without_content(tmp_path: Pa
 def test_janitor_every_runs_repeatedly_and_stops_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "session-state"
     state.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "copilot_fleet.janitor", "--session-state", str(state),
+    proc = subprocess.Popen([sys.executable, "-m", "copilot_fleet.pod.janitor", "--session-state", str(state),
                              "--ttl", "1h", "--every", "10", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -99,6 +99,6 @@ def test_janitor_every_runs_repeatedly_and_stops_on_sigterm(tmp_path: Path) -> N
 
 
 def test_janitor_every_is_bounded(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "copilot_fleet.janitor", "--session-state", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "copilot_fleet.pod.janitor", "--session-state", str(tmp_path),
                            "--ttl", "1h", "--every", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "10 to 86400" in proc.stderr

@@ -1,4 +1,4 @@
-"""`python -m copilot_fleet.drain` (the preStop hook): waits while an attached session is in a turn, bounded."""
+"""`python -m copilot_fleet.pod.drain` (the preStop hook): waits while an attached session is in a turn, bounded."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _event(path: Path, kind: str) -> None:
 
 
 def _drain(state: Path, pid: int, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "copilot_fleet.drain", "--session-state", str(state), "--pid",
+    return subprocess.run([sys.executable, "-m", "copilot_fleet.pod.drain", "--session-state", str(state), "--pid",
                            str(pid), "--timeout", str(timeout)], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 

@@ -15,7 +15,7 @@ from copilot_fleet.spec import InfiniteSessionsSpec
 if TYPE_CHECKING:
     from copilot.session_events import SessionEvent
 
-    from conftest import OpsFleet
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.anyio
 
@@ -42,12 +42,12 @@ def test_bad_infinite_session_settings_are_refused(value: dict[str, Any], messag
         InfiniteSessions.coerce(value)
 
 
-def test_infinite_sessions_accept_the_seeds_and_the_stack_spellings() -> None:
-    seeds = InfiniteSessions.coerce({"enabled": True, "backgroundCompactionThreshold": 0.8,
+def test_infinite_sessions_accept_camel_case_and_the_stack_spelling() -> None:
+    camel = InfiniteSessions.coerce({"enabled": True, "backgroundCompactionThreshold": 0.8,
                                      "bufferExhaustionThreshold": 0.95})
     stack = InfiniteSessions.coerce(InfiniteSessionsSpec(background_compaction_threshold=0.8))
-    assert seeds == stack == InfiniteSessions()
-    assert seeds.to_sdk() == {"enabled": True, "background_compaction_threshold": 0.8,
+    assert camel == stack == InfiniteSessions()
+    assert camel.to_sdk() == {"enabled": True, "background_compaction_threshold": 0.8,
                               "buffer_exhaustion_threshold": 0.95}
     with pytest.raises(InvalidSessionOption):
         InfiniteSessions.coerce(0.8)
@@ -82,8 +82,8 @@ async def _compactions(fleet: FleetClient, provider: dict[str, Any], small: dict
             await asyncio.sleep(0.1)
     finally:
         await session.close()
-    return [str(getattr(e.data.trigger, "value", e.data.trigger)) for e in seen
-            if e.type.value == "session.compaction_start"]
+    triggers = [getattr(e.data, "trigger", None) for e in seen if e.type.value == "session.compaction_start"]
+    return [str(getattr(trigger, "value", trigger)) for trigger in triggers]
 
 
 @pytest.mark.fleet

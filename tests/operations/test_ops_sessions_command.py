@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -13,7 +13,9 @@ from copilot_fleet.cli import main
 from copilot_fleet.client import ClientPool, FleetClient
 
 if TYPE_CHECKING:
-    from conftest import OpsFleet
+    from copilot import ProviderConfig
+
+    from tests.helpers.ops_fleet import OpsFleet
 
 pytestmark = pytest.mark.fleet
 
@@ -136,7 +138,8 @@ def test_delete_refuses_a_session_a_cli_has_attached_without_a_lease(ops_fleet: 
                                                                  connection_token=ops_fleet.token))
         await raw.start()
         try:
-            session = await raw.create_session(session_id=sid, name="raw", provider=ops_fleet.model.provider(),
+            provider = cast("ProviderConfig", ops_fleet.model.provider())
+            session = await raw.create_session(session_id=sid, name="raw", provider=provider,
                                                on_permission_request=PermissionHandler.approve_all,
                                                **ops_fleet.small)
             await session.send_and_wait("remember: raw", timeout=30)

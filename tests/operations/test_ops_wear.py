@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from copilot_fleet.wear import Wear, measure, sessions_served
+from copilot_fleet.pod.wear import Wear, measure, sessions_served
 
 LINE = b"2026-11-21T00:00:00.000Z [INFO] Created session: u-5-alice-x-1-0badcafe\n"
 RESUMED = b"2026-11-21T00:00:01.000Z [INFO] Resumed session: u-5-alice-x-1-0badcafe\n"

@@ -21,7 +21,7 @@ from copilot_fleet.topology import SHARED_GROUP, build_topology
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def spec_of(secret_keys: set[str] | None = None, **values: object):
+def spec_of(secret_keys: set[str] | None = None, /, **values: object):
     return load_spec(RawConfig(values=values, secret_keys=frozenset(secret_keys or ()), stack="t"))
 
 
@@ -34,10 +34,10 @@ def test_every_stack_in_stacks_dir_validates() -> None:
         assert spec.cli_version == CLI_VERSION
 
 
-def test_defaults_follow_the_seeds() -> None:
+def test_defaults() -> None:
     spec = spec_of(isolation="shared-cli", platform="local")
-    assert spec.idle_timeout == 30 * 60  # the seeds' 30-minute idle timeout
-    assert spec.max_sessions_per_replica == 50  # the seeds' SessionManager default
+    assert spec.idle_timeout == 30 * 60  # a 30-minute idle timeout
+    assert spec.max_sessions_per_replica == 50  # sessions attached per server
     assert spec.port == 4321
     assert spec.log_level == "info"
     assert spec.infinite_sessions.background_compaction_threshold == 0.80

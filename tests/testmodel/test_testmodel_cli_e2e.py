@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from copilot import CopilotClient, PermissionHandler, ProviderConfig, RuntimeConnection
 
-from copilot import CopilotClient, PermissionHandler, RuntimeConnection
 from copilot_fleet.testmodel import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def _event_type(event: Any) -> str:
 
 
 async def remember_then_recall(
-    cli: CliServer, provider: dict[str, str], session_id: str, streaming: bool
+    cli: CliServer, provider: ProviderConfig, session_id: str, streaming: bool
 ) -> dict[str, Any]:
     client = CopilotClient(connection=RuntimeConnection.for_uri(f"127.0.0.1:{cli.port}", connection_token=cli.token))
     await client.start()
@@ -115,8 +115,8 @@ async def remember_then_recall(
         await resumed.disconnect()
         await client.delete_session(session_id)
         return {
-            "first": first.data.content if first else None,
-            "second": second.data.content if second else None,
+            "first": getattr(first.data, "content", None) if first else None,
+            "second": getattr(second.data, "content", None) if second else None,
             "events": events,
         }
     finally:
@@ -134,9 +134,11 @@ async def remember_then_recall(
     ids=["completions", "completions-streaming", "responses", "responses-streaming"],
 )
 def test_resumed_session_recalls_through_the_test_model(
-    cli_server: CliServer, model_server: Any, wire_api: str | None, streaming: bool, path: str
+    cli_server: CliServer, model_server: Any, wire_api: Literal["completions", "responses"] | None, streaming: bool,
+    path: str
 ) -> None:
-    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": API_KEY}
+    provider: ProviderConfig = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1",
+                                "api_key": API_KEY}
     if wire_api:
         provider["wire_api"] = wire_api
     log_before = model_server.log().count("\n")
@@ -151,7 +153,7 @@ def test_resumed_session_recalls_through_the_test_model(
     lines = [ln for ln in model_server.log().splitlines()[log_before:] if " POST " in ln]
     assert len(lines) == 2, lines
     stream_flag = f"stream={'true' if streaming else 'false'}"
-    for line, turns, command in zip(lines, (1, 2), ("remember", "recall")):
+    for line, turns, command in zip(lines, (1, 2), ("remember", "recall"), strict=True):
         assert f"POST {path} 200" in line and stream_flag in line, line
         assert f"turns={turns}" in line and f"command={command}" in line, line
 
@@ -167,7 +169,8 @@ def test_resumed_session_recalls_through_the_test_model(
 
 
 def test_wrong_api_key_fails_the_turn_with_401(cli_server: CliServer, model_server: Any) -> None:
-    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": "not-the-key"}
+    provider: ProviderConfig = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1",
+                                "api_key": "not-the-key"}
     log_before = model_server.log().count("\n")
 
     async def send() -> str:

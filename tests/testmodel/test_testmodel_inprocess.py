@@ -7,13 +7,14 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 
 from copilot_fleet.testmodel import MARKER, RequestRecord, TestModelServer, serve
 
 
-def post(url: str, body: dict[str, object], key: str | None) -> tuple[int, dict[str, object]]:
+def post(url: str, body: dict[str, object], key: str | None) -> tuple[int, dict[str, Any]]:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"

@@ -1,6 +1,6 @@
 """Fixtures for the verify tests: a real local fleet per isolation pattern, in a throwaway project.
 
-Reuses the local fleet's test helpers (tests/local/local_fleet_helpers.py: projects with free ports, the
+Reuses the local fleet's test helpers (tests/helpers/local_fleet.py: projects with free ports, the
 `copilot-fleet` command as a subprocess, teardown that stops every process by PID). One fleet runs at a time:
 the fixture is module-scoped and parametrized, so pytest runs all tests of one pattern, tears that fleet down,
 then starts the next.
@@ -9,7 +9,6 @@ then starts the next.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +16,12 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local"))
-
-from local_fleet_helpers import Project  # noqa: E402  (the path is set just above)
-
-from copilot_fleet.local.paths import StatePaths  # noqa: E402
+from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.sessiondir import session_dirs
+from tests.helpers.local_fleet import Project
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
 PER_USER_USERS = ["alice", "bob-smith"]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # The smoke suite's marker, for tests here that load a smoke test module to test its helpers.
-    config.addinivalue_line("markers", "applies(isolation=(...), platform=(...)): where a smoke check applies")
 
 
 @dataclass
@@ -49,8 +41,7 @@ class RunningFleet:
     def session_dirs(self) -> list[Path]:
         """Session directories on disk (shared session-state/ and each server's own), lock files aside."""
         roots = [self.paths.shared_session_state, *self.paths.servers_dir.glob("*/session-state")]
-        return sorted(p for root in roots if root.is_dir() and not root.is_symlink()
-                      for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for root in roots if root.is_dir() and not root.is_symlink() for p in session_dirs(root))
 
 
 @pytest.fixture(scope="module", params=PATTERNS)

@@ -69,8 +69,7 @@ def test_unknown_stack(capsys) -> None:
 
 
 def test_stack_never_started(tmp_path, capsys) -> None:
-    sys.path.insert(0, str(ROOT / "tests/local"))
-    from local_fleet_helpers import Project
+    from tests.helpers.local_fleet import Project
 
     project = Project.create(tmp_path / "project")
     project.local_stack("idle", "shared-cli")

@@ -1,0 +1,349 @@
+"""`FleetClient`: one user's view of a deployed fleet (a `Target`), with the checks an app would otherwise make.
+
+Every attach goes the same way, and every check that can be made locally is made before any server call:
+
+    validate the id ─► check access (owner in the id / shared membership) ─► route (replica ranking for the user)
+        ─► take the session's lease (fleets with shared session-state) ─► create/resume on the first replica that
+        answers, always with the target's provider ─► FleetSession (close: detach, then release the lease)
+
+All attaches funnel through `_attach`; with a `SessionCap` it first makes room on the replica (LRU eviction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from copilot import CopilotClient, CopilotSession, PermissionHandler, SessionListFilter, SessionMetadata
+
+from copilot_fleet.isolation import shares_session_state
+from copilot_fleet.target import Target
+
+from .cap import SessionCap, Slot
+from .creates import CreateRequests
+from .draining import DrainingReplicas
+from .errors import AccessDenied, FleetClientError, LeaseUnavailable, ReplicaUnavailable, SessionNotFound
+from .handle import FleetSession, translate_sdk_error
+from .ids import SessionIdParts, new_session_id, parse_session_id, shared_session_id, validate_id_part
+from .lease import DEFAULT_TTL_SECONDS, Lease, LeaseManager
+from .options import InfiniteSessions, infinite_sessions_option
+from .ownership import MembershipStore, RedisMembership, check_access
+from .pool import ClientPool, is_transport_failure
+from .routing import Route, Router
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NAME_MAX_LENGTH = 100  # the CLI's limit for `name=`
+
+
+class FleetClient:
+    """A user's client for one fleet. `async with FleetClient(target, user="alice") as fleet: ...`
+
+    - `pool`: share one ClientPool between FleetClients of a process (one SDK client per server); by default the
+      FleetClient owns a private pool and stops it on close.
+    - `leases`: defaults to a LeaseManager on `target.redis_url`; required (fail closed) for shared-cli and
+      shared-session fleets, optional for per-user.
+    - `members`: shared-session membership; defaults to Redis sets in the same Redis.
+    - `on_permission_request`: default for every session (approve-all); a per-call value wins.
+    - `session_cap`: a SessionCap shared by the process: at most N sessions attached per replica, LRU eviction.
+    - `infinite_sessions`: default infinite-session settings (InfiniteSessions, the stack's InfiniteSessionsSpec
+      or a dict) for every create and resume; validated, as is a per-call `infinite_sessions=`.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        user: str,
+        pool: ClientPool | None = None,
+        leases: LeaseManager | None = None,
+        members: MembershipStore | None = None,
+        lease_ttl: float = DEFAULT_TTL_SECONDS,
+        lease_wait: float = 0.0,
+        on_permission_request: Callable[..., Any] | None = PermissionHandler.approve_all,
+        connect_timeout: float = 5.0,
+        call_timeout: float = 60.0,
+        session_cap: SessionCap | None = None,
+        infinite_sessions: InfiniteSessions | object | None = None,
+    ) -> None:
+        self.target = target
+        self.session_cap = session_cap
+        self.infinite_sessions = infinite_sessions_option(infinite_sessions)
+        self.user = validate_id_part(user, "user")
+        self.router = Router(target)
+        self.lease_wait = lease_wait
+        self.call_timeout = call_timeout
+        self._on_permission_request = on_permission_request
+        self._owns_pool = pool is None
+        self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
+        self._owns_leases = False
+        if leases is None and shares_session_state(target.isolation):
+            if target.redis_url is None:
+                raise LeaseUnavailable(
+                    f"target {target.stack!r} has isolation {target.isolation!r} (replicas share session-state) "
+                    "but no redis_url: sessions cannot be leased, so none will be attached. Deploy the lease "
+                    "store or pass leases=LeaseManager(...)"
+                )
+            leases = LeaseManager.from_url(target.redis_url.get_secret_value(), ttl=lease_ttl)
+            self._owns_leases = True
+        self.leases = leases
+        if members is None and target.isolation == "shared-session" and leases is not None:
+            members = RedisMembership(leases.redis)
+        self.members = members
+        # Replicas being drained are tried last (the mark lives next to the leases).
+        self.draining = DrainingReplicas(leases.redis) if leases is not None else None
+        self._open: set[FleetSession] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FleetClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close this client's open sessions (detach, release leases), then what it owns (pool, Redis client)."""
+        for handle in list(self._open):
+            await handle.close()
+        if self._owns_pool:
+            await self.pool.aclose()
+        if self._owns_leases and self.leases is not None:
+            await self.leases.aclose()
+
+    @property
+    def open_sessions(self) -> list[FleetSession]:
+        return list(self._open)
+
+    # -- operations --------------------------------------------------------------------------------------------
+
+    async def create_session(self, purpose: str, *, wait: float | None = None, **opts: Any) -> FleetSession:
+        """Create a new session for this user (id: `new_session_id(user, purpose)`) on the user's replica.
+
+        `opts` go to `CopilotClient.create_session` (model, system_message, available_tools, streaming, ...).
+        `name` defaults to the purpose so the session is persisted (resumable) before its first turn.
+        """
+        if "session_id" in opts:
+            raise TypeError("create_session makes the session id itself; pass a purpose, not session_id=")
+        session_id = new_session_id(self.user, purpose)
+        opts.setdefault("name", purpose[:NAME_MAX_LENGTH])
+        route = self.router.route(self.user)
+        kwargs = self._session_options(opts)
+        creates = CreateRequests(session_id)
+        return await self._attach(session_id, route, wait, lambda client: creates.send(client, **kwargs), creates)
+
+    async def resume_session(self, session_id: str, *, wait: float | None = None, **opts: Any) -> FleetSession:
+        """Resume one of this user's sessions (or a shared session they belong to), with the provider re-supplied.
+
+        Raises InvalidSessionId / AccessDenied before any server call, SessionInUse / LeaseUnavailable before
+        attaching, SessionNotFound when the fleet has no such session. `wait`: seconds to wait for the lease.
+        """
+        parts = await self._authorize(session_id)
+        route = self._route(parts, session_id)
+        kwargs = self._session_options(opts)
+        return await self._attach(
+            session_id, route, wait, lambda client: client.resume_session(session_id, **kwargs)
+        )
+
+    async def join_shared_session(
+        self, name: str, *, wait: float | None = None, create: bool = True, **opts: Any
+    ) -> FleetSession:
+        """Attach the named shared session `s-<name>` as its one writer, creating it if missing (`create`)."""
+        session_id = shared_session_id(name)
+        parts = await self._authorize(session_id)
+        route = self._route(parts, session_id)
+        kwargs = self._session_options(opts)
+        create_kwargs = {**kwargs, "name": kwargs.get("name", name[:NAME_MAX_LENGTH])}
+
+        creates = CreateRequests(session_id)
+
+        async def resume_or_create(client: CopilotClient) -> CopilotSession:
+            try:
+                return await client.resume_session(session_id, **kwargs)
+            except Exception as exc:
+                # We hold the lease, so nobody else can be creating it at this moment.
+                if create and isinstance(translate_sdk_error(exc, session_id), SessionNotFound):
+                    return await creates.send(client, **create_kwargs)
+                raise
+
+        return await self._attach(session_id, route, wait, resume_or_create, creates)
+
+    async def create_ephemeral_session(self, **opts: Any) -> FleetSession:
+        """A throw-away session (CLI-generated id, no lease): deleted from disk when closed."""
+        if "session_id" in opts:
+            raise TypeError("ephemeral sessions get their id from the CLI; do not pass session_id=")
+        route = await self._avoid_draining(self.router.route(self.user))
+        kwargs = self._session_options(opts)
+        slot = await self._reserve(route)
+        try:
+            client, address, sdk = await self._on_replicas(route, None, lambda c: c.create_session(**kwargs))
+        except BaseException:
+            if slot is not None:
+                slot.cancel()
+            raise
+        return await self._admit(
+            self._track(FleetSession(sdk=sdk, client=client, address=address, lease=None, ephemeral=True)), slot
+        )
+
+    async def list_sessions(
+        self, filter: SessionListFilter | None = None, *, include_shared: bool = True
+    ) -> list[SessionMetadata]:
+        """This user's sessions on the fleet (and shared sessions they belong to); others' are left out."""
+        route = self.router.route(self.user)
+        _, _, listed = await self._on_replicas(route, None, lambda c: c.list_sessions(filter))
+        visible: list[SessionMetadata] = []
+        for meta in listed:
+            try:
+                parts = parse_session_id(meta.session_id)
+            except FleetClientError:
+                continue  # not made by the fleet client: no owner to check against
+            if parts.kind == "user" and parts.owner == self.user:
+                visible.append(meta)
+            elif parts.kind == "shared" and include_shared and self.members is not None:
+                assert parts.name is not None
+                if await self.members.is_member(parts.name, self.user):
+                    visible.append(meta)
+        return visible
+
+    async def delete_session(self, session_id: str, *, wait: float | None = None) -> None:
+        """Delete one of this user's sessions from disk, under its lease (an attached session is not deleted)."""
+        parts = await self._authorize(session_id)
+        route = self._route(parts, session_id)
+        lease = await self._take_lease(session_id, wait)
+        try:
+            await self._on_replicas(route, session_id, lambda c: c.delete_session(session_id))
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    # -- the common path ---------------------------------------------------------------------------------------
+
+    async def _authorize(self, session_id: str) -> SessionIdParts:
+        # The fleet's isolation first: on a fleet without shared sessions, membership is not the problem.
+        if parse_session_id(session_id).kind == "shared" and self.target.isolation != "shared-session":
+            raise AccessDenied(
+                f"{session_id!r} is a shared session, but fleet {self.target.stack!r} has isolation "
+                f"{self.target.isolation!r}; shared sessions need isolation 'shared-session'"
+            )
+        return await check_access(session_id, self.user, self.members)
+
+    def _route(self, parts: SessionIdParts, session_id: str) -> Route:
+        # A shared session goes where its id hashes, so all its members meet on one replica.
+        return self.router.route(self.user, key=session_id if parts.kind == "shared" else None)
+
+    def _session_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        kwargs = dict(opts)
+        if kwargs.get("infinite_sessions") is not None:
+            kwargs["infinite_sessions"] = infinite_sessions_option(kwargs["infinite_sessions"])
+        elif self.infinite_sessions is not None:
+            kwargs["infinite_sessions"] = self.infinite_sessions
+        if "on_permission_request" not in kwargs and self._on_permission_request is not None:
+            kwargs["on_permission_request"] = self._on_permission_request
+        if kwargs.get("model") is None and self.target.model is not None:
+            kwargs["model"] = self.target.model
+        # The CLI does not store the provider: every create *and* resume must carry it.
+        if kwargs.get("provider") is None and not kwargs.get("providers") and self.target.provider is not None:
+            kwargs["provider"] = self.target.provider.to_sdk()
+        return kwargs
+
+    async def _take_lease(self, session_id: str, wait: float | None) -> Lease | None:
+        if self.leases is None:
+            return None
+        lease = await self.leases.acquire(session_id, wait=self.lease_wait if wait is None else wait)
+        lease.start_renewing()
+        return lease
+
+    async def _attach(
+        self,
+        session_id: str,
+        route: Route,
+        wait: float | None,
+        operation: Callable[[CopilotClient], Awaitable[CopilotSession]],
+        creates: CreateRequests | None = None,
+    ) -> FleetSession:
+        """`creates`: the create requests `operation` sends, undone if the caller does not get the session
+        (cancelled, timed out, lease lost): the server may make it after we gave up, and its id is known only here.
+        Undone while the lease is still held, so nobody can attach it in between."""
+        lease = await self._take_lease(session_id, wait)
+        slot: Slot | None = None
+        route = await self._avoid_draining(route)
+        try:
+            slot = await self._reserve(route)  # after the lease: never evict for an attach that cannot happen
+            client, address, sdk = await self._on_replicas(route, session_id, operation)
+            if lease is not None:
+                lease.check()  # lost while attaching (e.g. Redis gone for a whole ttl): do not hand it out
+        except BaseException:
+            try:
+                if creates is not None:
+                    await creates.undo()
+            finally:  # even if the undo is interrupted in turn
+                if slot is not None:
+                    slot.cancel()
+                if lease is not None:
+                    await lease.release()
+            raise
+        created = creates is not None and creates.made(sdk)  # join_shared_session may have resumed instead
+        handle = FleetSession(sdk=sdk, client=client, address=address, lease=lease, created=created)
+        return await self._admit(self._track(handle), slot)
+
+    async def _avoid_draining(self, route: Route) -> Route:
+        if self.draining is None or len(route.addresses) < 2:
+            return route  # nowhere else to go (a per-user server, a single replica)
+        return route.avoiding(await self.draining.among(route.addresses))
+
+    async def _reserve(self, route: Route) -> Slot | None:
+        """Room on the route's first replica, if a session cap is set (evicts that replica's LRU session if full)."""
+        return None if self.session_cap is None else await self.session_cap.reserve(route.primary)
+
+    async def _admit(self, handle: FleetSession, slot: Slot | None) -> FleetSession:
+        if slot is not None:
+            await slot.fill(handle)
+        return handle
+
+    def _track(self, handle: FleetSession) -> FleetSession:
+        self._open.add(handle)
+        handle._on_close = self._open.discard
+        return handle
+
+    async def _on_replicas(
+        self,
+        route: Route,
+        session_id: str | None,
+        operation: Callable[[CopilotClient], Awaitable[T]],
+    ) -> tuple[CopilotClient, str, T]:
+        """Run `operation` on the first replica of the route that answers.
+
+        Fails over only when a replica cannot be reached or its connection dies (it cannot have acted then);
+        a timeout is not failed over, because the slow replica may still complete the operation.
+        """
+        failures: list[str] = []
+        for address in route.addresses:
+            try:
+                client = await self.pool.get(address, route.token)
+            except ReplicaUnavailable as exc:
+                failures.append(str(exc))
+                continue
+            try:
+                result = await asyncio.wait_for(operation(client), self.call_timeout)
+            except TimeoutError as exc:
+                raise ReplicaUnavailable(
+                    f"CLI server {address} did not answer within {self.call_timeout:g} s"
+                ) from exc
+            except Exception as exc:
+                translated = translate_sdk_error(exc, session_id)
+                if translated is not exc:
+                    raise translated from exc
+                if not is_transport_failure(exc):
+                    raise
+                logger.warning("CLI server %s went away (%s); trying the next replica", address, exc)
+                await self.pool.discard(address, route.token, client)
+                failures.append(f"CLI server {address} went away: {exc}")
+                continue
+            return client, address, result
+        raise ReplicaUnavailable(
+            f"no CLI server answered for user {self.user!r} (tried {len(route.addresses)}): " + "; ".join(failures)
+        )

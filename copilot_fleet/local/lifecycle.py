@@ -1,0 +1,416 @@
+"""`up` and `down` of a local fleet.
+
+`up` checks everything before it starts anything (platform, programs and versions, ports), writes the state
+directory, starts supervisord and waits until every service answers a real round trip; if that fails it stops
+what it started. On a fleet that already runs it changes nothing, except starting programs that are not running.
+`down` stops the fleet by PID and verifies that nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from copilot_fleet.local import lbstats, probes
+from copilot_fleet.local import supervisor as sv
+from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
+from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.local.operate import drained_servers, restore_rotation
+from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
+from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
+from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
+from copilot_fleet.local.stack import load_local_spec, stack_platform
+from copilot_fleet.local.tools import Tools, locate_tools
+from copilot_fleet.pod import procfs
+from copilot_fleet.pod.ports import port_holder, port_is_free
+from copilot_fleet.spec import FleetSpec
+from copilot_fleet.topology import Topology, build_topology
+
+DEFAULT_TIMEOUT = 60.0
+_PROBE_TIMEOUT = 1.0
+_POLL = 0.1
+
+
+@dataclass
+class UpResult:
+    plan: FleetPlan
+    started: list[str] = field(default_factory=list)  # programs this call started; empty: nothing changed
+    ready_seconds: dict[str, float] = field(default_factory=dict)  # program -> seconds from start until ready
+    elapsed: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # checks, supervisord, servers: seconds each
+
+
+@dataclass
+class DownResult:
+    was_running: bool
+    stopped_pids: list[int]
+    purged: bool
+
+
+# --- up ---------------------------------------------------------------------------------------------------------
+
+def up(project_dir: Path, stack: str, *, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None,
+       out: TextIO | None = None) -> UpResult:
+    out = out or sys.stdout
+    env = dict(os.environ if env is None else env)
+    spec = load_local_spec(project_dir, stack)
+    topology = build_topology(spec)
+    paths = StatePaths(project_dir, stack)
+    began = time.monotonic()
+
+    def waiting() -> None:
+        _say(out, f"waiting for another copilot-fleet command on stack {stack} to finish ...")
+
+    with stack_lock(paths, on_wait=waiting):
+        record = sv.read_record(paths)
+        if record is not None and record.alive():
+            result = _ensure_running(project_dir, topology, paths, env, timeout, out)
+        else:
+            if record is not None:
+                _clear_stale(paths, record, out)
+            result = _start(project_dir, topology, paths, env, timeout, out)
+    result.elapsed = time.monotonic() - began
+    _print_endpoints(result, out)
+    return result
+
+
+def _tools_for(project_dir: Path, topology: Topology, env: Mapping[str, str]) -> Tools:
+    return locate_tools(project_dir, env, redis=topology.lease_store is not None, haproxy=topology.load_balanced)
+
+
+def _stack_credentials(project_dir: Path, spec: FleetSpec) -> StackCredentials:
+    """Credentials from stack config, decrypted (only needed for a real provider or GitHub tokens)."""
+    stack = spec.stack
+    api_key = None
+    if spec.provider is not None and spec.provider.api_key is not None:
+        api_key = resolve_stack_secret(project_dir, stack, "provider.apiKey", spec.provider.api_key)
+    github = resolve_stack_secret(project_dir, stack, "githubToken", spec.github_token) if spec.github_token else None
+    users = {u.id: resolve_stack_secret(project_dir, stack, f"users[{i}].githubToken", u.github_token)
+             for i, u in enumerate(spec.users) if u.github_token is not None}
+    return StackCredentials(provider_api_key=api_key, github_token=github, user_github_tokens=users)
+
+
+def _render(plan: FleetPlan, tools: Tools, secrets: FleetSecrets) -> dict[Path, str]:
+    paths = plan.paths
+    configs = {paths.supervisord_conf: supervisord_conf(plan, tools)}
+    if plan.tasks:
+        configs[paths.tasks_conf] = tasks_conf(plan)
+    if any(p.service.kind == "redis" for p in plan.programs):
+        configs[paths.redis_conf] = redis_conf(plan, secrets)
+    if plan.balance is not None:
+        configs[paths.haproxy_cfg] = haproxy_cfg(plan, secrets)
+    return configs
+
+
+def _check_ports(plan: FleetPlan) -> None:
+    """Every port must be free before anything starts; name the port, the key that sets it and its holder."""
+    problems = []
+    for svc in plan.services:
+        if not port_is_free(svc.port):
+            holder = port_holder(svc.port)
+            held = f", held by {holder}" if holder else ""
+            problems.append(f"port {svc.port} for {svc.name} (set by {svc.port_key}) is already in use{held}")
+    if problems:
+        raise LocalFleetError(
+            f"cannot start stack {plan.stack}; nothing was started:\n" + "\n".join(f"  - {p}" for p in problems)
+            + f"\n  stop what holds the port, or choose other ports under fleet:local in "
+              f"stacks/Pulumi.{plan.stack}.yaml")
+
+
+def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecrets) -> None:
+    paths = plan.paths
+    for d in (paths.root, paths.secrets_dir, paths.config_dir, paths.logs_dir, paths.run_dir, paths.servers_dir,
+              paths.work_dir, paths.otel_dir):
+        make_private_dir(d)
+    write_new(paths, secrets)
+    if plan.target.redis_url is not None:  # for the janitor's --redis-url-file
+        write_private(plan.redis_url_file, plan.target.redis_url.get_secret_value() + "\n")
+    for path, text in configs.items():
+        write_private(path, text)
+    for program in plan.programs:
+        svc = program.service
+        make_private_dir(program.directory)
+        if svc.kind == "redis":
+            make_private_dir(paths.redis_dir)
+        if svc.kind != "cli" or svc.home is None or svc.session_state is None:
+            continue
+        home = make_private_dir(Path(svc.home))
+        if svc.shared_session_state:
+            # Only session-state/ is shared; config, logs and the SQLite session store stay per server.
+            shared = make_private_dir(Path(svc.session_state))
+            link = home / "session-state"
+            if not link.is_symlink():
+                if link.exists():
+                    raise LocalFleetError(f"{link} is a directory, not the link to {shared}; run down --purge")
+                link.symlink_to(os.path.relpath(shared, home))
+        else:
+            make_private_dir(Path(svc.session_state))
+    write_private(paths.manifest, json.dumps(plan.manifest(), indent=2) + "\n")
+
+
+def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mapping[str, str], timeout: float,
+           out: TextIO) -> UpResult:
+    spec = topology.spec
+    t0 = time.monotonic()
+    # 1. Check everything; nothing is written or started before these pass.
+    tools = _tools_for(project_dir, topology, env)
+    creds = _stack_credentials(project_dir, spec)
+    secrets = load_or_generate(paths, secret_names(topology))
+    plan = build_plan(topology, paths, tools, secrets, creds)
+    _check_ports(plan)
+    configs = _render(plan, tools, secrets)
+    # 2. State, then supervisord, which starts every program.
+    _write_state(plan, configs, secrets)
+    _say(out, f"starting stack {spec.stack} ({_shape(plan)}) in {paths.display(paths.root)}")
+    t1 = time.monotonic()
+    proc = sv.start(paths, tools, env)
+    record = sv.read_record(paths)
+    try:
+        supervisor = sv.Supervisor(paths)
+        supervisor.wait_running(proc, timeout=min(timeout, 15.0))
+        t2 = time.monotonic()
+        ready = _wait_ready(plan, supervisor, secrets.values, t2 + timeout, out, proc)
+    except BaseException as exc:
+        survivors = sv.stop(record) if record is not None else []
+        paths.supervisor_record.unlink(missing_ok=True)
+        _reap(proc)
+        if survivors:
+            left = ", ".join(procfs.describe(p) for p in survivors)
+            raise LocalFleetError(f"{exc}\nstopping the fleet left processes behind: {left}") from exc
+        if isinstance(exc, LocalFleetError):
+            raise LocalFleetError(f"{exc}\nstopped everything this command started (state kept in "
+                                  f"{paths.display(paths.root)}; `copilot-fleet down --stack {spec.stack} --purge` "
+                                  "removes it)") from exc
+        raise
+    write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
+    shutil.rmtree(paths.root / "drain", ignore_errors=True)  # a fresh HAProxy has every replica in rotation
+    phases = {"checks": t1 - t0, "supervisord": t2 - t1, "servers": time.monotonic() - t2}
+    return UpResult(plan=plan, started=[p.name for p in plan.programs], ready_seconds=ready, phases=phases)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)
+
+
+def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, env: Mapping[str, str],
+                    timeout: float, out: TextIO) -> UpResult:
+    """The fleet's supervisord runs: change nothing if its configuration is current and every program answers;
+    start programs that are not running."""
+    spec = topology.spec
+    tools = _tools_for(project_dir, topology, env)
+    secrets = load_existing(paths, secret_names(topology))
+    plan = build_plan(topology, paths, tools, secrets, _stack_credentials(project_dir, spec))
+    changed = [paths.display(path) for path, text in _render(plan, tools, secrets).items()
+               if not path.is_file() or path.read_text() != text]
+    if changed:
+        raise LocalFleetError(f"fleet {spec.stack} is running, but its configuration no longer matches the stack "
+                              f"file and the programs found now ({', '.join(changed)} would change); nothing was "
+                              f"changed. Apply it with `copilot-fleet down --stack {spec.stack}` then "
+                              f"`copilot-fleet up --stack {spec.stack}`")
+    supervisor = sv.Supervisor(paths)
+    infos = supervisor.processes()
+    to_start = [p.name for p in plan.programs
+                if infos.get(p.name, {}).get("statename") not in ("RUNNING", "STARTING", "BACKOFF")]
+    for name in to_start:
+        _say(out, f"  start  {name} (was {infos.get(name, {}).get('statename', 'unknown')})")
+        try:
+            supervisor.start_process(name)
+        except xmlrpc.client.Fault as fault:
+            raise LocalFleetError(f"supervisord could not start {name}: {fault.faultString}") from fault
+    try:
+        ready = _wait_ready(plan, supervisor, secrets.values, time.monotonic() + timeout, out, None,
+                            announce=bool(to_start))
+    except LocalFleetError:
+        for name in to_start:  # stop what this call started; leave the rest of the running fleet alone
+            with contextlib.suppress(OSError, xmlrpc.client.Error):
+                supervisor.stop_process(name)
+        raise
+    if not paths.target_file.is_file():
+        write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
+    for name in sorted(drained_servers(paths) & set(to_start)):  # a drained server started again: back in rotation
+        restore_rotation(paths, plan.services, name)
+        _say(out, f"  undrained {name}")
+    if not to_start:
+        _say(out, f"fleet {spec.stack} is already running and healthy; nothing changed")
+    return UpResult(plan=plan, started=to_start, ready_seconds=ready)
+
+
+def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, str], deadline: float, out: TextIO,
+                proc: subprocess.Popen[bytes] | None, announce: bool = True) -> dict[str, float]:
+    """Probe every service until it answers and supervisord counts it RUNNING, printing each as it becomes ready.
+    A program supervisord gave up on (FATAL), a dead supervisord or the deadline ends the wait with the log tail of
+    what is not ready."""
+    began = time.monotonic()
+    pending: dict[str, Service] = {s.name: s for s in plan.services}
+    last: dict[str, str] = {}
+    ready: dict[str, float] = {}
+    while pending:
+        if proc is not None and proc.poll() is not None:
+            raise LocalFleetError(f"supervisord exited (status {proc.returncode}) before the fleet was ready:\n"
+                                  + sv.tail(plan.paths.logs_dir / "supervisord.log"))
+        infos = supervisor.processes()
+        for name in pending:
+            info = infos.get(name, {})
+            if info.get("statename") == "FATAL":
+                why = info.get("spawnerr") or f"it kept exiting (last exit status {info.get('exitstatus')})"
+                raise _not_ready(plan, [name], {name: f"supervisord gave up on it: {why}"}, infos)
+        results = probes.probe_all(list(pending.values()), secrets, timeout=_PROBE_TIMEOUT)
+        for name, result in results.items():
+            svc = pending[name]
+            if result.ok and svc.kind == "haproxy":
+                result = _all_backends_up(plan, result)
+            state = infos.get(name, {}).get("statename")
+            if result.ok and state != "RUNNING":
+                # A warm CLI answers within supervisord's startsecs; until supervisord counts it RUNNING, `status`
+                # calls it unhealthy and a crash would still count against its start retries.
+                result = probes.ProbeResult(False, result.latency_ms, f"answers, but supervisord says {state}")
+            if result.ok:
+                ready[name] = time.monotonic() - began
+                del pending[name]
+                if announce:
+                    _say(out, f"  ready  {name:<24} {svc.address:<16} {ready[name]:5.1f} s  {result.detail}")
+            else:
+                last[name] = result.detail
+        if pending and time.monotonic() >= deadline:
+            raise _not_ready(plan, sorted(pending), last, infos,
+                             f"did not become ready within {deadline - began:.0f} s")
+        if pending:
+            time.sleep(_POLL)
+    return ready
+
+
+def _all_backends_up(plan: FleetPlan, result: probes.ProbeResult) -> probes.ProbeResult:
+    """HAProxy is ready once it routes to every replica, not just to one, and no replica is on its way down: `UP
+    1/2` is a failed check HAProxy has counted against a server `up` restarts (it failed while the server was
+    stopped), and a second one would take the server out after `up` returned. Plain `UP` comes with the first
+    check that passes."""
+    states = lbstats.backend_states(plan.paths.haproxy_socket)
+    down = [name for name in (p.name for p in plan.cli_programs) if states.get(name, "") != "UP"]
+    if down:
+        return probes.ProbeResult(False, result.latency_ms, f"HAProxy does not route to {', '.join(down)} yet")
+    return probes.ProbeResult(True, result.latency_ms, f"{result.detail}, {len(states)} replicas UP")
+
+
+def _not_ready(plan: FleetPlan, names: list[str], reasons: dict[str, str], infos: dict[str, dict[str, object]],
+               what: str = "did not start") -> LocalFleetError:
+    parts = []
+    for name in names:
+        svc = next(s for s in plan.services if s.name == name)
+        state = infos.get(name, {}).get("statename", "unknown")
+        parts.append(f"{name} ({svc.address}) {what}: {reasons.get(name, 'no answer yet')} "
+                     f"[supervisord: {state}]\n  last lines of {plan.paths.display(Path(svc.log))}:\n"
+                     + sv.tail(Path(svc.log)))
+    return LocalFleetError("\n".join(parts))
+
+
+def _clear_stale(paths: StatePaths, record: sv.SupervisorRecord, out: TextIO) -> None:
+    """supervisord of an earlier run is gone (killed, machine restarted): stop whatever it left behind."""
+    ours = procfs.start_time(record.pid) in (None, record.start_time)  # else the PID was reused: nothing is ours
+    members = procfs.session_members(record.pid) if ours else []
+    survivors = sv.stop(record)
+    if survivors:
+        raise LocalFleetError("processes of an earlier run of this fleet could not be stopped: "
+                              + ", ".join(procfs.describe(p) for p in survivors))
+    if members:
+        _say(out, f"stopped {len(members)} leftover process(es) of an earlier run whose supervisord had died")
+    paths.supervisor_record.unlink(missing_ok=True)
+
+
+# --- output -----------------------------------------------------------------------------------------------------
+
+def _say(out: TextIO, line: str) -> None:
+    print(line, file=out, flush=True)
+
+
+def _shape(plan: FleetPlan) -> str:
+    clis = plan.cli_programs
+    if plan.isolation == "per-user":
+        return f"per-user, {len(clis)} user server(s)"
+    return f"{plan.isolation}, {len(clis)} replica(s)"
+
+
+def _print_endpoints(result: UpResult, out: TextIO) -> None:
+    plan = result.plan
+    target = plan.target
+    paths = plan.paths
+    took = f"{result.elapsed:.1f} s"
+    if result.phases:
+        took += ": " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.phases.items())
+    lines = [f"fleet {plan.stack} is up ({took}):"]
+    if target.endpoint:
+        how = "sticky by client address" if plan.balance == "source" else "round robin"
+        lines.append(f"  endpoint  {target.endpoint}  (HAProxy, {how}, over {len(target.replicas)} replicas)")
+    if target.replicas:
+        lines.append(f"  replicas  {', '.join(target.replicas)}")
+    for user, address in target.users.items():
+        lines.append(f"  user      {user:<12} {address}")
+    if target.redis_url is not None:
+        redis = next(s for s in plan.services if s.kind == "redis")
+        lines.append(f"  redis     redis://{redis.address}/0  (password in "
+                     f"{paths.display(paths.secret_file('redis-password'))})")
+    if target.provider is not None:
+        kind = "test model" if plan.uses_test_model else f"{target.provider.type} provider"
+        lines.append(f"  model     {target.provider.base_url}  ({kind}, model {target.model})")
+    lines.append(f"  target    {paths.display(paths.target_file)}  (copilot-fleet target --stack {plan.stack})")
+    lines.append(f"  logs      {paths.display(paths.logs_dir)}/")
+    _say(out, "\n".join(lines))
+
+
+# --- down -------------------------------------------------------------------------------------------------------
+
+def _check_purgeable(paths: StatePaths) -> None:
+    """`down --purge` removes one stack's own directory and nothing else: a real directory directly inside
+    .fleet/ (a link there was not made by copilot-fleet: refuse rather than guess)."""
+    root = paths.root
+    if root.is_symlink() or not root.is_dir() or root.resolve().parent != paths.fleet_dir.resolve():
+        raise LocalFleetError(f"refusing to purge {root}: it is not a directory of its own inside "
+                              f"{paths.fleet_dir} (a link or something else is in its place); nothing was removed")
+
+
+def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | None = None) -> DownResult:
+    out = out or sys.stdout
+    platform = stack_platform(project_dir, stack)
+    if platform is not None and platform != "local":
+        raise LocalFleetError(f"stack {stack!r} is a {platform} stack; copilot-fleet down stops platform: local "
+                              f"stacks only. Remove its resources with `pulumi destroy --stack {stack}`")
+    paths = StatePaths(project_dir, stack)
+    if not paths.root.exists():
+        _say(out, f"fleet {stack} is not running here (no {paths.display(paths.root)}); nothing to stop")
+        return DownResult(was_running=False, stopped_pids=[], purged=False)
+    with stack_lock(paths, on_wait=lambda: _say(out, f"waiting for another copilot-fleet command on stack {stack} "
+                                                   "to finish ...")):
+        record = sv.read_record(paths)
+        was_running = record is not None and record.alive()
+        stopped: list[int] = []
+        if record is not None:
+            stopped = procfs.session_members(record.pid) if was_running else []
+            survivors = sv.stop(record)
+            if survivors:
+                raise LocalFleetError("could not stop " + ", ".join(procfs.describe(p) for p in survivors))
+            paths.supervisor_record.unlink(missing_ok=True)
+        if purge:
+            run_dir = paths.run_dir
+            _check_purgeable(paths)
+            shutil.rmtree(paths.root)
+            if run_dir.exists() and not run_dir.is_relative_to(paths.root):
+                shutil.rmtree(run_dir)
+    if was_running:
+        _say(out, f"fleet {stack} stopped ({len(stopped)} processes, none left)")
+    else:
+        _say(out, f"fleet {stack} was not running")
+    if purge:
+        _say(out, f"removed {paths.display(paths.root)} (sessions, secrets, logs)")
+    else:
+        _say(out, f"session data kept in {paths.display(paths.root)} (remove it with --purge)")
+    return DownResult(was_running=was_running, stopped_pids=stopped, purged=purge)
