@@ -1,0 +1,73 @@
+"""Every Kubernetes and Azure stack's rendered pods, run in podman/runc as a kubelet would run them.
+
+For each stack (one world per stack, torn down before the next): the lease store (the in-cluster Redis pod, or a
+stand-in for a store outside the cluster), the CLI pods (every replica; their readiness and liveness probes run
+inside the containers), `copilot-fleet verify` against their published ports, one run of each janitor Job, and
+pod deletion (preStop, then SIGTERM) for each CLI pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import pytest
+
+from kubelet import RunningPod
+from stackworld import CLI_COMPONENT, LEASE_STORE_COMPONENT, StackWorld, build_world
+
+STACKS = ("k8s-shared-cli", "k8s-shared-session", "k8s-per-user",
+          "azure-shared-cli", "azure-shared-session", "azure-per-user")
+
+
+class Started:
+    """The world's pods, each group started once for the module's tests (the first test that needs it starts it);
+    a failure to start is kept and raised again to every test that needs the group."""
+
+    def __init__(self, world: StackWorld) -> None:
+        self.world = world
+        self._started: dict[str, list[RunningPod]] = {}
+        self._errors: dict[str, BaseException] = {}
+
+    def _once(self, group: str, start: Callable[[], list[RunningPod]]) -> list[RunningPod]:
+        if group in self._errors:
+            raise self._errors[group]
+        if group not in self._started:
+            try:
+                self._started[group] = start()
+            except BaseException as exc:
+                self._errors[group] = exc
+                raise
+        return self._started[group]
+
+    def lease_store(self) -> list[RunningPod]:
+        """The in-cluster Redis pod, or the stand-in for a lease store outside the cluster (none per-user)."""
+        def start() -> list[RunningPod]:
+            external = self.world.start_external_redis()
+            return [external] if external else self.world.start_components(LEASE_STORE_COMPONENT)
+        return self._once("lease-store", start)
+
+    def cli(self) -> list[RunningPod]:
+        """The test model pod the sessions use, then every CLI replica, ready."""
+        self._once("test-model", lambda: [self.world.start_test_model()])
+        return self._once("cli", lambda: self.world.start_components(CLI_COMPONENT))
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cli_image: str,
+          run_prefix: str) -> Iterator[Started]:
+    name = request.param
+    world = build_world(name, tmp_path_factory.mktemp(name), f"{run_prefix}-{name}", cli_image)
+    try:
+        yield Started(world)
+    finally:
+        problems = world.node.close()
+        assert not problems, f"could not remove what the run made: {problems}"
+
+
+def test_cli_pods_become_ready(stack: Started) -> None:
+    """Every CLI replica starts under the pod's own user, groups, read-only root and volumes, passes its startup
+    and readiness probes (run inside the container), and its liveness probe."""
+    pods = stack.cli()
+    assert pods, "the stack renders no CLI pods"
+    for pod in pods:
+        liveness = pod.probe(pod.main["liveness_probe"])
+        assert liveness.ok, f"{pod.name}: liveness probe failed: {liveness.detail}"
