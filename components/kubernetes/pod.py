@@ -2,10 +2,16 @@
 
 Layout inside the pod (HOME is the per-replica volume, so the CLI's own defaults land there):
 
-    /var/lib/copilot                         copilot-home: per replica (volumeClaimTemplate, ReadWriteOnce)
-    /var/lib/copilot/.copilot                COPILOT_HOME: config, logs, session-store.db (SQLite: never shared)
-    /var/lib/copilot/.copilot/session-state  sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
-    /tmp                                     tmp: emptyDir (the root filesystem is read-only)
+    /var/lib/copilot                 HOME and COPILOT_HOME: copilot-home, per replica (volumeClaimTemplate,
+                                     ReadWriteOnce): config, logs, session-store.db (SQLite: never shared)
+    /var/lib/copilot/session-state   sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
+    /tmp                             tmp: emptyDir (the root filesystem is read-only)
+
+Every mount point sits directly in another volume's root, never deeper: the container runtime creates a missing
+mount point, and every directory above it, as root with mode 0755. With the session volume at
+`~/.copilot/session-state`, runc created `~/.copilot` that way, the CLI (uid 1000) could not write its config
+there and exited 1 without a word on every start; the kubelet's fsGroup change (OnRootMismatch) never repairs a
+directory inside a volume whose root looks right. `mount_points_are_direct` checks the rule.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from copilot_fleet.spec import RecycleSpec
 from copilot_fleet.topology import CliGroup
 
 HOME = "/var/lib/copilot"
-COPILOT_HOME = f"{HOME}/.copilot"
+COPILOT_HOME = HOME  # the home volume's root itself: see the module docstring
 SESSION_STATE = f"{COPILOT_HOME}/session-state"
 PORT_NAME = "copilot"
 CONTAINER_NAME = "copilot"
@@ -158,6 +164,17 @@ def cli_container(meta: FleetMeta, group: CliGroup,
                   extra_mounts: Sequence[Mapping[str, Any] | Any] = ()) -> dict[str, Any]:
     spec = meta.spec
     probes = cli_probes(spec.port, spec.recycle)
+    mounts: list[Mapping[str, Any] | Any] = [
+        {"name": "copilot-home", "mount_path": HOME},
+        # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
+        {"name": "sessions", "mount_path": SESSION_STATE},
+        {"name": "tmp", "mount_path": "/tmp"},
+        *extra_mounts,
+    ]
+    nested = mount_points_are_direct([m["mount_path"] if isinstance(m, Mapping) else m.mount_path for m in mounts])
+    if nested:
+        raise ValueError(f"CLI container mounts {', '.join(nested)}: a mount point must sit directly in the root "
+                         "of the volume it is in (the runtime would create the directories between as root)")
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,
@@ -178,14 +195,22 @@ def cli_container(meta: FleetMeta, group: CliGroup,
             f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.drain --session-state {SESSION_STATE} "
             f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
-        "volume_mounts": [
-            {"name": "copilot-home", "mount_path": HOME},
-            # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
-            {"name": "sessions", "mount_path": SESSION_STATE},
-            {"name": "tmp", "mount_path": "/tmp"},
-            *extra_mounts,
-        ],
+        "volume_mounts": mounts,
     }
+
+
+def mount_points_are_direct(mount_paths: Sequence[str]) -> list[str]:
+    """The mount paths that lie inside another mount but not directly in its root (the runtime would create the
+    directories between them as root, 0755): empty when the layout is safe."""
+    paths = sorted({p.rstrip("/") or "/" for p in mount_paths})
+    bad = []
+    for path in paths:
+        parents = [p for p in paths if p != path and path.startswith(p.rstrip("/") + "/")]
+        if parents:
+            closest = max(parents, key=len)
+            if path.rpartition("/")[0] != closest.rstrip("/"):
+                bad.append(f"{path} (inside {closest})")
+    return bad
 
 
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:

@@ -46,6 +46,29 @@ def test_session_state_alone_is_on_the_session_volume(make_fleet, kube, pattern)
         assert not home.startswith(mounts[session_volume[0]])
 
 
+def test_mount_points_sit_directly_in_a_volume_root(make_fleet, kube, pattern):
+    """A container runtime creates a missing mount point, and every directory above it, as root with mode 0755: a
+    mount two levels inside another volume leaves a root-owned directory the non-root server cannot write in (the
+    CLI exited 1 on every start; tests/runtime runs the pods in runc)."""
+    fleet = make_fleet(pattern)
+    for workload in kube.workloads(fleet):
+        for container in kube.containers(workload):
+            paths = sorted(m["mountPath"] for m in container.get("volumeMounts", []))
+            for path in paths:
+                inside = [p for p in paths if p != path and path.startswith(p.rstrip("/") + "/")]
+                if inside:
+                    assert path.rpartition("/")[0] == max(inside, key=len), (
+                        f"{workload['metadata']['name']}: {path} is not directly in the root of {max(inside, key=len)}")
+
+
+def test_nested_extra_mount_is_refused(kube):
+    from components.kubernetes.pod import mount_points_are_direct
+
+    assert mount_points_are_direct(["/var/lib/copilot", "/var/lib/copilot/session-state", "/tmp"]) == []
+    assert mount_points_are_direct(["/var/lib/copilot", "/var/lib/copilot/.copilot/session-state"]) == [
+        "/var/lib/copilot/.copilot/session-state (inside /var/lib/copilot)"]
+
+
 def test_shared_patterns_share_one_read_write_many_claim(make_fleet, kube):
     fleet = make_fleet("shared-cli")
     (sts,) = cli_sets(fleet, kube)
