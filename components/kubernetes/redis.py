@@ -74,6 +74,8 @@ class InClusterRedis(pulumi.ComponentResource):
                     "metadata": {"labels": meta.labels(LEASE_STORE)},
                     "spec": {
                         "automount_service_account_token": False,
+                        # No Service variables: Redis reads none, and they would change with every Service.
+                        "enable_service_links": False,
                         "security_context": pod_security_context(REDIS_UID),
                         "termination_grace_period_seconds": 30,
                         "containers": [{

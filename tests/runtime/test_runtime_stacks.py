@@ -8,11 +8,14 @@ pod deletion (preStop, then SIGTERM) for each CLI pod.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 import pytest
 
 from kubelet import RunningPod
-from stackworld import CLI_COMPONENT, LEASE_STORE_COMPONENT, StackWorld, build_world
+from stackworld import CLI_COMPONENT, LEASE_STORE_COMPONENT, StackWorld, build_world, copilot_fleet_command
 
 STACKS = ("k8s-shared-cli", "k8s-shared-session", "k8s-per-user",
           "azure-shared-cli", "azure-shared-session", "azure-per-user")
@@ -71,3 +74,32 @@ def test_cli_pods_become_ready(stack: Started) -> None:
     for pod in pods:
         liveness = pod.probe(pod.main["liveness_probe"])
         assert liveness.ok, f"{pod.name}: liveness probe failed: {liveness.detail}"
+
+
+def test_lease_store_ready(stack: Started) -> None:
+    """The lease store answers its own readiness probe (redis-cli ping with the password, inside the container);
+    per-user fleets have none."""
+    stores = stack.lease_store()
+    if not stack.world.janitor_url_key():
+        assert stores == [], "a per-user fleet runs no lease store"
+        return
+    (store,) = stores
+    assert store.running(), store.exit_report("is not running")
+
+
+def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
+    """`copilot-fleet verify --target FILE`, the target made of the pods' published ports: create, resume on
+    another replica, delete, tokens, isolation, leases."""
+    stack.lease_store()
+    stack.cli()
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(stack.world.target()))
+    target.chmod(0o600)
+    report_file = tmp_path / "report.json"
+    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    print(proc.stdout)
+    assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(report_file.read_text())
+    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
+    assert "test_persistent_session_lifecycle" in passed, proc.stdout
