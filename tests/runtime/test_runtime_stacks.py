@@ -9,7 +9,10 @@ pod deletion (preStop, then SIGTERM) for each CLI pod.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 import pytest
@@ -103,3 +106,53 @@ def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
     report = json.loads(report_file.read_text())
     passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
     assert "test_persistent_session_lifecycle" in passed, proc.stdout
+
+
+def _plant_session(sessions: Path, session_id: str, age_days: float) -> Path:
+    """A session directory as the CLI leaves it (uid 1000), last touched `age_days` ago."""
+    directory = sessions / session_id
+    directory.mkdir()
+    stamp = time.time() - age_days * 86400
+    updated = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(stamp))
+    (directory / "workspace.yaml").write_text(f"id: {session_id}\ncreated_at: {updated}\nupdated_at: {updated}\n")
+    (directory / "events.jsonl").write_text('{"type":"session.start"}\n')
+    for path in (directory / "workspace.yaml", directory / "events.jsonl", directory):
+        os.chown(path, 1000, 1000)
+        os.utime(path, (stamp, stamp))
+    return directory
+
+
+def test_janitor_job_runs(stack: Started) -> None:
+    """One Job of each janitor CronJob, from its rendered pod template: it reads the lease store URL from its
+    Secret file (shared patterns: it takes leases in Redis over cluster DNS), removes a session past the TTL and
+    keeps a recent one, and exits 0."""
+    stack.lease_store()
+    stack.cli()
+    jobs = list(stack.world.janitor_jobs())
+    assert jobs, "the stack renders no janitor CronJob"
+    for pod_name, template in jobs:
+        claim = next(v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]
+                     if "persistentVolumeClaim" in v)
+        sessions = stack.world.node.claim_dir(claim)
+        old = _plant_session(sessions, f"janitor-old-{pod_name}", age_days=30)
+        recent = _plant_session(sessions, f"janitor-recent-{pod_name}", age_days=0)
+        pod = stack.world.node.run_pod(pod_name, template["spec"], namespace=stack.world.namespace,
+                                       labels=template["metadata"]["labels"])
+        deadline = template["spec"].get("active_deadline_seconds") or 600
+        code = pod.wait_exit(timeout=float(deadline))
+        output = pod.logs()
+        assert code == 0, pod.exit_report("failed")
+        assert not old.exists(), f"{pod_name}: the session past its TTL is still there:\n{output}"
+        assert recent.exists(), f"{pod_name}: a recent session was removed:\n{output}"
+        shutil.rmtree(recent)
+
+
+def test_cli_pods_stop_gracefully(stack: Started) -> None:
+    """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
+    within the grace period, without SIGKILL."""
+    for pod in stack.cli():
+        result = pod.stop()
+        assert result.pre_stop is not None and result.pre_stop.returncode == 0, (
+            f"{pod.name}: preStop hook failed: {result.pre_stop}")
+        assert not result.killed, f"{pod.name}: SIGKILL after {result.grace_seconds} s grace:\n{pod.logs()[-2000:]}"
+        assert result.exit_code in (0, 143), pod.exit_report(f"exit code {result.exit_code} on SIGTERM")
