@@ -147,6 +147,20 @@ def test_janitor_job_runs(stack: Started) -> None:
         shutil.rmtree(recent)
 
 
+def test_cli_code_lives_in_the_image(stack: Started) -> None:
+    """The CLI's unpacked runtime (about 235 MB) is part of the image, root-owned: nothing is unpacked onto the
+    retained home volume, where a truncated file broke a replica on every later start."""
+    for pod in stack.cli():
+        home = pod.volume_dirs["copilot-home"]
+        unpacked = [str(p.relative_to(home)) for p in home.rglob("pkg") if p.is_dir()]
+        assert not unpacked, f"{pod.name}: the CLI unpacked itself onto its home volume: {unpacked}"
+        check = pod.exec("sh", "-c", 'test -d "$COPILOT_CACHE_HOME/pkg" && test -O "$COPILOT_CACHE_HOME/pkg"; '
+                         'echo owner-is-me=$?; test -w "$COPILOT_CACHE_HOME/pkg"; echo writable=$?')
+        assert "owner-is-me=1" in check.stdout and "writable=1" in check.stdout, (
+            f"{pod.name}: the image's CLI runtime is missing or writable by the server: {check.stdout}{check.stderr}")
+
+
+# Last: it stops the pods the tests above use.
 def test_cli_pods_stop_gracefully(stack: Started) -> None:
     """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
     within the grace period, without SIGKILL."""
