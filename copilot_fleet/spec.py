@@ -240,6 +240,8 @@ class LoadBalancerSpec(_Section):
 class ResourceAmounts(_Section):
     cpu: Quantity
     memory: Quantity
+    # Node-local disk: the CLI's emptyDirs (tmp, logs, the agents' workspace). None: the platform's default.
+    ephemeral_storage: Quantity | None = None
 
 
 class ResourcesSpec(_Section):
@@ -249,10 +251,11 @@ class ResourcesSpec(_Section):
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> ResourcesSpec:
-        for kind in ("cpu", "memory"):
+        for kind in ("cpu", "memory", "ephemeral_storage"):
             req, lim = getattr(self.requests, kind), getattr(self.limits, kind)
-            if quantity_value(req) > quantity_value(lim):
-                raise ValueError(f"requests.{kind} ({req}) is larger than limits.{kind} ({lim})")
+            if req is not None and lim is not None and quantity_value(req) > quantity_value(lim):
+                key = to_camel(kind)
+                raise ValueError(f"requests.{key} ({req}) is larger than limits.{key} ({lim})")
         return self
 
 

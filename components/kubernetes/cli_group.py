@@ -74,7 +74,7 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
         "containers": [pod.cli_container(meta, group, hooks.extra_volume_mounts)],
         "volumes": [
             {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
-            {"name": "tmp", "empty_dir": {"size_limit": "1Gi"}},
+            *pod.cli_scratch_volumes(),
             *hooks.extra_volumes,
         ],
     }

@@ -30,7 +30,9 @@ LEASE_STORE_FILE = "redis-url"
 # Read-only for the owner (root) and the fsGroup (the janitor's gid): the kubelet gives the files to the fsGroup.
 LEASE_STORE_MODE = 0o440
 # Python with redis-py: about 45 MiB resident; deleting a large tree stays well within the limit.
-RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
+# It writes nothing but its output (the root filesystem is read-only; the volume is the session volume).
+RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi", "ephemeral-storage": "16Mi"},
+             "limits": {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}}
 
 
 def janitor_command(session_ttl: int, lease_store: bool) -> list[str]:

@@ -5,7 +5,13 @@ Layout inside the pod (HOME is the per-replica volume, so the CLI's own defaults
     /var/lib/copilot                 HOME and COPILOT_HOME: copilot-home, per replica (volumeClaimTemplate,
                                      ReadWriteOnce): config, logs, session-store.db (SQLite: never shared)
     /var/lib/copilot/session-state   sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
+    /var/lib/copilot/logs            logs: emptyDir: the CLI writes a log per process start and never removes one
+    /workspace                       work: emptyDir, the working directory: files the agents' tools write
     /tmp                             tmp: emptyDir (the root filesystem is read-only)
+
+Only the CLI's config and its session store stay on the retained home volume: logs and the agents' files live as
+long as the pod (container restarts keep them, for debugging), bounded by their sizeLimits and the container's
+ephemeral-storage limit, instead of filling a volume that outlives every pod.
 
 Every mount point sits directly in another volume's root, never deeper: the container runtime creates a missing
 mount point, and every directory above it, as root with mode 0755. With the session volume at
@@ -28,6 +34,17 @@ from copilot_fleet.topology import CliGroup
 HOME = "/var/lib/copilot"
 COPILOT_HOME = HOME  # the home volume's root itself: see the module docstring
 SESSION_STATE = f"{COPILOT_HOME}/session-state"
+LOGS = f"{COPILOT_HOME}/logs"  # where the CLI writes its logs (its default, under COPILOT_HOME)
+WORKSPACE = "/workspace"
+
+# emptyDir sizes: the kubelet evicts a pod whose emptyDir passes its sizeLimit. Logs at info are a few KiB per
+# session (measured with the runtime tier); the workspace holds what the agents' tools write.
+TMP_SIZE = "1Gi"
+LOGS_SIZE = "256Mi"
+WORKSPACE_SIZE = "2Gi"
+# Node-local disk for the container (its emptyDirs count towards it): used when fleet:resources leaves it unset.
+EPHEMERAL_STORAGE_REQUEST = "512Mi"
+EPHEMERAL_STORAGE_LIMIT = "4Gi"
 PORT_NAME = "copilot"
 CONTAINER_NAME = "copilot"
 
@@ -168,6 +185,8 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         {"name": "copilot-home", "mount_path": HOME},
         # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
         {"name": "sessions", "mount_path": SESSION_STATE},
+        {"name": "logs", "mount_path": LOGS},
+        {"name": "work", "mount_path": WORKSPACE},
         {"name": "tmp", "mount_path": "/tmp"},
         *extra_mounts,
     ]
@@ -181,14 +200,16 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         "image_pull_policy": "IfNotPresent",
         "args": cli_args(meta),
         "env": cli_env(meta, group),
-        "working_dir": HOME,
+        "working_dir": WORKSPACE,
         "ports": [{"name": PORT_NAME, "container_port": spec.port, "protocol": "TCP"}],
         "startup_probe": probes.startup,
         "readiness_probe": probes.readiness,
         "liveness_probe": probes.liveness,
         "resources": {
-            "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
-            "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
+            "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory,
+                         "ephemeral-storage": spec.resources.requests.ephemeral_storage or EPHEMERAL_STORAGE_REQUEST},
+            "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory,
+                       "ephemeral-storage": spec.resources.limits.ephemeral_storage or EPHEMERAL_STORAGE_LIMIT},
         },
         "lifecycle": {"pre_stop": {"exec": {"command": [
             "/bin/sh", "-c",
@@ -211,6 +232,15 @@ def mount_points_are_direct(mount_paths: Sequence[str]) -> list[str]:
             if path.rpartition("/")[0] != closest.rstrip("/"):
                 bad.append(f"{path} (inside {closest})")
     return bad
+
+
+def cli_scratch_volumes() -> list[dict[str, Any]]:
+    """The CLI pod's emptyDirs (see the module docstring)."""
+    return [
+        {"name": "logs", "empty_dir": {"size_limit": LOGS_SIZE}},
+        {"name": "work", "empty_dir": {"size_limit": WORKSPACE_SIZE}},
+        {"name": "tmp", "empty_dir": {"size_limit": TMP_SIZE}},
+    ]
 
 
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:

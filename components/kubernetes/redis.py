@@ -89,8 +89,10 @@ class InClusterRedis(pulumi.ComponentResource):
                             "ports": [{"name": "redis", "container_port": REDIS_PORT, "protocol": "TCP"}],
                             "readiness_probe": {**ping, "period_seconds": 5, "timeout_seconds": 3},
                             "liveness_probe": {**tcp, "period_seconds": 20, "timeout_seconds": 5},
-                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                          "limits": {"cpu": "500m", "memory": "256Mi"}},
+                            # Data is on its volume; only /tmp (64Mi) and its output are node-local.
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "32Mi"},
+                                          "limits": {"cpu": "500m", "memory": "256Mi",
+                                                     "ephemeral-storage": "128Mi"}},
                             "security_context": container_security_context(),
                             "volume_mounts": [{"name": "data", "mount_path": DATA},
                                               {"name": "tmp", "mount_path": "/tmp"}],

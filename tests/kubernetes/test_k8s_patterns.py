@@ -61,6 +61,39 @@ def test_mount_points_sit_directly_in_a_volume_root(make_fleet, kube, pattern):
                         f"{workload['metadata']['name']}: {path} is not directly in the root of {max(inside, key=len)}")
 
 
+def test_node_local_disk_is_bounded_and_nothing_transient_lands_on_the_retained_home(make_fleet, kube, pattern):
+    """Every container requests and limits ephemeral-storage; every emptyDir has a sizeLimit; the CLI's logs and its
+    working directory (the agents' files) are emptyDirs, not the retained home volume that outlives every pod."""
+    fleet = make_fleet(pattern)
+    for workload in kube.workloads(fleet):
+        spec = kube.pod_template(workload)["spec"]
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{workload['metadata']['name']}: {volume['name']}"
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert "ephemeral-storage" in resources["requests"] and "ephemeral-storage" in resources["limits"], (
+                f"{workload['metadata']['name']}/{container['name']}: no ephemeral-storage bounds")
+        if workload["kind"] != "StatefulSet" or "copilot-home" not in {
+                t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}:
+            continue
+        (cli,) = spec["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in cli["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        home = kube.env_of(cli)["COPILOT_HOME"]["value"]
+        assert "emptyDir" in volumes[mounts[f"{home}/logs"]], "the CLI's logs are on the retained home volume"
+        assert "emptyDir" in volumes[mounts[cli["workingDir"]]], "the working directory is not an emptyDir"
+
+
+def test_ephemeral_storage_is_configurable(make_fleet, kube):
+    fleet = make_fleet("shared-cli", resources={
+        "requests": {"cpu": "250m", "memory": "512Mi", "ephemeralStorage": "1Gi"},
+        "limits": {"cpu": "2", "memory": "2Gi", "ephemeralStorage": "8Gi"}})
+    (cli,) = kube.containers(fleet.get("StatefulSet", "copilot-cli"))
+    assert cli["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+    assert cli["resources"]["limits"]["ephemeral-storage"] == "8Gi"
+
+
 def test_nested_extra_mount_is_refused(kube):
     from components.kubernetes.pod import mount_points_are_direct
 
@@ -326,7 +359,8 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
         # a real JSON-RPC round trip, not a TCP connect: a server that accepts but never answers fails it
         command = cli[probe]["exec"]["command"]
         assert command[:3] == ["python3", "-m", "copilot_fleet.health"] and command[command.index("--port") + 1] == "4400"
-    assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
+    assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "512Mi"},
+                                "limits": {"cpu": "3", "memory": "4Gi", "ephemeral-storage": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
     found = re.search(r"copilot_fleet\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])

@@ -160,6 +160,19 @@ def test_cli_code_lives_in_the_image(stack: Started) -> None:
             f"{pod.name}: the image's CLI runtime is missing or writable by the server: {check.stdout}{check.stderr}")
 
 
+
+def test_retained_home_holds_only_config_and_session_store(stack: Started) -> None:
+    """After verify's sessions, the retained home volume holds the CLI's config and its session store, not its logs
+    (an emptyDir) or files of the agents' tools (the working directory is an emptyDir)."""
+    for pod in stack.cli():
+        home = pod.volume_dirs["copilot-home"]
+        logs = sorted(str(p.relative_to(home)) for p in home.rglob("*.log"))
+        assert not logs, f"{pod.name}: logs on the retained home volume: {logs}"
+        in_pod = pod.exec("sh", "-c", 'ls "$COPILOT_HOME/logs"; pwd').stdout.split()
+        assert any(name.startswith("process-") for name in in_pod), f"{pod.name}: the CLI wrote no log: {in_pod}"
+        assert pod.main["working_dir"] in in_pod
+
+
 # Last: it stops the pods the tests above use.
 def test_cli_pods_stop_gracefully(stack: Started) -> None:
     """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
