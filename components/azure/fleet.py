@@ -102,7 +102,7 @@ class AzureFleet(pulumi.ComponentResource):
 
         sync_identity = WorkloadIdentity(SYNC_NAME, WorkloadIdentityArgs(
             resource_group_name=rg, location=az.location, oidc_issuer_url=cluster.oidc_issuer_url,
-            namespace=meta.namespace, service_account=SYNC_NAME, tags=tags), opts=child)
+            namespace=meta.namespace, service_account=SYNC_NAME, stack=stack, tags=tags), opts=child)
 
         shares = {
             volume: SessionStorage(volume, SessionStorageArgs(

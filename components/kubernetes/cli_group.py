@@ -55,9 +55,10 @@ def client_service_spec(args: CliGroupArgs) -> dict[str, Any]:
     }
     if args.session_affinity == "ClientIP":
         spec["session_affinity_config"] = {"client_ip": {"timeout_seconds": affinity_seconds(meta.spec.idle_timeout)}}
-        if args.service_type != "ClusterIP":
-            # Keep the client's source address (no SNAT to a node), or ClientIP affinity sees only node addresses.
-            spec["external_traffic_policy"] = "Local"
+    if args.service_type != "ClusterIP":
+        # Keep the client's source address (no SNAT to a node): the NetworkPolicies match outside clients by it
+        # (loadBalancer.sourceRanges), and ClientIP affinity would otherwise see only node addresses.
+        spec["external_traffic_policy"] = "Local"
     if args.service_type == "LoadBalancer" and args.source_ranges:
         spec["load_balancer_source_ranges"] = list(args.source_ranges)
     return spec
@@ -125,7 +126,10 @@ class CliGroupDeployment(pulumi.ComponentResource):
             self.disruption_budget = policy.PodDisruptionBudget(
                 group.name,
                 metadata=meta.metadata(group.name, CLI, group),
-                spec={"max_unavailable": 1, "selector": {"match_labels": meta.selector(CLI, group)}},
+                # AlwaysAllow: a crash-looping replica (not ready, so not counted as available) must not stall a
+                # node drain; only healthy replicas are protected.
+                spec={"max_unavailable": 1, "selector": {"match_labels": meta.selector(CLI, group)},
+                      "unhealthy_pod_eviction_policy": "AlwaysAllow"},
                 opts=child,
             )
         self.ingress_policy = network.cli_ingress(meta, group, args.clients, child)

@@ -21,7 +21,7 @@ from components.azure.secret_sync import CLIENT_ID_ANNOTATION, NAME as SYNC_NAME
 from components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet import render
 from copilot_fleet.spec import FleetSpec
-from copilot_fleet.stackfile import load_stack_spec
+from copilot_fleet.stackfile import load_stack_spec, read_stack_config
 from copilot_fleet.target import parse_target
 from copilot_fleet.topology import build_topology
 
@@ -196,7 +196,7 @@ def test_only_the_sync_pods_carry_the_workload_identity(run: Run) -> None:
     assert sa["metadata"]["annotations"][CLIENT_ID_ANNOTATION] == identity["clientId"]
     provider_class = run.get("SecretProviderClass", SYNC_NAME)["spec"]["parameters"]
     assert provider_class["clientID"] == identity["clientId"] and provider_class["usePodIdentity"] == "false"
-    assert provider_class["tenantId"] == offline.TENANT
+    assert provider_class["tenantID"] == offline.TENANT and "tenantId" not in provider_class
     sync = run.get("Deployment", SYNC_NAME)
     assert sync["spec"]["replicas"] >= 2 and sync["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert sync["spec"]["template"]["spec"]["serviceAccountName"] == SYNC_NAME
@@ -375,3 +375,23 @@ def test_offline_render_covers_azure_stacks(stack: str) -> None:
     assert kinds.get("StatefulSet") and kinds.get("NetworkPolicy") and kinds.get("SecretProviderClass")
     assert kinds.get("PersistentVolume")  # the Azure Files share, bound statically
     assert OFFLINE_SECRET not in json.dumps(result.objects)
+
+
+def test_two_stacks_in_one_resource_group_do_not_collide(run_mocked: Callable[..., Run]) -> None:
+    """Stacks may share a resource group (fleet:azure.resourceGroupName): the names of what lives inside it (the
+    sync identity) carry the stack."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-session")
+    names = set()
+    for stack in ("team-a", "team-b"):
+        run = run_mocked(values, secret, stack=stack)
+        (identity,) = run.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        names.add(identity.inputs["resourceName"])
+    assert len(names) == 2, names
+
+
+def test_disruption_budgets_let_unhealthy_pods_go(run: Run) -> None:
+    """A crash-looping pod must not stall node drains behind its PodDisruptionBudget (the CLI's and the sync's)."""
+    budgets = run.kind("PodDisruptionBudget")
+    assert budgets
+    for budget in budgets:
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", budget["metadata"]["name"]

@@ -321,6 +321,8 @@ def test_disruption_budget_only_with_several_replicas(make_fleet, kube, replicas
         (sts,) = cli_sets(fleet, kube)
         assert kube.matches(pdbs[0]["spec"]["selector"]["matchLabels"], sts["spec"]["template"]["metadata"]["labels"])
         assert pdbs[0]["spec"]["maxUnavailable"] == 1
+        # A crash-looping replica must not stall node drains (only healthy replicas count as protected).
+        assert pdbs[0]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert not make_fleet("per-user").of_kind("PodDisruptionBudget")
 
 
@@ -380,6 +382,17 @@ def test_client_service_type_and_affinity(make_fleet, kube):
     assert "sessionAffinityConfig" not in plain
     headless = make_fleet("shared-cli").get("Service", "copilot-cli-headless")["spec"]
     assert headless["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "NodePort"])
+@pytest.mark.parametrize("affinity", ["None", "ClientIP"])
+def test_outside_clients_keep_their_address(make_fleet, kube, service_type, affinity):
+    """With any Service outside clients reach, the client's address must survive to the pod: the NetworkPolicy
+    admits outside clients by their address (sourceRanges as ipBlock peers), whatever the session affinity."""
+    fleet = make_fleet("shared-cli", loadBalancer={"serviceType": service_type, "sessionAffinity": affinity,
+                                                    "sourceRanges": ["203.0.113.0/24"]})
+    assert fleet.get("Service", "copilot-cli")["spec"]["externalTrafficPolicy"] == "Local"
+    assert "externalTrafficPolicy" not in make_fleet("shared-cli").get("Service", "copilot-cli")["spec"]
 
 
 def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
