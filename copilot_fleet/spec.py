@@ -420,6 +420,16 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if spec.provider is not None and spec.provider.api_key is None:
             p.append("fleet:provider.apiKey: a deployed fleet's provider needs its API key, set as a secret "
                      "(pulumi config set --secret --path 'fleet:provider.apiKey' ...)")
+        lb = spec.load_balancer
+        if lb.service_type != "ClusterIP" and not lb.source_ranges:
+            p.append(f"fleet:loadBalancer.sourceRanges: a {lb.service_type} Service is for clients outside the "
+                     "cluster, and the fleet's NetworkPolicies admit those only from these CIDRs: set your clients' "
+                     "address ranges, or use serviceType ClusterIP for clients inside the cluster")
+    if (spec.platform == "kubernetes" and spec.storage.access_mode == "ReadWriteMany"
+            and spec.storage.storage_class is None):
+        p.append("fleet:storage.storageClass: the session volume is ReadWriteMany and, without a class, lands on the "
+                 "cluster's default class, which is ReadWriteOnce on most clusters: the claim would stay Pending. "
+                 "Name a class that offers ReadWriteMany (for example nfs-client, azurefile-csi, efs-sc)")
     if spec.platform == "local":
         p.extend(_local_port_problems(spec))
     if spec.platform == "azure":

@@ -14,9 +14,10 @@ from copilot_fleet.render import RecordingMocks, run_program
 from copilot_fleet.spec import ConfigError
 
 IMAGE = "registry.example.com/copilot-cli:1.0.102"
-SHARED: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "githubToken": "ghp_x"}
+SHARED: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "githubToken": "ghp_x",
+                          "storage": {"storageClass": "nfs-client"}}
 PER_USER: dict[str, Any] = {"isolation": "per-user", "platform": "kubernetes", "image": IMAGE,
-                            "users": [{"id": "alice", "githubToken": "ghp_a"}]}
+                            "users": [{"id": "alice", "githubToken": "ghp_a"}], "storage": {"accessMode": "ReadWriteOnce"}}
 DROP = object()
 
 # (case id, base, changes (DROP removes a key), secret keys, the key the message must name)
@@ -74,6 +75,11 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], str]] = [
      {"resources": {"requests": {"cpu": "4", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
      {"githubToken"}, "requests.cpu"),
     ("cron-bad", SHARED, {"janitorSchedule": "every 15 minutes"}, {"githubToken"}, "fleet:janitorSchedule"),
+    ("rwx-without-class", SHARED, {"storage": {"size": "10Gi"}}, {"githubToken"}, "fleet:storage.storageClass"),
+    ("load-balancer-without-ranges", SHARED, {"loadBalancer": {"serviceType": "LoadBalancer"}}, {"githubToken"},
+     "fleet:loadBalancer.sourceRanges"),
+    ("node-port-without-ranges", SHARED, {"loadBalancer": {"serviceType": "NodePort"}}, {"githubToken"},
+     "fleet:loadBalancer.sourceRanges"),
     ("service-type-unknown", SHARED, {"loadBalancer": {"serviceType": "Ingress"}}, {"githubToken"},
      "fleet:loadBalancer.serviceType"),
     ("affinity-unknown", SHARED, {"loadBalancer": {"sessionAffinity": "Cookie"}}, {"githubToken"},

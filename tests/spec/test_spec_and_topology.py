@@ -73,7 +73,7 @@ def test_kubernetes_credential_and_lease_store_follow_config() -> None:
         {"provider", "redis"},
         isolation="shared-session", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}",
         provider={"baseUrl": "https://models.example/v1", "apiKey": "k"},
-        redis={"mode": "external", "url": "rediss://:p@redis.example:6380/0"},
+        redis={"mode": "external", "url": "rediss://:p@redis.example:6380/0"}, storage={"storageClass": "nfs"},
     )
     topo = build_topology(byok)
     assert topo.groups[0].credential == "provider"
@@ -81,7 +81,7 @@ def test_kubernetes_credential_and_lease_store_follow_config() -> None:
     per_user = spec_of(
         {"users", "githubToken"},
         isolation="per-user", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}", githubToken="t",
-        users=[{"id": "alice", "githubToken": "a"}, {"id": "bob"}],
+        users=[{"id": "alice", "githubToken": "a"}, {"id": "bob"}], storage={"accessMode": "ReadWriteOnce"},
     )
     creds = {g.user: g.credential for g in build_topology(per_user).groups}
     assert creds == {"alice": "user-github-token", "bob": "github-token"}
@@ -99,6 +99,8 @@ def test_secure_values_are_secrets_offline(tmp_path: Path) -> None:
         "    - id: alice\n"
         "      githubToken:\n"
         "        secure: v1:abc\n"
+        "  fleet:storage:\n"
+        "    accessMode: ReadWriteOnce\n"
         "  kubernetes:context: other-namespace-is-ignored\n"
     )
     values, secret = read_stack_config(tmp_path, "dev")
