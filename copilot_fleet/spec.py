@@ -336,6 +336,9 @@ class FleetSpec(_Section):
     client_selector: dict[str, str] = Field(default_factory=lambda: {"copilot-fleet/client": "true"})
     # Client pods in other namespaces whose namespace has these labels may connect (with client_selector).
     client_namespace_selector: dict[str, str] | None = None
+    # per-user: pods of a trusted backend that serves every user (it holds every user's connection token and keeps
+    # users apart itself) may reach every user's server; client pods otherwise reach only their own user's.
+    backend_selector: dict[str, str] | None = None
     janitor_schedule: Cron = "*/15 * * * *"
     max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
     termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
@@ -380,10 +383,16 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
                      f"(got {spec.replicas})")
         if "redis" in set_keys:
             p.append("fleet:redis: per-user has no shared session state and no lease store; remove fleet:redis")
+        if spec.backend_selector is not None and not spec.backend_selector:
+            p.append("fleet:backendSelector: an empty selector would admit every pod to every user's server; give "
+                     "the labels of your backend's pods")
     else:
         if spec.users:
             p.append(f"fleet:users: only per-user deploys a server per user; {spec.isolation} routes every user "
                      "through the shared replicas (remove fleet:users or use isolation per-user)")
+        if spec.backend_selector is not None:
+            p.append(f"fleet:backendSelector: only for per-user; in {spec.isolation} every client pod "
+                     "(fleet:clientSelector) reaches the shared servers")
         if spec.storage.access_mode != "ReadWriteMany":
             p.append(f"fleet:storage.accessMode: {spec.isolation} shares session-state/ between replicas, so it "
                      f"must be ReadWriteMany (got {spec.storage.access_mode})")

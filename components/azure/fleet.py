@@ -170,6 +170,9 @@ class AzureFleet(pulumi.ComponentResource):
 
         self.kubernetes = KubernetesFleet("copilot-fleet", KubernetesFleetArgs(
             topology=topology, tokens=args.tokens, create_namespace=False,
+            # The same client rules as on any cluster (these were dropped on Azure, so outside clients never got in).
+            client_namespace_selector=spec.client_namespace_selector,
+            source_ranges=tuple(spec.load_balancer.source_ranges),
             platform=PlatformHooks(session_volume=session_volume, manage_secrets=False,
                                    external_redis_url=external_redis),
         ), opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace, sync.ready])))

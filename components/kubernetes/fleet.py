@@ -107,6 +107,7 @@ class KubernetesFleet(pulumi.ComponentResource):
         clients = network.ClientPeers(
             pod_selector=spec.client_selector,
             namespace_selector=args.client_namespace_selector,
+            backend_selector=spec.backend_selector,
             source_ranges=tuple(args.source_ranges),
         )
         self.default_deny = network.default_deny(meta, child)

@@ -2,9 +2,10 @@
 
 - default deny: every pod of the fleet (CLI servers, Redis, janitors) refuses all ingress;
 - CLI port: only from client pods (`fleet:clientSelector`); in `per-user`, a user's server only from client pods
-  that also carry `copilot-fleet/user: <id>`, so no user's pods reach another user's server;
-- Redis: only from the CLI pods, the client pods (the fleet client takes the leases) and the janitor pods (the
-  janitor takes a session's lease before it deletes the session).
+  that also carry `copilot-fleet/user: <id>`, so no user's pods reach another user's server, and from the pods
+  of a trusted backend that serves every user (`fleet:backendSelector`), when one is named;
+- Redis: only from the client pods (the fleet client takes the leases) and the janitor pods (the janitor takes a
+  session's lease before it deletes the session); not from the CLI pods, which never use it.
 
 Clients in other namespaces are admitted when `client_namespace_selector` is given (namespaceSelector AND
 podSelector in one peer); without it only client pods in the fleet's namespace match. `source_ranges` (CIDRs) admit
@@ -36,20 +37,28 @@ from copilot_fleet.topology import CliGroup
 
 @dataclass(frozen=True)
 class ClientPeers:
-    """Who counts as a client of the fleet."""
+    """Who counts as a client of the fleet. `backend_selector` (per-user): a trusted backend's pods, which serve
+    every user and so may reach every user's server."""
 
     pod_selector: Mapping[str, str]
     namespace_selector: Mapping[str, str] | None = None
     source_ranges: Sequence[str] = field(default_factory=tuple)
+    backend_selector: Mapping[str, str] | None = None
+
+    def _pods(self, labels: Mapping[str, str]) -> dict[str, Any]:
+        peer: dict[str, Any] = {"pod_selector": {"match_labels": dict(labels)}}
+        if self.namespace_selector is not None:
+            peer["namespace_selector"] = {"match_labels": dict(self.namespace_selector)}
+        return peer
 
     def peers(self, user: str | None = None) -> list[dict[str, Any]]:
         labels = dict(self.pod_selector)
         if user is not None:
             labels[USER_LABEL] = user
-        peer: dict[str, Any] = {"pod_selector": {"match_labels": labels}}
-        if self.namespace_selector is not None:
-            peer["namespace_selector"] = {"match_labels": dict(self.namespace_selector)}
-        return [peer, *({"ip_block": {"cidr": cidr}} for cidr in self.source_ranges)]
+        pods = [self._pods(labels)]
+        if user is not None and self.backend_selector:
+            pods.append(self._pods(self.backend_selector))
+        return [*pods, *({"ip_block": {"cidr": cidr}} for cidr in self.source_ranges)]
 
 
 def default_deny(meta: FleetMeta, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
@@ -81,7 +90,8 @@ def cli_ingress(meta: FleetMeta, group: CliGroup, clients: ClientPeers,
 
 def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
     name = f"{REDIS}-ingress"
-    cli_pods = {"pod_selector": {"match_labels": meta.selector(CLI)}}
+    # Not the CLI pods: the servers never use the lease store (clients and the janitor take the leases), and a
+    # session's tool run on a server must not reach it.
     janitor_pods = {"pod_selector": {"match_labels": meta.selector(JANITOR)}}
     return networking.NetworkPolicy(
         name,
@@ -91,7 +101,7 @@ def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOp
             "policy_types": ["Ingress"],
             # Redis is never exposed outside the cluster: no ipBlock peers here.
             "ingress": [{
-                "from": [cli_pods, janitor_pods, clients.peers()[0]],
+                "from": [janitor_pods, clients.peers()[0]],
                 "ports": [{"port": REDIS_PORT, "protocol": "TCP"}],
             }],
         },

@@ -395,3 +395,18 @@ def test_disruption_budgets_let_unhealthy_pods_go(run: Run) -> None:
     assert budgets
     for budget in budgets:
         assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", budget["metadata"]["name"]
+
+
+def test_outside_clients_and_client_namespaces_reach_the_aks_fleet(run_mocked: Callable[..., Run]) -> None:
+    """fleet:loadBalancer.sourceRanges and fleet:clientNamespaceSelector shape the Service and the policies on AKS
+    as on any cluster (they were dropped on Azure: outside clients never got in)."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    values = {**values, "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
+              "fleet:clientNamespaceSelector": {"team": "apps"}}
+    run = run_mocked(values, secret, stack="azure-lb")
+    service = run.get("Service", "copilot-cli")["spec"]
+    assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert service["externalTrafficPolicy"] == "Local"
+    peers = run.get("NetworkPolicy", "copilot-cli-ingress")["spec"]["ingress"][0]["from"]
+    assert {"ipBlock": {"cidr": "203.0.113.0/24"}} in peers
+    assert peers[0]["namespaceSelector"] == {"matchLabels": {"team": "apps"}}

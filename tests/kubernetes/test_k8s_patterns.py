@@ -267,7 +267,8 @@ def test_network_policies_admit_only_clients(make_fleet, kube):
     assert not admitted(cli, stranger, 4321)
     assert not admitted(cli, client, 6379)
     assert admitted(redis, client, 6379)
-    assert admitted(redis, cli, 6379)
+    # the servers never use the lease store: a session's tool run on one must not reach it
+    assert not admitted(redis, cli, 6379)
     assert not admitted(redis, stranger, 6379)
     # the janitor takes a session's lease before deleting it
     assert admitted(redis, pods["copilot-session-janitor"], 6379)
@@ -284,6 +285,20 @@ def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube
             assert ok == (client_user == user), f"{client_user}'s pods reaching {user}'s server: {ok}"
         # a client pod without a user label reaches no user's server
         assert not any(_admits(p, kube, {"app": "chat"}, 4321) for p in _policies_for(fleet, kube, labels))
+
+
+def test_per_user_trusted_backend_reaches_every_users_server(make_fleet, kube):
+    """One backend that serves all users (fleet:backendSelector) reaches every user's server; other client pods
+    still reach only their own user's."""
+    fleet = make_fleet("per-user", clientSelector={"app": "chat"}, backendSelector={"app": "chat-backend"})
+    backend = {"app": "chat-backend"}
+    for sts in cli_sets(fleet, kube):
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        policies = _policies_for(fleet, kube, labels)
+        assert any(_admits(p, kube, backend, 4321) for p in policies)
+        assert not any(_admits(p, kube, {"app": "chat"}, 4321) for p in policies)
+    assert not any(_admits(p, kube, backend, 4321) for sts in cli_sets(make_fleet("per-user"), kube)
+                   for p in _policies_for(make_fleet("per-user"), kube, sts["spec"]["template"]["metadata"]["labels"]))
 
 
 def test_client_namespaces_and_source_ranges_through_args(make_fleet, kube):
