@@ -16,7 +16,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
 from components.common import child_options
-from components.kubernetes import network, pod, storage
+from components.kubernetes import network, pod, secrets, storage
 from components.kubernetes.hooks import PlatformHooks
 from components.kubernetes.janitor import janitor_cron_job
 from components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
@@ -37,6 +37,7 @@ class CliGroupArgs:
     session_affinity: str
     source_ranges: tuple[str, ...] = ()
     janitor_lease_store: SecretKeyRef | None = None  # the Secret key holding the lease store URL, if any
+    secrets_checksum: pulumi.Input[str] | None = None  # of the Secrets the CLI pods read (secrets.checksum)
 
 
 def affinity_seconds(idle_timeout: int) -> int:
@@ -87,7 +88,11 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
             "when_unsatisfiable": "ScheduleAnyway",
             "label_selector": {"match_labels": meta.selector(CLI, group)},
         }]
-    return {"metadata": {"labels": {**meta.labels(CLI, group), **hooks.pod_labels}}, "spec": spec}
+    metadata: dict[str, Any] = {"labels": {**meta.labels(CLI, group), **hooks.pod_labels}}
+    if args.secrets_checksum is not None:
+        # A rotated credential changes the template, so the pods roll and read it (env is read at start only).
+        metadata["annotations"] = {secrets.CHECKSUM_ANNOTATION: args.secrets_checksum}
+    return {"metadata": metadata, "spec": spec}
 
 
 class CliGroupDeployment(pulumi.ComponentResource):

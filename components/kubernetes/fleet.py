@@ -129,6 +129,8 @@ class KubernetesFleet(pulumi.ComponentResource):
                     session_affinity=spec.load_balancer.session_affinity,
                     source_ranges=tuple(args.source_ranges),
                     janitor_lease_store=janitor_lease_store,
+                    secrets_checksum=secrets.checksum(self.secret_material,
+                                                      (secrets.FLEET_CREDENTIALS, meta.credentials_secret(group))),
                 ),
                 opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
                                    secrets.JANITOR_CREDENTIALS),

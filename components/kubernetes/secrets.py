@@ -15,7 +15,8 @@ volume: its lease store URL is a file, see janitor.py). The fleet creates the Se
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -107,6 +108,25 @@ def secret_material(topology: Topology, tokens: ConnectionTokens,
             raise ValueError("the topology has a lease store but no lease store URL was given for the janitor")
         out[JANITOR_CREDENTIALS] = {REDIS_URL_KEY: pulumi.Output.secret(lease_store_url)}
     return out
+
+
+CHECKSUM_ANNOTATION = "copilot-fleet/secrets-checksum"
+
+
+def checksum(material: Mapping[str, Mapping[str, pulumi.Input[str]]], names: Iterable[str]) -> pulumi.Output[str]:
+    """A digest of the values of the named Secrets, for a pod template annotation: environment variables from a
+    Secret are read once, at container start, so a rotated value reaches running pods only if the template changes
+    (which rolls the pods). Secrets the fleet does not hold (none by that name) are left out.
+
+    The digest is not a secret (a secret anywhere in a pod template makes Pulumi hide the whole spec): the names
+    always include a group's credentials, whose generated connection token (256 bits) is hashed with the rest, so
+    the digest cannot be used to guess a weaker value such as a provider key."""
+    parts: list[pulumi.Input[str]] = []
+    for name in sorted(set(names)):
+        for key, value in sorted((material.get(name) or {}).items()):
+            parts += [f"{name}/{key}=", value, "\n"]
+    digest = pulumi.Output.all(*parts).apply(lambda values: hashlib.sha256("".join(values).encode()).hexdigest())
+    return pulumi.Output.unsecret(digest)
 
 
 def create_secrets(meta: FleetMeta, material: Mapping[str, Mapping[str, pulumi.Output[str]]],

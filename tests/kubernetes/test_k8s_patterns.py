@@ -531,3 +531,25 @@ def test_azure_dispatch_needs_the_azure_components(monkeypatch):
     with pytest.raises(RuntimeError, match="components.azure.deploy_azure"):
         program._platform_deployer(spec)
     assert program._platform_deployer(spec.model_copy(update={"platform": "kubernetes"})) is program._deploy_kubernetes
+
+
+def _checksums(fleet, kube) -> dict[str, str]:
+    return {s["metadata"]["name"]: s["spec"]["template"]["metadata"]["annotations"]["copilot-fleet/secrets-checksum"]
+            for s in cli_sets(fleet, kube)}
+
+
+def test_rotated_credentials_roll_the_pods_that_read_them(make_fleet, kube):
+    """Env from a Secret is read at container start: a rotated value must change the pod template (a checksum
+    annotation) of exactly the pods that read it."""
+    base = _checksums(make_fleet("shared-cli"), kube)
+    assert base == _checksums(make_fleet("shared-cli"), kube)  # deterministic: no roll without a change
+    rotated = _checksums(make_fleet("shared-cli", githubToken="ghp_TESTSECRET_rotated_0009"), kube)
+    assert rotated["copilot-cli"] != base["copilot-cli"]
+    users = dict(kube.USER_TOKENS)
+    per_user = _checksums(make_fleet("per-user"), kube)
+    users["alice"] = "ghp_TESTSECRET_alice_rotated"
+    after = _checksums(make_fleet("per-user", users=[{"id": u, "githubToken": t} for u, t in users.items()]), kube)
+    assert after["copilot-user-alice"] != per_user["copilot-user-alice"]
+    assert after["copilot-user-bob-smith"] == per_user["copilot-user-bob-smith"]
+    # the annotation is a digest, never a value
+    assert all(len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in base.values())
