@@ -219,7 +219,8 @@ class StorageSpec(_Section):
 class RedisSpec(_Section):
     mode: Literal["in-cluster", "external"] = "in-cluster"
     url: SecretStr | None = None
-    image: Image = "redis:7.2.5-alpine"
+    # 7.2.12: 7.2.11 fixed Lua CVEs (CVE-2025-49844 and others) the leases' scripts would expose.
+    image: Image = "redis:7.2.12-alpine"
     storage_size: Quantity = "1Gi"
 
 

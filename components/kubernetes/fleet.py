@@ -114,7 +114,8 @@ class KubernetesFleet(pulumi.ComponentResource):
 
         self.redis: InClusterRedis | None = None
         if password is not None:
-            self.redis = InClusterRedis(REDIS, InClusterRedisArgs(meta), password,
+            self.redis = InClusterRedis(REDIS, InClusterRedisArgs(
+                meta, secrets_checksum=secrets.checksum(self.secret_material, (secrets.REDIS_SECRET,))), password,
                                         opts=after_secrets(secrets.REDIS_SECRET))
             network.redis_ingress(meta, clients, child)
         janitor_lease_store = (secrets.janitor_redis_url_ref()

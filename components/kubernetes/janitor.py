@@ -20,7 +20,7 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from components.kubernetes.meta import CLI, JANITOR, FleetMeta
-from components.kubernetes.pod import container_security_context, pod_security_context
+from components.kubernetes.pod import container_security_context, image_pull_policy, pod_security_context
 from components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
@@ -69,7 +69,7 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
         "containers": [{
             "name": "janitor",
             "image": spec.image,
-            "image_pull_policy": "IfNotPresent",
+            "image_pull_policy": image_pull_policy(spec.image),
             "command": janitor_command(spec.session_ttl, lease_store is not None),
             # The root filesystem is read-only: no bytecode to write; print each line as it comes.
             "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],

@@ -156,6 +156,12 @@ def prestop_seconds(grace_seconds: int) -> int:
     return max(1, min(MAX_PRESTOP_SECONDS, grace_seconds // 2))
 
 
+def image_pull_policy(image: str) -> str:
+    """A digest names one build: pull it once. A tag can be pushed again: check it at every start, or nodes keep
+    running different builds under one name (pin `name:tag@sha256:...` to drop the check)."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
     return {
         "allow_privilege_escalation": False,
@@ -197,7 +203,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,
-        "image_pull_policy": "IfNotPresent",
+        "image_pull_policy": image_pull_policy(spec.image),
         "args": cli_args(meta),
         "env": cli_env(meta, group),
         "working_dir": WORKSPACE,

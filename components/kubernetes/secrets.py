@@ -9,7 +9,7 @@ volume: its lease store URL is a file, see janitor.py). The fleet creates the Se
 |---|---|---|
 | `copilot-fleet-credentials` | `github-token`, `provider-api-key` | a fleet GitHub token / a BYOK provider is set |
 | `<group>-credentials` | `connection-token`, and `github-token` for a per-user user with their own token | always |
-| `copilot-redis` | `password` | in-cluster Redis |
+| `copilot-redis` | `password`, `auth.conf` (`requirepass <password>`) | in-cluster Redis |
 | `copilot-janitor-credentials` | `redis-url` | a lease store (shared patterns): the janitor mounts it as a file |
 """
 
@@ -32,6 +32,9 @@ PROVIDER_API_KEY_KEY = "provider-api-key"
 CONNECTION_TOKEN_KEY = "connection-token"
 REDIS_SECRET = REDIS
 REDIS_PASSWORD_KEY = "password"
+# The same password as a Redis config file (`requirepass ...`): Redis reads it from a mounted file, so the password
+# is in neither its command line nor its environment.
+REDIS_AUTH_CONFIG_KEY = "auth.conf"
 # The lease store URL for the session janitor, in a Secret of its own: the CLI pods never see it.
 JANITOR_CREDENTIALS = "copilot-janitor-credentials"
 REDIS_URL_KEY = "redis-url"
@@ -74,6 +77,10 @@ def redis_password_ref() -> SecretKeyRef:
     return SecretKeyRef(REDIS_SECRET, REDIS_PASSWORD_KEY)
 
 
+def redis_auth_config_ref() -> SecretKeyRef:
+    return SecretKeyRef(REDIS_SECRET, REDIS_AUTH_CONFIG_KEY)
+
+
 def janitor_redis_url_ref() -> SecretKeyRef:
     return SecretKeyRef(JANITOR_CREDENTIALS, REDIS_URL_KEY)
 
@@ -101,7 +108,10 @@ def secret_material(topology: Topology, tokens: ConnectionTokens,
             data[GITHUB_TOKEN_KEY] = pulumi.Output.secret(user_tokens[group.user].get_secret_value())
         out[FleetMeta.credentials_secret(group)] = data
     if redis_password is not None:
-        out[REDIS_SECRET] = {REDIS_PASSWORD_KEY: redis_password}
+        out[REDIS_SECRET] = {
+            REDIS_PASSWORD_KEY: redis_password,
+            REDIS_AUTH_CONFIG_KEY: pulumi.Output.secret(pulumi.Output.concat("requirepass ", redis_password, "\n")),
+        }
     if topology.lease_store is not None:
         if lease_store_url is None:
             # Fail here rather than deploy a janitor that deletes on a shared volume without leases.

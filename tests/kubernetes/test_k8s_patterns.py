@@ -214,17 +214,30 @@ def test_redis_exactly_where_the_pattern_needs_it(make_fleet, kube, pattern, ove
     assert bool(redis_sets) == expect_redis
     if expect_redis:
         (sts,) = redis_sets
-        (c,) = sts["spec"]["template"]["spec"]["containers"]
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
         args = c["args"]
-        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        # The password is in a mounted config file: not on Redis' command line, not in its environment.
+        assert "--requirepass" not in args and "env" not in c
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        (config_file,) = [a for a in args if not a.startswith("--") and a.endswith(".conf")]
+        auth = volumes[mounts[config_file.rpartition("/")[0]]]["secret"]
+        secret = fleet.get("Secret", auth["secretName"])["stringData"]
+        password = secret["password"]
+        assert secret[auth["items"][0]["key"]] == f"requirepass {password}\n"
+        assert auth["defaultMode"] == 0o440
         assert args[args.index("--appendonly") + 1] == "yes"
-        ref = kube.env_of(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] in fleet.get("Secret", ref["name"])["stringData"]
         assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in c["volumeMounts"]}
-        svc = [s for s in fleet.of_kind("Service") if kube.matches(s["spec"]["selector"],
-                                                                  sts["spec"]["template"]["metadata"]["labels"])]
+        services = [s for s in fleet.of_kind("Service") if kube.matches(s["spec"]["selector"],
+                                                                       sts["spec"]["template"]["metadata"]["labels"])]
+        svc = [s for s in services if s["spec"].get("clusterIP") != "None"]
         assert svc and svc[0]["spec"]["ports"][0]["port"] == 6379
-        password = fleet.get("Secret", ref["name"])["stringData"][ref["key"]]
+        # The StatefulSet's governing Service is headless (stable pod DNS), the clients' one is not.
+        governing = fleet.get("Service", sts["spec"]["serviceName"])
+        assert governing["spec"]["clusterIP"] == "None" and governing in services
+        assert c["image"] == "redis:7.2.12-alpine" and c["imagePullPolicy"] == "Always"
+        assert "copilot-fleet/secrets-checksum" in sts["spec"]["template"]["metadata"]["annotations"]
         assert fleet.outputs["redis_url"] == (
             f"redis://:{password}@{svc[0]['metadata']['name']}.{sts['metadata']['namespace']}.svc.cluster.local:6379/0")
         assert "redis_url" in fleet.run.secret_outputs
@@ -553,3 +566,17 @@ def test_rotated_credentials_roll_the_pods_that_read_them(make_fleet, kube):
     assert after["copilot-user-bob-smith"] == per_user["copilot-user-bob-smith"]
     # the annotation is a digest, never a value
     assert all(len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in base.values())
+
+
+@pytest.mark.parametrize("image, policy", [
+    ("registry.example.com/copilot-cli:1.0.102", "Always"),
+    ("registry.example.com/copilot-cli:1.0.102@sha256:" + "a" * 64, "IfNotPresent"),
+])
+def test_a_digest_pins_the_build_a_tag_is_checked_at_every_start(make_fleet, kube, image, policy):
+    """A tag can be pushed again: with IfNotPresent, nodes would keep running different builds under one name."""
+    fleet = make_fleet("shared-cli", image=image)
+    for workload in kube.workloads(fleet):
+        for container in kube.containers(workload):
+            if container["image"] == image:
+                assert container["imagePullPolicy"] == policy, workload["metadata"]["name"]
+    assert {c["image"] for w in kube.workloads(fleet) for c in kube.containers(w)} >= {image}

@@ -243,16 +243,27 @@ class StackWorld:
         url_key = self.janitor_url_key()
         redis = self.in_cluster_redis()
         if redis is not None:
-            password_ref = self._env_ref(redis, "REDIS_PASSWORD")
-            self.redis_password = self.secret_values(*password_ref)
+            # Secret copilot-redis: `password`, and `auth.conf` holding it as Redis config (docs/kubernetes.md).
+            (secret_name,) = {v["secret"]["secretName"] for v in redis.template["spec"]["volumes"] if "secret" in v}
+            self.redis_password = self.secret_values(secret_name, "password")
+            self.secret_values.composed[(secret_name, "auth.conf")] = f"requirepass {self.redis_password}\n"
             if url_key is not None:
-                service = redis.workload["spec"]["serviceName"]
+                service = self.client_service(redis)
                 # The URL the program gives the janitor (docs/kubernetes.md, Lease store).
                 self.secret_values.composed[url_key] = (
                     f"redis://:{self.redis_password}@{service}.{self.namespace}.svc.cluster.local:6379/0")
         elif url_key is not None:
             self.redis_password = secrets.token_hex(24)
             self.secret_values.composed[url_key] = f"redis://:{self.redis_password}@{EXTERNAL_REDIS_HOST}:6379/0"
+
+    def client_service(self, plan: PodPlan) -> str:
+        """The (non-headless) Service clients reach a pod by."""
+        for service in self.rendered.of_kind("Service"):
+            selector = service["spec"].get("selector") or {}
+            if (service["spec"].get("clusterIP") != "None" and selector
+                    and all(plan.labels.get(k) == v for k, v in selector.items())):
+                return service["metadata"]["name"]
+        raise AssertionError(f"no Service for pod {plan.name}")
 
     @staticmethod
     def _env_ref(plan: PodPlan, variable: str) -> tuple[str, str]:

@@ -88,6 +88,14 @@ def test_lease_store_ready(stack: Started) -> None:
         return
     (store,) = stores
     assert store.running(), store.exit_report("is not running")
+    if stack.world.in_cluster_redis() is not None:
+        # The password reaches Redis as a mounted file: not in its command line or environment (any process of
+        # the same user, and `ps` on the node, could read those).
+        password = stack.world.redis_password
+        assert password
+        seen = store.exec("sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/1/environ")
+        assert seen.returncode == 0, seen.stderr
+        assert password not in seen.stdout, f"the Redis password is in its command line or environment: {seen.stdout}"
 
 
 def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
