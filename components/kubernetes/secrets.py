@@ -128,9 +128,9 @@ def checksum(material: Mapping[str, Mapping[str, pulumi.Input[str]]], names: Ite
     Secret are read once, at container start, so a rotated value reaches running pods only if the template changes
     (which rolls the pods). Secrets the fleet does not hold (none by that name) are left out.
 
-    The digest is not a secret (a secret anywhere in a pod template makes Pulumi hide the whole spec): the names
-    always include a group's credentials, whose generated connection token (256 bits) is hashed with the rest, so
-    the digest cannot be used to guess a weaker value such as a provider key."""
+    The digest is not a secret (a secret anywhere in a pod template makes Pulumi hide the whole spec): every set of
+    names it is given includes a generated value (a group's connection token, the Redis password: 48 and 40 random
+    characters) hashed with the rest, so the digest cannot be used to guess a weaker value such as a provider key."""
     parts: list[pulumi.Input[str]] = []
     for name in sorted(set(names)):
         for key, value in sorted((material.get(name) or {}).items()):
