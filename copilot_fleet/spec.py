@@ -212,8 +212,12 @@ class StorageSpec(_Section):
     storage_class: str | None = None
     size: Quantity = "10Gi"
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
-    # Each replica's own COPILOT_HOME (config, logs, the SQLite session store): never shared.
+    # Each replica's own COPILOT_HOME (config, the SQLite session store): never shared.
     home_size: Quantity = "1Gi"
+    # Whether COPILOT_HOME outlives the pod (a ReadWriteOnce volume per replica) or lives as long as it (an emptyDir).
+    # None: a volume for the shared patterns' few replicas, an emptyDir per-user (a disk per user runs into the
+    # nodes' attach limits). Resume never needs it: the history is in session-state/.
+    persistent_home: bool | None = None
 
 
 class RedisSpec(_Section):
@@ -280,6 +284,9 @@ class AzureSpec(_Section):
     redis_sku: Literal["Basic", "Standard", "Premium"] = "Standard"
     redis_capacity: Annotated[int, Field(ge=0, le=6)] = 1
     log_retention_days: Annotated[int, Field(ge=30, le=730)] = 30
+    # An existing Azure Container Registry holding fleet:image: the cluster's kubelet identity gets AcrPull on it in
+    # the same `pulumi up`, so the first image pull works.
+    container_registry_id: str | None = None
 
 
 class InfiniteSessionsSpec(_Section):
@@ -359,6 +366,13 @@ class FleetSpec(_Section):
     @property
     def user_ids(self) -> list[str]:
         return [u.id for u in self.users]
+
+    @property
+    def home_is_persistent(self) -> bool:
+        """COPILOT_HOME on a volume of its own per replica (storage.persistentHome; default: not for per-user)."""
+        if self.storage.persistent_home is not None:
+            return self.storage.persistent_home
+        return self.shares_session_state
 
     @property
     def session_model(self) -> str:
@@ -459,6 +473,14 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
 
 
 _AZURE_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.()-]{1,90}$")
+_ACR_HOST = re.compile(r"^(?P<name>[A-Za-z0-9]{5,50})\.azurecr\.io(?=/)")
+_ACR_ID = re.compile(r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[^/]+/providers/"
+                     r"Microsoft\.ContainerRegistry/registries/(?P<name>[A-Za-z0-9]{5,50})$", re.IGNORECASE)
+# Data disks a VM size attaches (Azure's published limits) for the sizes AKS users pick most; other sizes are not
+# checked here.
+_DATA_DISKS = {"standard_d2s_v5": 4, "standard_d4s_v5": 8, "standard_d8s_v5": 16, "standard_d16s_v5": 32,
+               "standard_d2s_v3": 4, "standard_d4s_v3": 8, "standard_d8s_v3": 16, "standard_ds2_v2": 8,
+               "standard_b2s": 4, "standard_b4ms": 8}
 
 
 def _local_port_problems(spec: FleetSpec) -> list[str]:
@@ -499,6 +521,28 @@ def _azure_problems(spec: FleetSpec) -> list[str]:
                  f"(fleet:azure.fileShareQuotaGb: {az.file_share_quota_gb}); the claim could never bind to the share")
     if az.redis_sku == "Premium" and not 1 <= az.redis_capacity <= 5:
         p.append(f"fleet:azure.redisCapacity: Premium caches come in sizes 1-5 (P1-P5), got {az.redis_capacity}")
+    registry = _ACR_HOST.match(spec.image or "")
+    if az.container_registry_id is not None:
+        match = _ACR_ID.match(az.container_registry_id)
+        if match is None:
+            p.append("fleet:azure.containerRegistryId: expected a registry's resource id, /subscriptions/<id>/"
+                     "resourceGroups/<group>/providers/Microsoft.ContainerRegistry/registries/<name> (az acr show -n "
+                     f"<name> --query id -o tsv), got {az.container_registry_id!r}")
+        elif registry is not None and match.group("name").lower() != registry.group("name").lower():
+            p.append(f"fleet:azure.containerRegistryId: names registry {match.group('name')!r} but fleet:image is in "
+                     f"{registry.group(0)}")
+    elif registry is not None:
+        p.append(f"fleet:azure.containerRegistryId: fleet:image is in Azure Container Registry {registry.group(0)}; "
+                 "give its resource id (az acr show -n " + registry.group("name") + " --query id -o tsv) so the "
+                 "cluster's kubelet identity gets AcrPull in the same pulumi up: without it the first image pull "
+                 "fails")
+    if spec.isolation == "per-user" and spec.home_is_persistent:
+        disks = _DATA_DISKS.get(az.node_vm_size.lower())
+        if disks is not None and len(spec.users) > disks * az.node_count:
+            p.append(f"fleet:storage.persistentHome: every user's home would be an Azure Disk, and "
+                     f"{az.node_count} x {az.node_vm_size} attach at most {disks * az.node_count} data disks "
+                     f"({disks} each) for {len(spec.users)} users: leave persistentHome unset (an emptyDir home; "
+                     "sessions resume from the user's share), or add nodes")
     name = az.resource_group_name
     if name is not None and (not _AZURE_GROUP_NAME.match(name) or name.endswith(".")):
         p.append(f"fleet:azure.resourceGroupName: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in "

@@ -77,6 +77,7 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
         "volumes": [
             {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
             *pod.cli_scratch_volumes(),
+            *([] if meta.spec.home_is_persistent else [pod.ephemeral_home_volume(meta)]),
             *hooks.extra_volumes,
         ],
     }
@@ -114,9 +115,10 @@ class CliGroupDeployment(pulumi.ComponentResource):
                 "revision_history_limit": 5,
                 "selector": {"match_labels": meta.selector(CLI, group)},
                 "template": pod_template(args),
-                "volume_claim_templates": [pod.home_volume_claim(meta)],
+                "volume_claim_templates": [pod.home_volume_claim(meta)] if meta.spec.home_is_persistent else None,
                 # Keep each replica's COPILOT_HOME when scaling down or deleting: it holds the session store.
-                "persistent_volume_claim_retention_policy": {"when_deleted": "Retain", "when_scaled": "Retain"},
+                "persistent_volume_claim_retention_policy": ({"when_deleted": "Retain", "when_scaled": "Retain"}
+                                                             if meta.spec.home_is_persistent else None),
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.session_claim])),
         )

@@ -249,6 +249,12 @@ def cli_scratch_volumes() -> list[dict[str, Any]]:
     ]
 
 
+def ephemeral_home_volume(meta: FleetMeta) -> dict[str, Any]:
+    """COPILOT_HOME as an emptyDir (storage.persistentHome false; the per-user default): the CLI's config and its
+    session store (a search index) start afresh with each pod; sessions resume from session-state/ regardless."""
+    return {"name": "copilot-home", "empty_dir": {"size_limit": meta.spec.storage.home_size}}
+
+
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:
     """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from the default storage class
     (the session storage class is typically a network share, which SQLite should not live on)."""

@@ -119,7 +119,8 @@ def test_key_vault_uses_rbac_and_only_the_sync_identity_reads_it(run: Run) -> No
     assert props["enableSoftDelete"] is True and props["enablePurgeProtection"] is True
     vault_id, _ = arm_answer(run, vault.typ)
     _, identity = arm_answer(run, f"{AZ}managedidentity:UserAssignedIdentity")
-    (assignment,) = run.of_type(f"{AZ}authorization:RoleAssignment")
+    (assignment,) = [r for r in run.of_type(f"{AZ}authorization:RoleAssignment")
+                     if clear(r.inputs)["scope"] == vault_id]
     a = clear(assignment.inputs)
     assert a["roleDefinitionId"].endswith(f"/roleDefinitions/{KEY_VAULT_SECRETS_USER}")
     assert a["roleDefinitionId"].startswith(f"/subscriptions/{offline.SUBSCRIPTION}/")
@@ -410,3 +411,35 @@ def test_outside_clients_and_client_namespaces_reach_the_aks_fleet(run_mocked: C
     peers = run.get("NetworkPolicy", "copilot-cli-ingress")["spec"]["ingress"][0]["from"]
     assert {"ipBlock": {"cidr": "203.0.113.0/24"}} in peers
     assert peers[0]["namespaceSelector"] == {"matchLabels": {"team": "apps"}}
+
+
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+
+
+def test_the_first_image_pull_works(stack: str, run: Run) -> None:
+    """The cluster's kubelet identity gets AcrPull on the registry holding fleet:image in the same pulumi up (the
+    Kubernetes fleet depends on it): the first image pull must not fail."""
+    registry = spec_of(stack).azure.container_registry_id
+    pulls = [r for r in run.of_type(f"{AZ}authorization:RoleAssignment")
+             if clear(r.inputs)["roleDefinitionId"].endswith(f"/roleDefinitions/{ACR_PULL}")]
+    assert len(pulls) == 1
+    a = clear(pulls[0].inputs)
+    _, cluster = arm_answer(run, f"{AZ}containerservice:ManagedCluster")
+    assert a["scope"] == registry
+    assert a["principalId"] == cluster["identityProfile"]["kubeletidentity"]["objectId"]
+    assert a["principalType"] == "ServicePrincipal"
+
+
+def test_an_acr_image_without_its_registry_is_refused(run_mocked: Callable[..., Run]) -> None:
+    from copilot_fleet.render import RecordingMocks, run_program
+    from copilot_fleet.spec import ConfigError
+
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    azure = {k: v for k, v in values["fleet:azure"].items() if k != "containerRegistryId"}
+    with pytest.raises(ConfigError, match="fleet:azure.containerRegistryId: fleet:image is in Azure Container "
+                                          "Registry myregistry.azurecr.io"):
+        run_program({**values, "fleet:azure": azure}, secret, stack="no-acr", mocks=RecordingMocks())
+    other = {**azure, "containerRegistryId": values["fleet:azure"]["containerRegistryId"].replace(
+        "/myregistry", "/otherregistry")}
+    with pytest.raises(ConfigError, match="names registry 'otherregistry' but fleet:image is in myregistry"):
+        run_program({**values, "fleet:azure": other}, secret, stack="wrong-acr", mocks=RecordingMocks())

@@ -38,11 +38,16 @@ def test_session_state_alone_is_on_the_session_volume(make_fleet, kube, pattern)
         claim = claims[volumes[session_volume[0]]["persistentVolumeClaim"]["claimName"]]
         expected_mode = "ReadWriteOnce" if pattern == "per-user" else "ReadWriteMany"
         assert claim["spec"]["accessModes"] == [expected_mode]
-        # COPILOT_HOME itself lives on the per-replica volumeClaimTemplate (ReadWriteOnce), not on the share
-        (template,) = sts["spec"]["volumeClaimTemplates"]
-        home_mount = mounts[template["metadata"]["name"]]
-        assert home == home_mount or home.startswith(home_mount + "/")
-        assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+        # COPILOT_HOME itself is the replica's own: a volumeClaimTemplate (ReadWriteOnce) for the shared patterns,
+        # an emptyDir per-user (a disk per user runs into attach limits); never the share
+        if pattern == "per-user":
+            assert "volumeClaimTemplates" not in sts["spec"]
+            (home_volume,) = [n for n, v in volumes.items() if "emptyDir" in v and mounts.get(n) == home]
+        else:
+            (template,) = sts["spec"]["volumeClaimTemplates"]
+            home_mount = mounts[template["metadata"]["name"]]
+            assert home == home_mount
+            assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
         assert not home.startswith(mounts[session_volume[0]])
 
 
@@ -580,3 +585,21 @@ def test_a_digest_pins_the_build_a_tag_is_checked_at_every_start(make_fleet, kub
             if container["image"] == image:
                 assert container["imagePullPolicy"] == policy, workload["metadata"]["name"]
     assert {c["image"] for w in kube.workloads(fleet) for c in kube.containers(w)} >= {image}
+
+
+@pytest.mark.parametrize("pattern, persistent, expect_claim", [
+    ("per-user", None, False), ("per-user", True, True), ("shared-cli", None, True), ("shared-cli", False, False)])
+def test_home_volume_per_pattern(make_fleet, kube, pattern, persistent, expect_claim):
+    """per-user homes are emptyDirs by default (a disk per user runs into the nodes' attach limits; resume never
+    needs the home), the shared patterns' few replicas keep a volume; storage.persistentHome overrides."""
+    storage = {"accessMode": "ReadWriteOnce"} if pattern == "per-user" else {"storageClass": "nfs-client"}
+    if persistent is not None:
+        storage["persistentHome"] = persistent
+    fleet = make_fleet(pattern, storage=storage)
+    for sts in cli_sets(fleet, kube):
+        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+        volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+        assert (claims == ["copilot-home"]) == expect_claim
+        assert ("copilot-home" in volumes) == (not expect_claim)
+        if not expect_claim:
+            assert volumes["copilot-home"]["emptyDir"]["sizeLimit"]
