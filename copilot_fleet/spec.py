@@ -287,6 +287,9 @@ class AzureSpec(_Section):
     # An existing Azure Container Registry holding fleet:image: the cluster's kubelet identity gets AcrPull on it in
     # the same `pulumi up`, so the first image pull works.
     container_registry_id: str | None = None
+    # Pulumi `protect` on what holds the users' data and credentials (storage accounts, shares, the vault): neither
+    # `pulumi destroy` nor a change that replaces them deletes them until this is set false (and applied) first.
+    protect_data: bool = True
 
 
 class InfiniteSessionsSpec(_Section):

@@ -109,7 +109,7 @@ class AzureFleet(pulumi.ComponentResource):
         shares = {
             volume: SessionStorage(volume, SessionStorageArgs(
                 resource_group_name=rg, location=az.location, volume=volume, suffix=suffix,
-                quota_gb=az.file_share_quota_gb, tags=tags), opts=child)
+                quota_gb=az.file_share_quota_gb, tags=tags, protect=az.protect_data), opts=child)
             for volume in topology.session_volumes
         }
 
@@ -141,7 +141,7 @@ class AzureFleet(pulumi.ComponentResource):
             secrets=layout.values,
             # The sync identity is the only reader: it syncs what the cluster needs and nothing reads on its behalf.
             readers={SYNC_NAME: VaultReader(sync_identity.principal_id)},
-            tags=tags), opts=child)
+            tags=tags, protect=az.protect_data), opts=child)
 
         image_pull: list[pulumi.Resource] = []
         if az.container_registry_id is not None:

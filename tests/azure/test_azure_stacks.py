@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 from azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
@@ -443,3 +444,32 @@ def test_an_acr_image_without_its_registry_is_refused(run_mocked: Callable[..., 
         "/myregistry", "/otherregistry")}
     with pytest.raises(ConfigError, match="names registry 'otherregistry' but fleet:image is in myregistry"):
         run_program({**values, "fleet:azure": other}, secret, stack="wrong-acr", mocks=RecordingMocks())
+
+
+def _protected(run_mocked: Callable[..., Run], values: dict[str, Any], secret: set[str], stack: str,
+               monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """type -> whether Pulumi `protect` is set, for every custom resource the program creates (the mock engine's
+    registrations do not carry resource options, so they are read where the program passes them)."""
+    seen: dict[str, bool] = {}
+    original = pulumi.CustomResource.__init__
+
+    def record(self: Any, t: str, name: str, props: Any = None, opts: pulumi.ResourceOptions | None = None,
+               *args: Any, **kwargs: Any) -> None:
+        seen[t] = seen.get(t, False) or bool(opts is not None and opts.protect)
+        original(self, t, name, props, opts, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.CustomResource, "__init__", record)
+    run_mocked(values, secret, stack=stack)
+    return seen
+
+
+def test_storage_shares_and_the_vault_are_protected(run_mocked: Callable[..., Run],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sessions' history (storage accounts, shares) and every credential (the vault) survive `pulumi destroy`
+    and replacing changes unless fleet:azure.protectData is turned off first; nothing else is protected."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    protected = _protected(run_mocked, values, secret, "protect-on", monkeypatch)
+    data = {f"{AZ}storage:StorageAccount", f"{AZ}storage:FileShare", f"{AZ}keyvault:Vault"}
+    assert {t for t, on in protected.items() if on} == data
+    off = {**values, "fleet:azure": {**values["fleet:azure"], "protectData": False}}
+    assert not any(_protected(run_mocked, off, secret, "protect-off", monkeypatch).values())
