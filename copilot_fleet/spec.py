@@ -242,6 +242,48 @@ class LoadBalancerSpec(_Section):
     source_ranges: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
 
 
+NetworkPort = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EgressRule(_Section):
+    """One more destination the CLI servers may reach: a CIDR block, or pods of a namespace in the cluster."""
+
+    cidr: Annotated[str, AfterValidator(_check_cidr)] | None = None
+    namespace: DnsLabel | None = None
+    pod_labels: dict[str, str] | None = None  # with `namespace`: only these pods of it
+    ports: list[NetworkPort] = Field(min_length=1)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> EgressRule:
+        if (self.cidr is None) == (self.namespace is None):
+            raise ValueError("give exactly one of cidr (an address block) and namespace (pods in the cluster)")
+        if self.pod_labels is not None and self.namespace is None:
+            raise ValueError("podLabels selects pods of a namespace: give namespace too")
+        return self
+
+    def covers(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, namespace: str | None,
+               port: int) -> bool:
+        if port not in self.ports or self.protocol != "TCP":
+            return False
+        if namespace is not None:
+            return self.namespace == namespace
+        return (address is not None and self.cidr is not None
+                and address.version == ipaddress.ip_network(self.cidr).version
+                and address in ipaddress.ip_network(self.cidr))
+
+
+class EgressSpec(_Section):
+    """Where the CLI servers' connections may go (NetworkPolicy egress; a session's tool run is untrusted code
+    running with the server's network). `restricted`: DNS, public addresses on `publicPorts` (GitHub and public
+    model endpoints), and the `allow` rules; never private, link-local (cloud metadata) or in-cluster addresses
+    unless allowed. `open`: no egress policy."""
+
+    mode: Literal["restricted", "open"] = "restricted"
+    public_ports: list[NetworkPort] = Field(default_factory=lambda: [443])
+    allow: list[EgressRule] = Field(default_factory=list)
+
+
 class ResourceAmounts(_Section):
     cpu: Quantity
     memory: Quantity
@@ -345,6 +387,7 @@ class FleetSpec(_Section):
     namespace: DnsLabel = "copilot-fleet"
     otlp_endpoint: HttpUrl | None = None
     client_selector: dict[str, str] = Field(default_factory=lambda: {"copilot-fleet/client": "true"})
+    egress: EgressSpec = EgressSpec()
     # Client pods in other namespaces whose namespace has these labels may connect (with client_selector).
     client_namespace_selector: dict[str, str] | None = None
     # per-user: pods of a trusted backend that serves every user (it holds every user's connection token and keeps
@@ -452,6 +495,14 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
             p.append(f"fleet:loadBalancer.sourceRanges: a {lb.service_type} Service is for clients outside the "
                      "cluster, and the fleet's NetworkPolicies admit those only from these CIDRs: set your clients' "
                      "address ranges, or use serviceType ClusterIP for clients inside the cluster")
+    if spec.platform in ("kubernetes", "azure") and spec.egress.mode == "restricted":
+        endpoints = [("fleet:provider.baseUrl", spec.provider.base_url)] if spec.provider is not None else []
+        if spec.otlp_endpoint is not None:
+            endpoints.append(("fleet:otlpEndpoint", spec.otlp_endpoint))
+        for key, url in endpoints:
+            problem = egress_problem(url, spec.egress, spec.namespace)
+            if problem:
+                p.append(f"{key}: {problem}")
     if (spec.platform == "kubernetes" and spec.storage.access_mode == "ReadWriteMany"
             and spec.storage.storage_class is None):
         p.append("fleet:storage.storageClass: the session volume is ReadWriteMany and, without a class, lands on the "
@@ -473,6 +524,62 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         p.append(f"fleet:sessionTtl: at least 1h so the janitor never races a live conversation "
                  f"(got {spec.session_ttl} s)")
     return p
+
+
+# A Kubernetes Service name as a URL host: `svc` (the fleet's namespace) or `svc.ns.svc[.cluster.local]` surely;
+# `svc.ns` maybe (it could be a public name too).
+_SURELY_IN_CLUSTER = re.compile(r"^(?P<svc>[a-z0-9-]+)(?:\.(?P<ns>[a-z0-9-]+)\.svc(?:\.cluster\.local)?)?\.?$")
+_MAYBE_IN_CLUSTER = re.compile(r"^(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.?$")
+# Not "public": private, shared (CGNAT), link-local (cloud metadata), loopback.
+_NOT_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                   "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10",
+                                                   "::1/128")]
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not any(address.version == n.version and address in n for n in _NOT_PUBLIC)
+
+
+def egress_problem(url: str, egress: EgressSpec, namespace: str) -> str | None:
+    """Why the restricted egress policy would block the CLI servers from `url` (None: it lets them through)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return f"{url!r} has no valid port"
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None and (match := _SURELY_IN_CLUSTER.match(host)):
+        ns = match.group("ns") or namespace
+        if any(rule.covers(None, ns, port) for rule in egress.allow):
+            return None
+        return (f"{url} is a Service in namespace {ns!r}, which the restricted egress policy does not reach: add "
+                f"fleet:egress.allow {{namespace: {ns}, ports: [{port}]}} (podLabels to narrow it), or set "
+                "fleet:egress.mode open")
+    maybe = _MAYBE_IN_CLUSTER.match(host) if address is None else None
+    if maybe is not None and any(rule.covers(None, maybe.group("ns"), port) for rule in egress.allow):
+        return None
+    if address is not None and not is_public_address(address):
+        if any(rule.covers(address, None, port) for rule in egress.allow):
+            return None
+        return (f"{url} is a private or link-local address, which the restricted egress policy does not reach: "
+                f"add fleet:egress.allow {{cidr: {address}/{address.max_prefixlen}, ports: [{port}]}}")
+    if port in egress.public_ports:
+        return None
+    if any(rule.cidr is not None and port in rule.ports and rule.protocol == "TCP"
+           and (address is None or rule.covers(address, None, port)) for rule in egress.allow):
+        return None
+    service = (f" If it is the Service {maybe.group('svc')} in namespace {maybe.group('ns')}, add fleet:egress.allow "
+               f"{{namespace: {maybe.group('ns')}, ports: [{port}]}}." if maybe is not None else "")
+    return (f"{url} uses port {port}, which the restricted egress policy does not open to public addresses "
+            f"(fleet:egress.publicPorts: {egress.public_ports}): add it there, or a fleet:egress.allow rule with "
+            f"the endpoint's address block and port.{service} (A public name that resolves to a private address "
+            "needs an allow rule with that address block.)")
 
 
 _AZURE_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.()-]{1,90}$")

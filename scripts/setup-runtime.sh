@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the real-runtime test tier (tests/runtime/) needs on a fresh Debian machine, as root:
-#   apt: podman, runc (crun refuses hybrid cgroups), catatonit, uidmap, fuse-overlayfs, debootstrap
+#   apt: podman, runc (crun refuses hybrid cgroups), catatonit, uidmap, fuse-overlayfs, debootstrap, iptables
+#        (the tier enforces the rendered egress NetworkPolicies in each pod's network namespace)
 #   /etc/containers/containers.conf: no default rlimits (this machine kind may not raise them)
 #   local stand-in base images, made with debootstrap because no container registry can be reached here:
 #     localhost/local-stand-in/debian:bookworm-minbase   for debian:12.8-slim
@@ -50,7 +51,7 @@ if ! $ONLY_CLI_IMAGE; then
 # --- packages -----------------------------------------------------------------------------------------------------
 apt_needed=()
 for tool in podman:podman runc:runc catatonit:catatonit newuidmap:uidmap fuse-overlayfs:fuse-overlayfs \
-            debootstrap:debootstrap; do
+            debootstrap:debootstrap iptables:iptables nsenter:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || apt_needed+=("${tool##*:}")
 done
 if [ ${#apt_needed[@]} -gt 0 ]; then

@@ -111,6 +111,10 @@ class KubernetesFleet(pulumi.ComponentResource):
             source_ranges=tuple(args.source_ranges),
         )
         self.default_deny = network.default_deny(meta, child)
+        if spec.egress.mode == "restricted":
+            network.cli_egress(meta, spec.egress, child)
+            network.janitor_egress(meta, None if redis_url is None else "in-cluster" if in_cluster_redis
+                                   else "external", child)
 
         self.redis: InClusterRedis | None = None
         if password is not None:
@@ -118,6 +122,8 @@ class KubernetesFleet(pulumi.ComponentResource):
                 meta, secrets_checksum=secrets.checksum(self.secret_material, (secrets.REDIS_SECRET,))), password,
                                         opts=after_secrets(secrets.REDIS_SECRET))
             network.redis_ingress(meta, clients, child)
+            if spec.egress.mode == "restricted":
+                network.redis_egress(meta, child)
         janitor_lease_store = (secrets.janitor_redis_url_ref()
                                if secrets.JANITOR_CREDENTIALS in self.secret_material else None)
 

@@ -10,14 +10,19 @@
 Clients in other namespaces are admitted when `client_namespace_selector` is given (namespaceSelector AND
 podSelector in one peer); without it only client pods in the fleet's namespace match. `source_ranges` (CIDRs) admit
 traffic from outside the cluster through a LoadBalancer or NodePort Service.
-Egress is not restricted: the servers must reach GitHub or the model provider and the OTLP collector.
+
+Egress (`fleet:egress.mode: restricted`, the default): a session's tool run is untrusted code with the server's
+network, so the CLI pods reach only DNS (the cluster's kube-dns pods), public addresses on `fleet:egress.publicPorts`
+(443: GitHub, public model endpoints) and the `fleet:egress.allow` rules; no private, shared or link-local address
+(other pods, the node, cloud metadata at 169.254.169.254) unless allowed. The janitor reaches DNS and the lease
+store; Redis reaches nothing. The config check refuses a provider or OTLP endpoint these rules would block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes.networking.v1 as networking
@@ -32,7 +37,12 @@ from components.kubernetes.meta import (
     USER_LABEL,
     FleetMeta,
 )
+from copilot_fleet.spec import EgressRule, EgressSpec
 from copilot_fleet.topology import CliGroup
+
+CLI_EGRESS_POLICY = "copilot-cli-egress"
+JANITOR_EGRESS_POLICY = "copilot-janitor-egress"
+REDIS_TLS_PORT = 6380  # Azure Cache for Redis and most managed Redis speak TLS there
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,72 @@ class ClientPeers:
         if user is not None and self.backend_selector:
             pods.append(self._pods(self.backend_selector))
         return [*pods, *({"ip_block": {"cidr": cidr}} for cidr in self.source_ranges)]
+
+
+# Addresses that are not "public" for the egress policy (kept in step with copilot_fleet.spec.is_public_address).
+NOT_PUBLIC_V4 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"]
+NOT_PUBLIC_V6 = ["fc00::/7", "fe80::/10", "::1/128"]
+DNS_PEER = {"namespace_selector": {}, "pod_selector": {"match_labels": {"k8s-app": "kube-dns"}}}
+
+
+def dns_rule() -> dict[str, Any]:
+    return {"to": [DNS_PEER], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
+
+def allow_rule(rule: EgressRule) -> dict[str, Any]:
+    if rule.cidr is not None:
+        peer: dict[str, Any] = {"ip_block": {"cidr": rule.cidr}}
+    else:
+        peer = {"namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": rule.namespace}}}
+        if rule.pod_labels:
+            peer["pod_selector"] = {"match_labels": dict(rule.pod_labels)}
+    return {"to": [peer], "ports": [{"port": p, "protocol": rule.protocol} for p in rule.ports]}
+
+
+def cli_egress(meta: FleetMeta, egress: EgressSpec, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
+    """Every CLI pod of the fleet: DNS, public addresses on the public ports, the allow rules."""
+    name = CLI_EGRESS_POLICY
+    public = {"to": [{"ip_block": {"cidr": "0.0.0.0/0", "except": NOT_PUBLIC_V4}},
+                     {"ip_block": {"cidr": "::/0", "except": NOT_PUBLIC_V6}}],
+              "ports": [{"port": p, "protocol": "TCP"} for p in egress.public_ports]}
+    return networking.NetworkPolicy(
+        name,
+        metadata=meta.metadata(name, CLI),
+        spec={"pod_selector": {"match_labels": meta.selector(CLI)}, "policy_types": ["Egress"],
+              "egress": [dns_rule(), public, *(allow_rule(r) for r in egress.allow)]},
+        opts=opts,
+    )
+
+
+def janitor_egress(meta: FleetMeta, lease_store: Literal["in-cluster", "external"] | None,
+                   opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
+    """The janitors: DNS and the lease store: the in-cluster Redis pods, or an external Redis on 6379/6380 (its
+    address is not known here); per-user fleets have none."""
+    name = JANITOR_EGRESS_POLICY
+    rules: list[dict[str, Any]] = [dns_rule()]
+    if lease_store == "in-cluster":
+        rules.append({"to": [{"pod_selector": {"match_labels": meta.selector(LEASE_STORE)}}],
+                      "ports": [{"port": REDIS_PORT, "protocol": "TCP"}]})
+    elif lease_store == "external":
+        rules.append({"ports": [{"port": REDIS_PORT, "protocol": "TCP"}, {"port": REDIS_TLS_PORT, "protocol": "TCP"}]})
+    return networking.NetworkPolicy(
+        name,
+        metadata=meta.metadata(name, JANITOR),
+        spec={"pod_selector": {"match_labels": meta.selector(JANITOR)}, "policy_types": ["Egress"], "egress": rules},
+        opts=opts,
+    )
+
+
+def redis_egress(meta: FleetMeta, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
+    """Redis opens no connection of its own."""
+    name = f"{REDIS}-egress"
+    return networking.NetworkPolicy(
+        name,
+        metadata=meta.metadata(name, LEASE_STORE),
+        spec={"pod_selector": {"match_labels": meta.selector(LEASE_STORE)}, "policy_types": ["Egress"],
+              "egress": []},
+        opts=opts,
+    )
 
 
 def default_deny(meta: FleetMeta, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:

@@ -462,7 +462,8 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
 
 
 def test_credentials_follow_the_configured_model_access(make_fleet, kube):
-    byok = make_fleet("shared-session", otlpEndpoint="http://otel.example:4318")
+    byok = make_fleet("shared-session", otlpEndpoint="http://otel.example:4318",
+                      egress={"allow": [{"namespace": "example", "ports": [4318]}]})
     (cli,) = cli_sets(byok, kube)[0]["spec"]["template"]["spec"]["containers"]
     env = kube.env_of(cli)
     assert env["COPILOT_PROVIDER_BASE_URL"]["value"] == "https://models.example.com/v1"
@@ -603,3 +604,44 @@ def test_home_volume_per_pattern(make_fleet, kube, pattern, persistent, expect_c
         assert ("copilot-home" in volumes) == (not expect_claim)
         if not expect_claim:
             assert volumes["copilot-home"]["emptyDir"]["sizeLimit"]
+
+
+def _egress(fleet, kube, labels):
+    return [p for p in fleet.of_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]
+            and kube.matches(p["spec"]["podSelector"]["matchLabels"], labels)]
+
+
+def test_egress_is_restricted_by_default(make_fleet, kube, pattern):
+    """A session's tool run is untrusted code with the server's network: the CLI pods reach DNS and public
+    addresses on 443, never private or link-local ones (other pods, the node, cloud metadata); the janitor DNS and
+    the lease store; Redis nothing."""
+    fleet = make_fleet(pattern)
+    pods = {w["metadata"]["name"]: kube.pod_template(w)["metadata"]["labels"] for w in kube.workloads(fleet)}
+    for name, labels in pods.items():
+        assert _egress(fleet, kube, labels), f"{name} has no egress policy"
+    for sts in cli_sets(fleet, kube):
+        (policy,) = _egress(fleet, kube, sts["spec"]["template"]["metadata"]["labels"])
+        rules = policy["spec"]["egress"]
+        dns = [r for r in rules if {"port": 53, "protocol": "UDP"} in r["ports"]]
+        assert dns and dns[0]["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        public = [r for r in rules if any("ipBlock" in t for t in r["to"])]
+        assert [p["port"] for p in public[0]["ports"]] == [443]
+        v4 = next(t["ipBlock"] for t in public[0]["to"] if t["ipBlock"]["cidr"] == "0.0.0.0/0")
+        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+    if "copilot-redis" in pods:
+        (redis,) = _egress(fleet, kube, pods["copilot-redis"])
+        assert redis["spec"]["egress"] == []
+    open_fleet = make_fleet(pattern, egress={"mode": "open"})
+    assert not [p for p in open_fleet.of_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+
+
+def test_egress_allow_rules_reach_private_and_in_cluster_endpoints(make_fleet, kube):
+    fleet = make_fleet("shared-session", otlpEndpoint="http://otel-collector.observability.svc:4318",
+                       provider={"baseUrl": "http://10.20.0.5:8000/v1", "apiKey": kube.API_KEY},
+                       egress={"allow": [{"namespace": "observability", "ports": [4318]},
+                                         {"cidr": "10.20.0.0/24", "ports": [8000]}]})
+    (policy,) = [p for p in fleet.of_kind("NetworkPolicy") if p["metadata"]["name"] == "copilot-cli-egress"]
+    rules = policy["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}], "ports": [{"port": 8000, "protocol": "TCP"}]} in rules
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+            "ports": [{"port": 4318, "protocol": "TCP"}]} in rules

@@ -15,7 +15,11 @@ What it does for a pod (and what a kubelet does that it mirrors):
 - one network namespace per pod on a bridge network; the Node's DNS (`/etc/hosts` entries) maps Service and pod
   names to pod addresses; each container port published on 127.0.0.1 only;
 - probes: exec probes run inside the container (podman exec), tcpSocket probes connect to the pod address, each
-  with its timeout, period and failure threshold; the preStop hook runs before SIGTERM, within the grace period.
+  with its timeout, period and failure threshold; the preStop hook runs before SIGTERM, within the grace period;
+- NetworkPolicy egress, as a policy-enforcing network plugin would: the rules of every policy that selects the pod
+  become iptables rules in the pod's network namespace (allowed destinations: ipBlock with except, pods by
+  podSelector/namespaceSelector, ports); everything else is rejected. Applied as the pod starts (a network plugin
+  is asynchronous too). Ingress is not emulated: the host stands in for the clients.
 
 Anything in a pod spec this emulation does not implement raises `Unsupported` naming the field, so a template that
 grows a feature cannot pass here without the feature being looked at. Why not `podman kube play`: on this machine
@@ -140,6 +144,7 @@ class Node:
     subnet: ipaddress.IPv4Network | None = None
     hosts: dict[str, str] = field(default_factory=dict)  # DNS name -> pod address
     pods: dict[str, RunningPod] = field(default_factory=dict)
+    network_policies: list[dict[str, Any]] = field(default_factory=list)  # rendered (camelCase) NetworkPolicies
     _next_host: int = 10
     _created_network: bool = False
 
@@ -255,6 +260,7 @@ class RunningPod:
     volume_dirs: dict[str, Path] = field(default_factory=dict)
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port on 127.0.0.1
     init_results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
+    egress_rules: list[list[str]] | None = None  # the iptables rules applied (None: no egress policy selects it)
 
     # --- start -----------------------------------------------------------------------------------------------------
 
@@ -286,6 +292,7 @@ class RunningPod:
                 raise PodFailed(f"pod {self.name}: init container {init['name']} exited {proc.returncode}: "
                                 f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
         self._run_container(self.main, detach=True)
+        self.egress_rules = enforce_egress(self)
         for port in self.main.get("ports") or []:
             published = podman("port", self.container, f"{port['container_port']}/tcp").stdout.strip()
             self.ports[int(port["container_port"])] = int(published.rsplit(":", 1)[1])
@@ -566,6 +573,84 @@ class RunningPod:
 
     def remove(self) -> None:
         podman("rm", "-f", "-t", "0", self.container, check=False)
+
+
+# --- NetworkPolicy egress ------------------------------------------------------------------------------------------
+
+def _selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    if selector is None:
+        return False
+    if selector.get("matchExpressions"):
+        raise Unsupported("NetworkPolicy matchExpressions")
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _peer_addresses(pod: RunningPod, peer: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """(destination, excepted) address blocks one `to` peer admits."""
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        if ipaddress.ip_network(block["cidr"]).version != 4:
+            return []  # the pod network here is IPv4 only
+        return [(block["cidr"], list(block.get("except") or []))]
+    namespaces = peer.get("namespaceSelector")
+    out = []
+    for other in pod.node.pods.values():
+        if namespaces is None:
+            same_namespace = other.namespace == pod.namespace
+        else:
+            wanted = (namespaces.get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+            same_namespace = wanted is None or wanted == other.namespace
+            if set(namespaces.get("matchLabels") or {}) - {"kubernetes.io/metadata.name"}:
+                raise Unsupported(f"namespaceSelector {namespaces}: only kubernetes.io/metadata.name is emulated")
+        if same_namespace and _selects(peer.get("podSelector", {}), other.labels):
+            out.append((f"{other.address}/32", []))
+    return out
+
+
+def egress_rules(pod: RunningPod) -> list[list[str]] | None:
+    """The iptables commands (arguments) that enforce the egress policies selecting `pod`; None if none does."""
+    policies = [p for p in pod.node.network_policies
+                if p["metadata"].get("namespace") == pod.namespace and "Egress" in p["spec"].get("policyTypes", [])
+                and _selects(p["spec"].get("podSelector"), pod.labels)]
+    if not policies:
+        return None
+    rules = [["-N", "CF-EGRESS"], ["-A", "OUTPUT", "-j", "CF-EGRESS"],
+             ["-A", "CF-EGRESS", "-o", "lo", "-j", "RETURN"],
+             ["-A", "CF-EGRESS", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
+    chain = 0
+    for policy in policies:
+        for rule in policy["spec"].get("egress") or []:
+            ports = [(p.get("protocol", "TCP").lower(), str(p["port"])) for p in rule.get("ports") or []]
+            if any(not port.isdigit() for _, port in ports):
+                raise Unsupported(f"named ports in {policy['metadata']['name']}")
+            peers = rule.get("to")
+            destinations = ([("0.0.0.0/0", [])] if not peers
+                            else [d for peer in peers for d in _peer_addresses(pod, peer)])
+            for cidr, excepted in destinations:
+                chain += 1
+                name = f"CF-PEER-{chain}"
+                rules += [["-N", name], ["-A", "CF-EGRESS", "-j", name]]
+                rules += [["-A", name, "-d", block, "-j", "RETURN"] for block in excepted]
+                matches = [["-p", proto, "--dport", port] for proto, port in ports] or [[]]
+                rules += [["-A", name, "-d", cidr, *match, "-j", "ACCEPT"] for match in matches]
+    rules += [["-A", "CF-EGRESS", "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+              ["-A", "CF-EGRESS", "-j", "REJECT"]]
+    return rules
+
+
+def enforce_egress(pod: RunningPod) -> list[list[str]] | None:
+    rules = egress_rules(pod)
+    if rules is None:
+        return None
+    pid = podman("inspect", "--format", "{{.State.Pid}}", pod.container).stdout.strip()
+    if pid in ("", "0"):
+        return None  # it exited already: the start-up checks report why
+    for rule in rules:
+        proc = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "iptables", "-w", *rule],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"pod {pod.name}: iptables {' '.join(rule)}: {proc.stderr.strip()}")
+    return rules
 
 
 # --- quantities ------------------------------------------------------------------------------------------------------

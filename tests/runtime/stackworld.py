@@ -4,8 +4,9 @@ What the runner provides, and says so:
 
 - **The stack, derived for this machine.** `derive_stack` copies `stacks/Pulumi.<stack>.yaml` and changes one
   thing: the model provider points at the bundled test model, run as a pod of its own on the pod network
-  (`python -m copilot_fleet.testmodel` in the CLI image). Nothing else changes: a stack that carries GitHub tokens
-  keeps them (fake values here: no GitHub), sessions then use the provider. `copilot-fleet render` renders it.
+  (`python -m copilot_fleet.testmodel` in the CLI image), with the egress rule a private model endpoint needs
+  (`fleet:egress.allow` its address and port). Nothing else changes: a stack that carries GitHub tokens keeps
+  them (fake values here: no GitHub), sessions then use the provider. `copilot-fleet render` renders it.
 - **Secret values.** The render masks every secret. Each (Secret, key) the rendered objects declare (Secrets, or
   the SecretProviderClass' secretObjects on Azure) gets a generated value, the same wherever it is read; the
   lease store URLs are composed from the pieces they name (the Redis password and Service), and the provider key
@@ -57,9 +58,9 @@ def copilot_fleet_command() -> list[str]:
 
 # --- the stack ---------------------------------------------------------------------------------------------------
 
-def derive_stack(stack: str, project: Path, *, source_project: Path = ROOT) -> Path:
+def derive_stack(stack: str, project: Path, model_address: str, *, source_project: Path = ROOT) -> Path:
     """Write a project at `project` whose stack `stack` is the repository's, with the provider pointed at the test
-    model pod; returns the stack file written."""
+    model pod (at `model_address`, which the CLI pods' egress policy must let through); returns the stack file."""
     source = source_project / "stacks" / f"Pulumi.{stack}.yaml"
     document = yaml.safe_load(source.read_text())
     config = document["config"]
@@ -69,6 +70,9 @@ def derive_stack(stack: str, project: Path, *, source_project: Path = ROOT) -> P
     # The value is masked by the render anyway; the runner gives the Secret the test model's key.
     provider.setdefault("apiKey", {"secure": "v1:runtime-tier-placeholder"})
     config["fleet:provider"] = provider
+    egress = dict(config.get("fleet:egress") or {})
+    egress["allow"] = [*(egress.get("allow") or []), {"cidr": f"{model_address}/32", "ports": [MODEL_PORT]}]
+    config["fleet:egress"] = egress
     (project / "stacks").mkdir(parents=True, exist_ok=True)
     shutil.copy(source_project / "Pulumi.yaml", project / "Pulumi.yaml")
     out = project / "stacks" / f"Pulumi.{stack}.yaml"
@@ -182,10 +186,9 @@ class StackWorld:
 
     # --- planning: every address is known before the first pod starts ----------------------------------------------
 
-    def plan(self) -> None:
+    def plan(self, model_address: str) -> None:
         ns = self.namespace
-        model = self.node.allocate(MODEL_HOST)
-        self.plans["test-model"] = PodPlan("test-model", {}, {}, model)
+        self.plans["test-model"] = PodPlan("test-model", {}, {}, model_address)
         for workload in self.rendered.of_kind("StatefulSet"):
             spec = workload["spec"]
             service = spec["serviceName"]
@@ -385,17 +388,19 @@ def stack_images(rendered: Rendered, config: Mapping[str, Any], cli_image: str) 
 
 def build_world(stack: str, workdir: Path, prefix: str, cli_image: str = CLI_IMAGE) -> StackWorld:
     """Derive and render the stack, make its Node (network, volumes) and plan every pod; nothing runs yet."""
-    project = workdir / "project"
-    stack_file = derive_stack(stack, project)
-    rendered = render(project, stack, workdir / "rendered")
-    config = yaml.safe_load(stack_file.read_text())["config"]
-    values = SecretValues(rendered.declared_secret_keys())
-    node = Node(prefix=prefix, root=workdir / "node", images=stack_images(rendered, config, cli_image),
-                secrets=values)
-    world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))
-    node.start()
+    values = SecretValues(set())
+    node = Node(prefix=prefix, root=workdir / "node", images={}, secrets=values).start()
     try:
-        world.plan()
+        model_address = node.allocate(MODEL_HOST)
+        project = workdir / "project"
+        stack_file = derive_stack(stack, project, model_address)
+        rendered = render(project, stack, workdir / "rendered")
+        config = yaml.safe_load(stack_file.read_text())["config"]
+        values.declared = rendered.declared_secret_keys()
+        node.images = stack_images(rendered, config, cli_image)
+        node.network_policies = rendered.of_kind("NetworkPolicy")
+        world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))
+        world.plan(model_address)
         world.compose_secrets()
         # The external stand-in is planned once the lease store URL is known (plan() ran before compose).
         if world.external_lease_store_url() is not None and "external-redis" not in world.plans:

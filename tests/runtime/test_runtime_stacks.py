@@ -11,14 +11,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import pytest
 
 from kubelet import RunningPod
-from stackworld import CLI_COMPONENT, LEASE_STORE_COMPONENT, StackWorld, build_world, copilot_fleet_command
+from stackworld import (
+    CLI_COMPONENT,
+    LEASE_STORE_COMPONENT,
+    MODEL_HOST,
+    MODEL_PORT,
+    StackWorld,
+    build_world,
+    copilot_fleet_command,
+)
 
 STACKS = ("k8s-shared-cli", "k8s-shared-session", "k8s-per-user",
           "azure-shared-cli", "azure-shared-session", "azure-per-user")
@@ -181,12 +192,64 @@ def test_retained_home_holds_only_config_and_session_store(stack: Started) -> No
         assert pod.main["working_dir"] in in_pod
 
 
+
+_CONNECT_ALL = """
+import json, socket, sys
+out = {}
+for host, port in json.loads(sys.argv[1]):
+    try:
+        socket.create_connection((host, port), 5).close()
+        out[f"{host}:{port}"] = True
+    except OSError:
+        out[f"{host}:{port}"] = False
+print(json.dumps(out))
+"""
+
+
+def _connects(pod: RunningPod, *targets: tuple[str, int]) -> dict[str, bool]:
+    """Which TCP connections from inside the pod's container get through (as a session's tool run would try)."""
+    proc = pod.exec("python3", "-c", _CONNECT_ALL, json.dumps(targets), timeout=60)
+    assert proc.returncode == 0, f"{pod.name}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_egress_policy_holds_inside_the_cli_pods(stack: Started) -> None:
+    """The rendered egress policy, enforced in the pods' network namespaces: the CLI reaches its (private) model
+    endpoint, which the stack allows, but not the lease store, another CLI pod or the cloud metadata address."""
+    stores = stack.lease_store()
+    pods = stack.cli()
+    for pod in pods:
+        assert pod.egress_rules is not None, f"{pod.name}: no egress policy selects it"
+        blocked = [("169.254.169.254", 80), *((s.address, 6379) for s in stores),
+                   *((o.address, 4321) for o in pods if o is not pod)]
+        result = _connects(pod, (MODEL_HOST, MODEL_PORT), *blocked)
+        assert result.pop(f"{MODEL_HOST}:{MODEL_PORT}"), f"{pod.name}: the allowed model endpoint is blocked"
+        assert not any(result.values()), f"{pod.name} gets through to {[t for t, ok in result.items() if ok]}"
+
+
+def test_egress_policy_opens_only_the_public_ports(stack: Started) -> None:
+    """Public addresses: 443 (GitHub, public model endpoints) gets through, 80 does not. Uses the package registry
+    address this machine reaches on both ports; skipped where it reaches none."""
+    try:
+        address = socket.gethostbyname("pypi.org")
+        for port in (443, 80):
+            socket.create_connection((address, port), 5).close()
+    except OSError as exc:
+        pytest.skip(f"this machine reaches no public address on 443 and 80 to try ({exc})")
+    pod = stack.cli()[0]
+    result = _connects(pod, (address, 443), (address, 80))
+    assert result == {f"{address}:443": True, f"{address}:80": False}, f"{pod.name}: {result}"
+
+
 # Last: it stops the pods the tests above use.
 def test_cli_pods_stop_gracefully(stack: Started) -> None:
     """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
     within the grace period, without SIGKILL."""
-    for pod in stack.cli():
-        result = pod.stop()
+    pods = stack.cli()
+    # Pods are deleted together (a rollout or a scale-down stops several at once): their hooks run concurrently.
+    with ThreadPoolExecutor(max_workers=len(pods)) as pool:
+        results = list(pool.map(lambda p: p.stop(), pods))
+    for pod, result in zip(pods, results, strict=True):
         assert result.pre_stop is not None and result.pre_stop.returncode == 0, (
             f"{pod.name}: preStop hook failed: {result.pre_stop}")
         assert not result.killed, f"{pod.name}: SIGKILL after {result.grace_seconds} s grace:\n{pod.logs()[-2000:]}"
