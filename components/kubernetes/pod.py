@@ -68,6 +68,11 @@ def cli_args(meta: FleetMeta) -> list[str]:
     return args
 
 
+def secret_env_names(env: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The variables the container gets from Secrets."""
+    return [e["name"] for e in env if "secret_key_ref" in (e.get("value_from") or {})]
+
+
 def cli_env(meta: FleetMeta, group: CliGroup) -> list[dict[str, Any]]:
     """Credentials only through secretKeyRef; plain settings as values. Order matters: $(VAR) refers back."""
     spec = meta.spec
@@ -187,6 +192,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
                   extra_mounts: Sequence[Mapping[str, Any] | Any] = ()) -> dict[str, Any]:
     spec = meta.spec
     probes = cli_probes(spec.port, spec.recycle)
+    env = cli_env(meta, group)
     mounts: list[Mapping[str, Any] | Any] = [
         {"name": "copilot-home", "mount_path": HOME},
         # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
@@ -204,8 +210,10 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         "name": CONTAINER_NAME,
         "image": spec.image,
         "image_pull_policy": image_pull_policy(spec.image),
-        "args": cli_args(meta),
-        "env": cli_env(meta, group),
+        # The server needs its credentials; the shell and MCP servers a session starts (untrusted tool runs) do
+        # not: the CLI strips these from their environment and redacts them from their output.
+        "args": [*cli_args(meta), f"--secret-env-vars={','.join(secret_env_names(env))}"],
+        "env": env,
         "working_dir": WORKSPACE,
         "ports": [{"name": PORT_NAME, "container_port": spec.port, "protocol": "TCP"}],
         "startup_probe": probes.startup,

@@ -645,3 +645,15 @@ def test_egress_allow_rules_reach_private_and_in_cluster_endpoints(make_fleet, k
     assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}], "ports": [{"port": 8000, "protocol": "TCP"}]} in rules
     assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
             "ports": [{"port": 4318, "protocol": "TCP"}]} in rules
+
+
+def test_tool_runs_do_not_inherit_the_servers_credentials(make_fleet, kube, pattern):
+    """Every variable a CLI container gets from a Secret is named in --secret-env-vars: the CLI strips them from
+    the environment of the shells and MCP servers a session starts (untrusted code) and redacts them from output."""
+    fleet = make_fleet(pattern)
+    for sts in cli_sets(fleet, kube):
+        (cli,) = kube.containers(sts)
+        from_secrets = {e["name"] for e in cli["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert "COPILOT_CONNECTION_TOKEN" in from_secrets
+        (flag,) = [a for a in cli["args"] if a.startswith("--secret-env-vars=")]
+        assert set(flag.partition("=")[2].split(",")) == from_secrets
