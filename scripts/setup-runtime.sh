@@ -51,7 +51,7 @@ if ! $ONLY_CLI_IMAGE; then
 # --- packages -----------------------------------------------------------------------------------------------------
 apt_needed=()
 for tool in podman:podman runc:runc catatonit:catatonit newuidmap:uidmap fuse-overlayfs:fuse-overlayfs \
-            debootstrap:debootstrap iptables:iptables nsenter:util-linux; do
+            debootstrap:debootstrap iptables:iptables nsenter:util-linux openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || apt_needed+=("${tool##*:}")
 done
 if [ ${#apt_needed[@]} -gt 0 ]; then

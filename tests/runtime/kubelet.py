@@ -37,7 +37,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,14 +216,17 @@ class Node:
 
     def run_pod(self, name: str, spec: Mapping[str, Any], *, namespace: str, address: str | None = None,
                 labels: Mapping[str, str] | None = None,
-                extra_env: Mapping[str, Mapping[str, str]] | None = None) -> RunningPod:
+                extra_env: Mapping[str, Mapping[str, str]] | None = None,
+                extra_mounts: Mapping[str, Sequence[tuple[Path, str]]] | None = None) -> RunningPod:
         """Start a pod from its (snake_case) spec: volumes, init containers, then the containers.
 
         `address`: the pod's address if it was allocated earlier (so other pods could already resolve it).
-        `extra_env`: container name -> variables the caller adds (the caller says why; nothing adds any silently).
+        `extra_env` / `extra_mounts`: container name -> variables / read-only (host path, container path) files the
+        caller adds to what the spec says (the caller says why; nothing adds any silently).
         """
         pod = RunningPod(self, name, namespace, snake_keys(spec), address or self.allocate(),
-                         dict(labels or {}), {k: dict(v) for k, v in (extra_env or {}).items()})
+                         dict(labels or {}), {k: dict(v) for k, v in (extra_env or {}).items()},
+                         {k: list(v) for k, v in (extra_mounts or {}).items()})
         self.pods[name] = pod
         pod.start()
         return pod
@@ -257,6 +260,7 @@ class RunningPod:
     address: str
     labels: dict[str, str]
     extra_env: dict[str, dict[str, str]]
+    extra_mounts: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
     volume_dirs: dict[str, Path] = field(default_factory=dict)
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port on 127.0.0.1
     init_results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
@@ -328,6 +332,8 @@ class RunningPod:
                 path = self.node.claim_dir(volume["persistent_volume_claim"]["claim_name"])
             elif "secret" in volume:
                 path = self._secret_volume(volume["secret"], name)
+            elif "host_path" in volume:  # only the runner's own stand-in pods use it
+                path = Path(volume["host_path"]["path"])
             else:
                 raise Unsupported(f"pod {self.name}: volume {name} of type {sorted(set(volume) - {'name'})}")
             if fs_group is not None:
@@ -428,6 +434,8 @@ class RunningPod:
                 raise PodFailed(f"pod {self.name}: volumeMount {mount['name']} names no volume of the pod")
             options = "ro" if mount.get("read_only") else "rw"
             args += ["--volume", f"{source}:{mount['mount_path']}:{options}"]
+        for source, target in self.extra_mounts.get(container["name"], []):
+            args += ["--volume", f"{source}:{target}:ro"]
         if detach:
             for port in container.get("ports") or []:
                 if port.get("protocol", "TCP") != "TCP":

@@ -12,7 +12,10 @@ What the runner provides, and says so:
   lease store URLs are composed from the pieces they name (the Redis password and Service), and the provider key
   is the test model's. A pod that reads a key no object declares fails, as it would on a cluster.
 - **Stand-ins** for what is outside the cluster: the test model, and the lease store where the stack uses one it
-  does not run (an external Redis URL; Azure Cache for Redis): a Redis pod from the stand-in Redis image.
+  does not run (an external Redis URL; Azure Cache for Redis): a Redis pod from the stand-in Redis image speaking
+  TLS on 6380 only, as those do, with a certificate from a CA made for the run. Its URL (`rediss://...`) names
+  that CA (`?ssl_ca_certs=`), and the janitor pod gets the CA file mounted: the one addition to a rendered pod,
+  because the real services' certificates chain to public CAs the image already trusts.
 - **Images**: the manifests' images map to the locally built CLI image and the Redis stand-in
   (scripts/setup-runtime.sh).
 - **Cluster DNS**: `/etc/hosts` entries for each StatefulSet pod (`<pod>.<service>.<ns>.svc.cluster.local`),
@@ -22,6 +25,7 @@ What the runner provides, and says so:
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -30,7 +34,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 
@@ -43,7 +46,10 @@ REDIS_IMAGE = "localhost/local-stand-in/redis:bookworm-debian"
 MODEL_HOST = "test-model.runtime.invalid"  # .invalid: a name no real network resolves
 MODEL_PORT = 18080
 MODEL_ID = "copilot-fleet-test"
-EXTERNAL_REDIS_HOST = "external-redis.runtime.invalid"
+# The lease store outside the cluster (fleet:redis.url, Azure Cache for Redis): TLS on 6380 only.
+OUTSIDE_STORE_HOST = {"kubernetes": "external-redis.runtime.invalid", "azure": "azure-cache.runtime.invalid"}
+OUTSIDE_STORE_PORT = 6380
+STORE_CA_IN_POD = "/etc/runtime-tier/lease-store-ca.crt"
 
 CLI_COMPONENT = "cli"
 LEASE_STORE_COMPONENT = "lease-store"
@@ -232,12 +238,42 @@ class StackWorld:
                 return name, key
         return None
 
-    def external_lease_store_url(self) -> str | None:
-        """The URL the janitor is given for a lease store outside the cluster (None without one)."""
+    @property
+    def outside_store_host(self) -> str | None:
+        """The lease store's host when it is outside the cluster (None: in-cluster Redis, or none at all)."""
         if self.janitor_url_key() is None or self.in_cluster_redis() is not None:
             return None
-        assert self.redis_password is not None
-        return f"redis://:{quote(self.redis_password)}@{EXTERNAL_REDIS_HOST}:6379/0"
+        return OUTSIDE_STORE_HOST[self.config["fleet:platform"]]
+
+    def store_tls_dir(self) -> Path:
+        return self.node.root / "lease-store-tls"
+
+    def make_store_tls(self) -> None:
+        """A CA for the run and a server certificate for the outside lease store (its name, and 127.0.0.1 for the
+        host's fleet client through the published port); the key is the Redis user's (999) only."""
+        host = self.outside_store_host
+        assert host is not None
+        tls = self.store_tls_dir()
+        tls.mkdir(parents=True, exist_ok=True)
+        openssl = ["openssl"]
+        run = lambda *a: subprocess.run([*openssl, *a], cwd=tls, check=True, capture_output=True)  # noqa: E731
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=copilot-fleet runtime tier CA")
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={host}")
+        (tls / "san.ext").write_text(f"subjectAltName=DNS:{host},IP:127.0.0.1\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+        for name in ("ca.crt", "server.crt"):
+            (tls / name).chmod(0o644)
+        os.chown(tls / "server.key", 999, 999)
+        (tls / "server.key").chmod(0o400)
+        tls.chmod(0o755)
+
+    def janitor_mounts(self) -> dict[str, list[tuple[Path, str]]]:
+        """The outside lease store's CA for the janitor container (see the module docstring), if there is one."""
+        if self.outside_store_host is None:
+            return {}
+        return {"janitor": [(self.store_tls_dir() / "ca.crt", STORE_CA_IN_POD)]}
 
     def compose_secrets(self) -> None:
         provider_key = [k for k in self.secret_values.declared if k[1] == "provider-api-key"]
@@ -257,7 +293,9 @@ class StackWorld:
                     f"redis://:{self.redis_password}@{service}.{self.namespace}.svc.cluster.local:6379/0")
         elif url_key is not None:
             self.redis_password = secrets.token_hex(24)
-            self.secret_values.composed[url_key] = f"redis://:{self.redis_password}@{EXTERNAL_REDIS_HOST}:6379/0"
+            self.secret_values.composed[url_key] = (
+                f"rediss://:{self.redis_password}@{self.outside_store_host}:{OUTSIDE_STORE_PORT}/0"
+                f"?ssl_ca_certs={STORE_CA_IN_POD}")
 
     def client_service(self, plan: PodPlan) -> str:
         """The (non-headless) Service clients reach a pod by."""
@@ -301,26 +339,39 @@ class StackWorld:
         return pod
 
     def start_external_redis(self) -> RunningPod | None:
+        """The stand-in for a lease store outside the cluster: Redis with TLS on 6380 only (no plain port)."""
         plan = self.plans.get("external-redis")
         if plan is None:
             return None
         assert self.redis_password is not None
+        self.make_store_tls()
+        tls = "/etc/runtime-tier/tls"
         spec = {
             "automount_service_account_token": False, "enable_service_links": False,
             "security_context": {"run_as_non_root": True, "run_as_user": 999, "run_as_group": 999},
             "containers": [{
                 "name": "redis", "image": "runtime-tier/external-redis",
-                "command": ["redis-server", "--port", "6379", "--requirepass", self.redis_password,
-                            "--save", "", "--appendonly", "no"],
-                "ports": [{"container_port": 6379}],
-                "readiness_probe": {"tcp_socket": {"port": 6379}, "period_seconds": 0.2, "failure_threshold": 100},
+                "command": ["redis-server", "--port", "0", "--tls-port", str(OUTSIDE_STORE_PORT),
+                            "--tls-cert-file", f"{tls}/server.crt", "--tls-key-file", f"{tls}/server.key",
+                            "--tls-ca-cert-file", f"{tls}/ca.crt", "--tls-auth-clients", "no",
+                            "--requirepass", self.redis_password, "--save", "", "--appendonly", "no"],
+                "ports": [{"container_port": OUTSIDE_STORE_PORT}],
+                "readiness_probe": {"tcp_socket": {"port": OUTSIDE_STORE_PORT}, "period_seconds": 0.2,
+                                    "failure_threshold": 100},
                 "security_context": {"read_only_root_filesystem": True, "allow_privilege_escalation": False,
                                      "capabilities": {"drop": ["ALL"]}},
+                "volume_mounts": [{"name": "tls", "mount_path": tls, "read_only": True}],
             }],
+            "volumes": [{"name": "tls", "host_path": {"path": str(self.store_tls_dir())}}],
         }
         pod = self.node.run_pod("external-redis", spec, namespace="runtime-tier", address=plan.address)
         pod.wait_ready()
         return pod
+
+    def run_janitor(self, pod_name: str, template: Mapping[str, Any]) -> RunningPod:
+        """One Job pod of a janitor CronJob (with the outside lease store's CA mounted, when there is one)."""
+        return self.node.run_pod(pod_name, template["spec"], namespace=self.namespace,
+                                 labels=template["metadata"]["labels"], extra_mounts=self.janitor_mounts())
 
     def start(self, plan: PodPlan) -> RunningPod:
         return self.node.run_pod(plan.name, plan.template["spec"], namespace=self.namespace,
@@ -350,9 +401,14 @@ class StackWorld:
         else:
             out["replicas"] = [f"127.0.0.1:{self._cli_port(p)}" for p in cli]
             out["connection_token"] = self.secret_values(*self._env_ref(cli[0], "COPILOT_CONNECTION_TOKEN"))
-        store = self.node.pods.get(self.in_cluster_redis().name if self.in_cluster_redis() else "external-redis")
+        redis = self.in_cluster_redis()
+        store = self.node.pods.get(redis.name if redis else "external-redis")
         if store is not None and self.redis_password is not None:
-            out["redis_url"] = f"redis://:{self.redis_password}@127.0.0.1:{store.ports[6379]}/0"
+            if redis is not None:
+                out["redis_url"] = f"redis://:{self.redis_password}@127.0.0.1:{store.ports[6379]}/0"
+            else:
+                out["redis_url"] = (f"rediss://:{self.redis_password}@127.0.0.1:{store.ports[OUTSIDE_STORE_PORT]}/0"
+                                    f"?ssl_ca_certs={self.store_tls_dir() / 'ca.crt'}")
         env = {v["name"]: v.get("value") for v in first.get("env") or []}
         out["provider"] = {"type": env["COPILOT_PROVIDER_TYPE"], "base_url": env["COPILOT_PROVIDER_BASE_URL"],
                            "api_key": self.model_key, "wire_api": env.get("COPILOT_PROVIDER_WIRE_API")}
@@ -402,10 +458,9 @@ def build_world(stack: str, workdir: Path, prefix: str, cli_image: str = CLI_IMA
         world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))
         world.plan(model_address)
         world.compose_secrets()
-        # The external stand-in is planned once the lease store URL is known (plan() ran before compose).
-        if world.external_lease_store_url() is not None and "external-redis" not in world.plans:
+        if world.outside_store_host is not None:
             world.plans["external-redis"] = PodPlan("external-redis", {}, {},
-                                                    node.allocate(EXTERNAL_REDIS_HOST))
+                                                    node.allocate(world.outside_store_host))
     except BaseException:
         node.close()
         raise

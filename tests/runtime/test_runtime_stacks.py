@@ -92,7 +92,7 @@ def test_cli_pods_become_ready(stack: Started) -> None:
 
 def test_lease_store_ready(stack: Started) -> None:
     """The lease store answers its own readiness probe (redis-cli ping with the password, inside the container);
-    per-user fleets have none."""
+    outside the cluster, the stand-in serves TLS only; per-user fleets have none."""
     stores = stack.lease_store()
     if not stack.world.janitor_url_key():
         assert stores == [], "a per-user fleet runs no lease store"
@@ -155,8 +155,7 @@ def test_janitor_job_runs(stack: Started) -> None:
         sessions = stack.world.node.claim_dir(claim)
         old = _plant_session(sessions, f"janitor-old-{pod_name}", age_days=30)
         recent = _plant_session(sessions, f"janitor-recent-{pod_name}", age_days=0)
-        pod = stack.world.node.run_pod(pod_name, template["spec"], namespace=stack.world.namespace,
-                                       labels=template["metadata"]["labels"])
+        pod = stack.world.run_janitor(pod_name, template)
         deadline = template["spec"].get("active_deadline_seconds") or 600
         code = pod.wait_exit(timeout=float(deadline))
         output = pod.logs()
@@ -220,7 +219,7 @@ def test_egress_policy_holds_inside_the_cli_pods(stack: Started) -> None:
     pods = stack.cli()
     for pod in pods:
         assert pod.egress_rules is not None, f"{pod.name}: no egress policy selects it"
-        blocked = [("169.254.169.254", 80), *((s.address, 6379) for s in stores),
+        blocked = [("169.254.169.254", 80), *((s.address, port) for s in stores for port in s.ports),
                    *((o.address, 4321) for o in pods if o is not pod)]
         result = _connects(pod, (MODEL_HOST, MODEL_PORT), *blocked)
         assert result.pop(f"{MODEL_HOST}:{MODEL_PORT}"), f"{pod.name}: the allowed model endpoint is blocked"
