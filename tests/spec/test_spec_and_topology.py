@@ -206,3 +206,23 @@ def test_azure_per_user_disk_homes_are_sized_against_attach_limits() -> None:
     assert not spec_of({"githubToken"}, **base, storage={"accessMode": "ReadWriteOnce"}).home_is_persistent
     spec_of({"githubToken"}, **{**base, "users": base["users"][:16]},
             storage={"accessMode": "ReadWriteOnce", "persistentHome": True})
+
+
+def test_config_is_read_without_pulumis_private_names() -> None:
+    """What `pulumi up` runs (the program, its config reading, the components) uses no underscore name of the SDK:
+    those change in any release without notice. (The offline render's mock harness is not part of a deployment.)"""
+    import ast
+
+    offenders = []
+    program = [PROJECT / "copilot_fleet/program.py", PROJECT / "copilot_fleet/pulumi_config.py"]
+    for path in [*program, *PROJECT.glob("components/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        pulumi_aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                          and (node.module or "").startswith("pulumi") for alias in node.names}
+        pulumi_aliases |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                           for alias in node.names if alias.name.startswith("pulumi")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in pulumi_aliases):
+                offenders.append(f"{path.relative_to(PROJECT)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert offenders == []
