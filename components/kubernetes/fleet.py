@@ -113,8 +113,9 @@ class KubernetesFleet(pulumi.ComponentResource):
         self.default_deny = network.default_deny(meta, child)
         if spec.egress.mode == "restricted":
             network.cli_egress(meta, spec.egress, child)
+            configured = spec.redis.url.get_secret_value() if spec.redis.url is not None else None
             network.janitor_egress(meta, None if redis_url is None else "in-cluster" if in_cluster_redis
-                                   else "external", child)
+                                   else "external", child, network.external_store_ports(configured))
 
         self.redis: InClusterRedis | None = None
         if password is not None:

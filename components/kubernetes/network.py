@@ -106,9 +106,21 @@ def cli_egress(meta: FleetMeta, egress: EgressSpec, opts: pulumi.ResourceOptions
     )
 
 
+def external_store_ports(url: str | None) -> list[int]:
+    """The port of a lease store outside the cluster, from its URL when it names one (Azure Managed Redis serves
+    10000); else Redis' usual ports, plain and TLS (Azure Cache for Redis: 6380)."""
+    from urllib.parse import urlsplit
+
+    try:
+        port = urlsplit(url).port if url and url.startswith(("redis://", "rediss://")) else None
+    except ValueError:
+        port = None
+    return [port] if port else [REDIS_PORT, REDIS_TLS_PORT]
+
+
 def janitor_egress(meta: FleetMeta, lease_store: Literal["in-cluster", "external"] | None,
-                   opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
-    """The janitors: DNS and the lease store: the in-cluster Redis pods, or an external Redis on 6379/6380 (its
+                   opts: pulumi.ResourceOptions, external_ports: Sequence[int] = ()) -> networking.NetworkPolicy:
+    """The janitors: DNS and the lease store: the in-cluster Redis pods, or an external Redis on its port (its
     address is not known here); per-user fleets have none."""
     name = JANITOR_EGRESS_POLICY
     rules: list[dict[str, Any]] = [dns_rule()]
@@ -116,7 +128,7 @@ def janitor_egress(meta: FleetMeta, lease_store: Literal["in-cluster", "external
         rules.append({"to": [{"pod_selector": {"match_labels": meta.selector(LEASE_STORE)}}],
                       "ports": [{"port": REDIS_PORT, "protocol": "TCP"}]})
     elif lease_store == "external":
-        rules.append({"ports": [{"port": REDIS_PORT, "protocol": "TCP"}, {"port": REDIS_TLS_PORT, "protocol": "TCP"}]})
+        rules.append({"ports": [{"port": p, "protocol": "TCP"} for p in external_ports or (REDIS_PORT, REDIS_TLS_PORT)]})
     return networking.NetworkPolicy(
         name,
         metadata=meta.metadata(name, JANITOR),

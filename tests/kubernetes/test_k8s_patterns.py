@@ -657,3 +657,13 @@ def test_tool_runs_do_not_inherit_the_servers_credentials(make_fleet, kube, patt
         assert "COPILOT_CONNECTION_TOKEN" in from_secrets
         (flag,) = [a for a in cli["args"] if a.startswith("--secret-env-vars=")]
         assert set(flag.partition("=")[2].split(",")) == from_secrets
+
+
+def test_janitor_egress_reaches_the_external_lease_store_port(make_fleet, kube):
+    """The janitor takes leases in an external Redis: its egress opens that URL's port (Azure Managed Redis serves
+    10000), nothing else beside DNS."""
+    fleet = make_fleet("shared-session", redis={"mode": "external",
+                                                "url": "rediss://:TESTSECRET-pw@cache.example.com:10000/0"})
+    (policy,) = [p for p in fleet.of_kind("NetworkPolicy") if p["metadata"]["name"] == "copilot-janitor-egress"]
+    store = [r for r in policy["spec"]["egress"] if {"port": 53, "protocol": "UDP"} not in r["ports"]]
+    assert store == [{"ports": [{"port": 10000, "protocol": "TCP"}]}]
