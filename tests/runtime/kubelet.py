@@ -21,6 +21,11 @@ What it does for a pod (and what a kubelet does that it mirrors):
   podSelector/namespaceSelector, ports); everything else is rejected. Applied as the pod starts (a network plugin
   is asynchronous too). Ingress is not emulated: the host stands in for the clients.
 
+Not emulated, because no single node without an API server has them: ingress policies (the host stands in for the
+clients), Services with several backends (kube-proxy), scheduling and affinity, restarts (a container that exits
+is a failure here, reported with its output), emptyDir `sizeLimit` and ephemeral-storage limits (kubelet
+evictions), the kubelet's exact fsGroup exemptions (it skips some ReadWriteMany drivers; here every volume gets it).
+
 Anything in a pod spec this emulation does not implement raises `Unsupported` naming the field, so a template that
 grows a feature cannot pass here without the feature being looked at. Why not `podman kube play`: on this machine
 kind its infra container fails to set rlimits, and it would hide the steps this module makes explicit.
