@@ -30,7 +30,7 @@ IMAGE = "registry.example.com/copilot-cli:1.0.102"
 def fleet_config(users: int) -> tuple[dict[str, Any], set[str]]:
     return ({
         "fleet:isolation": "per-user", "fleet:platform": "kubernetes", "fleet:image": IMAGE,
-        "fleet:namespace": "bench",
+        "fleet:namespace": "bench", "fleet:storage": {"accessMode": "ReadWriteOnce"},
         "fleet:users": [{"id": f"user-{i:04d}", "githubToken": f"ghp_bench_{i}"} for i in range(users)],
     }, {"fleet:users"})
 

@@ -24,12 +24,15 @@ def _decode(value: Any) -> Any:
 def raw_config_from_engine() -> RawConfig:
     """Every key of the namespace, so unknown keys can be refused (pulumi.Config only answers named keys).
 
-    The Python language host stores the stack's config in `pulumi.runtime.config.CONFIG` (and may pass it as the
-    PULUMI_CONFIG environment variable); the same store is what `set_all_config` fills under mocks.
+    The language host passes the stack's config as the PULUMI_CONFIG environment variable
+    (`pulumi.runtime.get_config_env`); in-process runs (the SDK's test helpers, the Automation API) fill the SDK's
+    config store through `pulumi.runtime.set_all_config`. Listing that store (`pulumi.runtime.config.CONFIG`) is
+    the one read that is not a documented function: no public function lists the keys. Secrecy is asked through the
+    public `pulumi.runtime.is_config_secret` and `get_config_secret_keys_env`.
     """
-    flat: dict[str, Any] = dict(runtime_config.get_config_env())
+    flat: dict[str, Any] = dict(pulumi.runtime.get_config_env())
     flat.update(runtime_config.CONFIG.get())
-    secret = set(runtime_config.get_config_secret_keys_env()) | set(runtime_config._SECRET_KEYS.get())
+    secret = set(pulumi.runtime.get_config_secret_keys_env()) | {k for k in flat if pulumi.runtime.is_config_secret(k)}
     return RawConfig(
         values={k: _decode(v) for k, v in namespace_values(flat).items()},
         secret_keys=secret_namespace_keys(secret),

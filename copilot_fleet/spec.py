@@ -215,14 +215,19 @@ class StorageSpec(_Section):
     storage_class: str | None = None
     size: Quantity = "10Gi"
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
-    # Each replica's own COPILOT_HOME (config, logs, the SQLite session store): never shared.
+    # Each replica's own COPILOT_HOME (config, the SQLite session store): never shared.
     home_size: Quantity = "1Gi"
+    # Whether COPILOT_HOME outlives the pod (a ReadWriteOnce volume per replica) or lives as long as it (an emptyDir).
+    # None: a volume for the shared patterns' few replicas, an emptyDir per-user (a disk per user runs into the
+    # nodes' attach limits). Resume never needs it: the history is in session-state/.
+    persistent_home: bool | None = None
 
 
 class RedisSpec(_Section):
     mode: Literal["in-cluster", "external"] = "in-cluster"
     url: SecretStr | None = None
-    image: Image = "redis:7.2.5-alpine"
+    # 7.2.12: 7.2.11 fixed Lua CVEs (CVE-2025-49844 and others) the leases' scripts would expose.
+    image: Image = "redis:7.2.12-alpine"
     storage_size: Quantity = "1Gi"
 
 
@@ -240,9 +245,53 @@ class LoadBalancerSpec(_Section):
     source_ranges: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
 
 
+NetworkPort = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EgressRule(_Section):
+    """One more destination the CLI servers may reach: a CIDR block, or pods of a namespace in the cluster."""
+
+    cidr: Annotated[str, AfterValidator(_check_cidr)] | None = None
+    namespace: DnsLabel | None = None
+    pod_labels: dict[str, str] | None = None  # with `namespace`: only these pods of it
+    ports: list[NetworkPort] = Field(min_length=1)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> EgressRule:
+        if (self.cidr is None) == (self.namespace is None):
+            raise ValueError("give exactly one of cidr (an address block) and namespace (pods in the cluster)")
+        if self.pod_labels is not None and self.namespace is None:
+            raise ValueError("podLabels selects pods of a namespace: give namespace too")
+        return self
+
+    def covers(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, namespace: str | None,
+               port: int) -> bool:
+        if port not in self.ports or self.protocol != "TCP":
+            return False
+        if namespace is not None:
+            return self.namespace == namespace
+        return (address is not None and self.cidr is not None
+                and address.version == ipaddress.ip_network(self.cidr).version
+                and address in ipaddress.ip_network(self.cidr))
+
+
+class EgressSpec(_Section):
+    """Where the CLI servers' connections may go (NetworkPolicy egress; a session's tool run is untrusted code
+    running with the server's network). `restricted`: DNS, public addresses on `publicPorts` (GitHub and public
+    model endpoints), and the `allow` rules; never private, link-local (cloud metadata) or in-cluster addresses
+    unless allowed. `open`: no egress policy."""
+
+    mode: Literal["restricted", "open"] = "restricted"
+    public_ports: list[NetworkPort] = Field(default_factory=lambda: [443])
+    allow: list[EgressRule] = Field(default_factory=list)
+
+
 class ResourceAmounts(_Section):
     cpu: Quantity
     memory: Quantity
+    # Node-local disk: the CLI's emptyDirs (tmp, logs, the agents' workspace). None: the platform's default.
+    ephemeral_storage: Quantity | None = None
 
 
 class ResourcesSpec(_Section):
@@ -252,10 +301,11 @@ class ResourcesSpec(_Section):
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> ResourcesSpec:
-        for kind in ("cpu", "memory"):
+        for kind in ("cpu", "memory", "ephemeral_storage"):
             req, lim = getattr(self.requests, kind), getattr(self.limits, kind)
-            if quantity_value(req) > quantity_value(lim):
-                raise ValueError(f"requests.{kind} ({req}) is larger than limits.{kind} ({lim})")
+            if req is not None and lim is not None and quantity_value(req) > quantity_value(lim):
+                key = to_camel(kind)
+                raise ValueError(f"requests.{key} ({req}) is larger than limits.{key} ({lim})")
         return self
 
 
@@ -279,6 +329,12 @@ class AzureSpec(_Section):
     redis_sku: Literal["Basic", "Standard", "Premium"] = "Standard"
     redis_capacity: Annotated[int, Field(ge=0, le=6)] = 1
     log_retention_days: Annotated[int, Field(ge=30, le=730)] = 30
+    # An existing Azure Container Registry holding fleet:image: the cluster's kubelet identity gets AcrPull on it in
+    # the same `pulumi up`, so the first image pull works.
+    container_registry_id: str | None = None
+    # Pulumi `protect` on what holds the users' data and credentials (storage accounts, shares, the vault): neither
+    # `pulumi destroy` nor a change that replaces them deletes them until this is set false (and applied) first.
+    protect_data: bool = True
 
 
 class InfiniteSessionsSpec(_Section):
@@ -334,8 +390,12 @@ class FleetSpec(_Section):
     namespace: DnsLabel = "copilot-fleet"
     otlp_endpoint: HttpUrl | None = None
     client_selector: dict[str, str] = Field(default_factory=lambda: {"copilot-fleet/client": "true"})
+    egress: EgressSpec = EgressSpec()
     # Client pods in other namespaces whose namespace has these labels may connect (with client_selector).
     client_namespace_selector: dict[str, str] | None = None
+    # per-user: pods of a trusted backend that serves every user (it holds every user's connection token and keeps
+    # users apart itself) may reach every user's server; client pods otherwise reach only their own user's.
+    backend_selector: dict[str, str] | None = None
     janitor_schedule: Cron = "*/15 * * * *"
     max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
     termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
@@ -355,6 +415,13 @@ class FleetSpec(_Section):
     @property
     def user_ids(self) -> list[str]:
         return [u.id for u in self.users]
+
+    @property
+    def home_is_persistent(self) -> bool:
+        """COPILOT_HOME on a volume of its own per replica (storage.persistentHome; default: not for per-user)."""
+        if self.storage.persistent_home is not None:
+            return self.storage.persistent_home
+        return self.shares_session_state
 
     @property
     def session_model(self) -> str:
@@ -380,10 +447,16 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
                      f"(got {spec.replicas})")
         if "redis" in set_keys:
             p.append("fleet:redis: per-user has no shared session state and no lease store; remove fleet:redis")
+        if spec.backend_selector is not None and not spec.backend_selector:
+            p.append("fleet:backendSelector: an empty selector would admit every pod to every user's server; give "
+                     "the labels of your backend's pods")
     else:
         if spec.users:
             p.append(f"fleet:users: only per-user deploys a server per user; {spec.isolation} routes every user "
                      "through the shared replicas (remove fleet:users or use isolation per-user)")
+        if spec.backend_selector is not None:
+            p.append(f"fleet:backendSelector: only for per-user; in {spec.isolation} every client pod "
+                     "(fleet:clientSelector) reaches the shared servers")
         if spec.storage.access_mode != "ReadWriteMany":
             p.append(f"fleet:storage.accessMode: {spec.isolation} shares session-state/ between replicas, so it "
                      f"must be ReadWriteMany (got {spec.storage.access_mode})")
@@ -420,6 +493,24 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if spec.provider is not None and spec.provider.api_key is None:
             p.append("fleet:provider.apiKey: a deployed fleet's provider needs its API key, set as a secret "
                      "(pulumi config set --secret --path 'fleet:provider.apiKey' ...)")
+        lb = spec.load_balancer
+        if lb.service_type != "ClusterIP" and not lb.source_ranges:
+            p.append(f"fleet:loadBalancer.sourceRanges: a {lb.service_type} Service is for clients outside the "
+                     "cluster, and the fleet's NetworkPolicies admit those only from these CIDRs: set your clients' "
+                     "address ranges, or use serviceType ClusterIP for clients inside the cluster")
+    if spec.platform in ("kubernetes", "azure") and spec.egress.mode == "restricted":
+        endpoints = [("fleet:provider.baseUrl", spec.provider.base_url)] if spec.provider is not None else []
+        if spec.otlp_endpoint is not None:
+            endpoints.append(("fleet:otlpEndpoint", spec.otlp_endpoint))
+        for key, url in endpoints:
+            problem = egress_problem(url, spec.egress, spec.namespace)
+            if problem:
+                p.append(f"{key}: {problem}")
+    if (spec.platform == "kubernetes" and spec.storage.access_mode == "ReadWriteMany"
+            and spec.storage.storage_class is None):
+        p.append("fleet:storage.storageClass: the session volume is ReadWriteMany and, without a class, lands on the "
+                 "cluster's default class, which is ReadWriteOnce on most clusters: the claim would stay Pending. "
+                 "Name a class that offers ReadWriteMany (for example nfs-client, azurefile-csi, efs-sc)")
     if spec.platform == "local":
         p.extend(_local_port_problems(spec))
     if spec.platform == "azure":
@@ -438,7 +529,71 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
     return p
 
 
+# A Kubernetes Service name as a URL host: `svc` (the fleet's namespace) or `svc.ns.svc[.cluster.local]` surely;
+# `svc.ns` maybe (it could be a public name too).
+_SURELY_IN_CLUSTER = re.compile(r"^(?P<svc>[a-z0-9-]+)(?:\.(?P<ns>[a-z0-9-]+)\.svc(?:\.cluster\.local)?)?\.?$")
+_MAYBE_IN_CLUSTER = re.compile(r"^(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)\.?$")
+# Not "public": private, shared (CGNAT), link-local (cloud metadata), loopback.
+_NOT_PUBLIC = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                   "169.254.0.0/16", "127.0.0.0/8", "fc00::/7", "fe80::/10",
+                                                   "::1/128")]
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not any(address.version == n.version and address in n for n in _NOT_PUBLIC)
+
+
+def egress_problem(url: str, egress: EgressSpec, namespace: str) -> str | None:
+    """Why the restricted egress policy would block the CLI servers from `url` (None: it lets them through)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return f"{url!r} has no valid port"
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None and (match := _SURELY_IN_CLUSTER.match(host)):
+        ns = match.group("ns") or namespace
+        if any(rule.covers(None, ns, port) for rule in egress.allow):
+            return None
+        return (f"{url} is a Service in namespace {ns!r}, which the restricted egress policy does not reach: add "
+                f"fleet:egress.allow {{namespace: {ns}, ports: [{port}]}} (podLabels to narrow it), or set "
+                "fleet:egress.mode open")
+    maybe = _MAYBE_IN_CLUSTER.match(host) if address is None else None
+    if maybe is not None and any(rule.covers(None, maybe.group("ns"), port) for rule in egress.allow):
+        return None
+    if address is not None and not is_public_address(address):
+        if any(rule.covers(address, None, port) for rule in egress.allow):
+            return None
+        return (f"{url} is a private or link-local address, which the restricted egress policy does not reach: "
+                f"add fleet:egress.allow {{cidr: {address}/{address.max_prefixlen}, ports: [{port}]}}")
+    if port in egress.public_ports:
+        return None
+    if any(rule.cidr is not None and port in rule.ports and rule.protocol == "TCP"
+           and (address is None or rule.covers(address, None, port)) for rule in egress.allow):
+        return None
+    service = (f" If it is the Service {maybe.group('svc')} in namespace {maybe.group('ns')}, add fleet:egress.allow "
+               f"{{namespace: {maybe.group('ns')}, ports: [{port}]}}." if maybe is not None else "")
+    return (f"{url} uses port {port}, which the restricted egress policy does not open to public addresses "
+            f"(fleet:egress.publicPorts: {egress.public_ports}): add it there, or a fleet:egress.allow rule with "
+            f"the endpoint's address block and port.{service} (A public name that resolves to a private address "
+            "needs an allow rule with that address block.)")
+
+
 _AZURE_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.()-]{1,90}$")
+_ACR_HOST = re.compile(r"^(?P<name>[A-Za-z0-9]{5,50})\.azurecr\.io(?=/)")
+_ACR_ID = re.compile(r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[^/]+/providers/"
+                     r"Microsoft\.ContainerRegistry/registries/(?P<name>[A-Za-z0-9]{5,50})$", re.IGNORECASE)
+# Data disks a VM size attaches (Azure's published limits) for the sizes AKS users pick most; other sizes are not
+# checked here.
+_DATA_DISKS = {"standard_d2s_v5": 4, "standard_d4s_v5": 8, "standard_d8s_v5": 16, "standard_d16s_v5": 32,
+               "standard_d2s_v3": 4, "standard_d4s_v3": 8, "standard_d8s_v3": 16, "standard_ds2_v2": 8,
+               "standard_b2s": 4, "standard_b4ms": 8}
 
 
 def _local_port_problems(spec: FleetSpec) -> list[str]:
@@ -479,6 +634,28 @@ def _azure_problems(spec: FleetSpec) -> list[str]:
                  f"(fleet:azure.fileShareQuotaGb: {az.file_share_quota_gb}); the claim could never bind to the share")
     if az.redis_sku == "Premium" and not 1 <= az.redis_capacity <= 5:
         p.append(f"fleet:azure.redisCapacity: Premium caches come in sizes 1-5 (P1-P5), got {az.redis_capacity}")
+    registry = _ACR_HOST.match(spec.image or "")
+    if az.container_registry_id is not None:
+        match = _ACR_ID.match(az.container_registry_id)
+        if match is None:
+            p.append("fleet:azure.containerRegistryId: expected a registry's resource id, /subscriptions/<id>/"
+                     "resourceGroups/<group>/providers/Microsoft.ContainerRegistry/registries/<name> (az acr show -n "
+                     f"<name> --query id -o tsv), got {az.container_registry_id!r}")
+        elif registry is not None and match.group("name").lower() != registry.group("name").lower():
+            p.append(f"fleet:azure.containerRegistryId: names registry {match.group('name')!r} but fleet:image is in "
+                     f"{registry.group(0)}")
+    elif registry is not None:
+        p.append(f"fleet:azure.containerRegistryId: fleet:image is in Azure Container Registry {registry.group(0)}; "
+                 "give its resource id (az acr show -n " + registry.group("name") + " --query id -o tsv) so the "
+                 "cluster's kubelet identity gets AcrPull in the same pulumi up: without it the first image pull "
+                 "fails")
+    if spec.isolation == "per-user" and spec.home_is_persistent:
+        disks = _DATA_DISKS.get(az.node_vm_size.lower())
+        if disks is not None and len(spec.users) > disks * az.node_count:
+            p.append(f"fleet:storage.persistentHome: every user's home would be an Azure Disk, and "
+                     f"{az.node_count} x {az.node_vm_size} attach at most {disks * az.node_count} data disks "
+                     f"({disks} each) for {len(spec.users)} users: leave persistentHome unset (an emptyDir home; "
+                     "sessions resume from the user's share), or add nodes")
     name = az.resource_group_name
     if name is not None and (not _AZURE_GROUP_NAME.match(name) or name.endswith(".")):
         p.append(f"fleet:azure.resourceGroupName: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in "

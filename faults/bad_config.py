@@ -164,8 +164,10 @@ def local_values(case: ConfigCase, base_port: int) -> dict[str, Any]:
 
 
 def engine_values(case: ConfigCase) -> tuple[dict[str, Any], set[str]]:
-    base = {"isolation": BASES[case.base]["isolation"], "platform": "kubernetes", "image": K8S_IMAGE,
-            "githubToken": "ghp_engine"}
+    isolation = BASES[case.base]["isolation"]
+    base = {"isolation": isolation, "platform": "kubernetes", "image": K8S_IMAGE, "githubToken": "ghp_engine",
+            # A deployable base: a ReadWriteMany class for shared session state, one user's own volume per-user.
+            "storage": {"accessMode": "ReadWriteOnce"} if isolation == "per-user" else {"storageClass": "nfs-client"}}
     values = merged(base, {k: v for k, v in case.change.items() if k != "local"})
     return values, {"githubToken"}
 

@@ -132,11 +132,13 @@ def _render_audit(r: ScenarioResult) -> None:
     image = "registry.example.com/copilot-cli:1.0.102"
     configs: dict[str, tuple[dict[str, Any], set[str]]] = {
         "shared-cli": ({"isolation": "shared-cli", "platform": "kubernetes", "image": image,
-                        "githubToken": RENDER_SECRETS["githubToken"]}, {"githubToken"}),
+                        "githubToken": RENDER_SECRETS["githubToken"], "storage": {"storageClass": "nfs-client"}},
+                       {"githubToken"}),
         "shared-session": ({"isolation": "shared-session", "platform": "kubernetes", "image": image,
                             "provider": {"baseUrl": "https://models.example.com/v1",
                                          "apiKey": RENDER_SECRETS["provider.apiKey"]},
-                            "redis": {"mode": "external", "url": RENDER_SECRETS["redis.url"]}},
+                            "redis": {"mode": "external", "url": RENDER_SECRETS["redis.url"]},
+                            "storage": {"storageClass": "nfs-client"}},
                            {"provider", "redis"}),
         "per-user": ({"isolation": "per-user", "platform": "kubernetes", "image": image,
                       "users": [{"id": "alice", "githubToken": RENDER_SECRETS["githubToken"] + "-alice"}],

@@ -24,7 +24,7 @@ from copilot_fleet.components.azure.names import SUFFIX_LENGTH, redis_name, vaul
 from copilot_fleet.components.azure.secret_sync import NAME as SYNC_NAME
 from copilot_fleet.components.azure.secret_sync import KeyVaultSync, KeyVaultSyncArgs
 from copilot_fleet.components.azure.storage import SessionStorage, SessionStorageArgs
-from copilot_fleet.components.azure.vault import SecretVault, SecretVaultArgs, VaultReader
+from copilot_fleet.components.azure.vault import SecretVault, SecretVaultArgs, VaultReader, role_definition_id
 from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs, PlatformHooks, StaticVolume
 from copilot_fleet.components.kubernetes.meta import FleetMeta
@@ -33,6 +33,8 @@ from copilot_fleet.components.kubernetes.secrets import secret_material
 from copilot_fleet.topology import Topology
 
 FILE_CSI_DRIVER = "file.csi.azure.com"
+# Built-in role "AcrPull": pull images from a container registry, nothing else.
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 # SMB mount options for a non-root server: the share's files belong to the CLI's uid/gid and nobody else's;
 # mfsymlinks keeps symlinks working on SMB; nosharesock gives each mount its own connection. actimeo=1 (the
@@ -102,12 +104,12 @@ class AzureFleet(pulumi.ComponentResource):
 
         sync_identity = WorkloadIdentity(SYNC_NAME, WorkloadIdentityArgs(
             resource_group_name=rg, location=az.location, oidc_issuer_url=cluster.oidc_issuer_url,
-            namespace=meta.namespace, service_account=SYNC_NAME, tags=tags), opts=child)
+            namespace=meta.namespace, service_account=SYNC_NAME, stack=stack, tags=tags), opts=child)
 
         shares = {
             volume: SessionStorage(volume, SessionStorageArgs(
                 resource_group_name=rg, location=az.location, volume=volume, suffix=suffix,
-                quota_gb=az.file_share_quota_gb, tags=tags), opts=child)
+                quota_gb=az.file_share_quota_gb, tags=tags, protect=az.protect_data), opts=child)
             for volume in topology.session_volumes
         }
 
@@ -139,7 +141,19 @@ class AzureFleet(pulumi.ComponentResource):
             secrets=layout.values,
             # The sync identity is the only reader: it syncs what the cluster needs and nothing reads on its behalf.
             readers={SYNC_NAME: VaultReader(sync_identity.principal_id)},
-            tags=tags), opts=child)
+            tags=tags, protect=az.protect_data), opts=child)
+
+        image_pull: list[pulumi.Resource] = []
+        if az.container_registry_id is not None:
+            # The nodes pull fleet:image with the kubelet identity: AcrPull on the registry, before any pod exists.
+            image_pull.append(authorization.RoleAssignment(
+                "acr-pull",
+                principal_id=cluster.kubelet_object_id,
+                principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
+                role_definition_id=role_definition_id(az.container_registry_id.split("/")[2], ACR_PULL),
+                scope=az.container_registry_id,
+                description=f"copilot-fleet {stack}: AKS nodes pull the CLI image",
+                opts=child))
 
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
         namespace = core.Namespace(
@@ -170,9 +184,13 @@ class AzureFleet(pulumi.ComponentResource):
 
         self.kubernetes = KubernetesFleet("copilot-fleet", KubernetesFleetArgs(
             topology=topology, tokens=args.tokens, create_namespace=False,
+            # The same client rules as on any cluster (these were dropped on Azure, so outside clients never got in).
+            client_namespace_selector=spec.client_namespace_selector,
+            source_ranges=tuple(spec.load_balancer.source_ranges),
             platform=PlatformHooks(session_volume=session_volume, manage_secrets=False,
                                    external_redis_url=external_redis),
-        ), opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace, sync.ready])))
+        ), opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+            depends_on=[namespace, sync.ready, *image_pull])))
         drift = set(self.kubernetes.secret_material) ^ set(material)
         if drift:
             raise RuntimeError(f"the Kubernetes fleet reads Secrets that Key Vault does not sync (or the reverse): "

@@ -15,6 +15,17 @@ SECRETS_PROVIDER_ADDON = "azureKeyvaultSecretsProvider"
 MONITORING_ADDON = "omsagent"
 
 
+def kubelet_object_id(profile: object) -> str:
+    """The object id of the cluster's kubelet identity (identityProfile.kubeletidentity): what pulls images."""
+    identity = (profile or {}).get("kubeletidentity") if isinstance(profile, dict) else None
+    if identity is None:
+        raise ValueError("AKS reported no kubelet identity (identityProfile.kubeletidentity)")
+    value = getattr(identity, "object_id", None) or (identity.get("objectId") if isinstance(identity, dict) else None)
+    if not value:
+        raise ValueError("AKS reported a kubelet identity without an object id")
+    return str(value)
+
+
 def decode_kubeconfig(credentials: containerservice.ListManagedClusterUserCredentialsResult) -> str:
     """The first kubeconfig AKS hands back, decoded (the API returns it base64-encoded)."""
     if not credentials.kubeconfigs:
@@ -40,6 +51,7 @@ class AksCluster(pulumi.ComponentResource):
 
     cluster_name: pulumi.Output[str]
     oidc_issuer_url: pulumi.Output[str]
+    kubelet_object_id: pulumi.Output[str]  # the identity the nodes pull images with
     workspace_id: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]  # secret
     provider: k8s.Provider
@@ -113,6 +125,7 @@ class AksCluster(pulumi.ComponentResource):
         self.cluster_name = cluster.name
         self.oidc_issuer_url = cluster.oidc_issuer_profile.apply(
             lambda p: (p.issuer_url if p is not None else None) or "")
+        self.kubelet_object_id = cluster.identity_profile.apply(kubelet_object_id)
         self.workspace_id = workspace.id
         self.register_outputs({"cluster_name": self.cluster_name, "oidc_issuer_url": self.oidc_issuer_url,
                                "workspace_id": self.workspace_id})

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_azure_native import managedidentity
 
+from copilot_fleet.components.azure.names import identity_name
+
 # The audience Entra ID expects on federated Kubernetes service-account tokens.
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 
@@ -26,6 +28,7 @@ class WorkloadIdentityArgs:
     oidc_issuer_url: pulumi.Input[str]
     namespace: str
     service_account: str
+    stack: str
     tags: dict[str, str]
 
 
@@ -39,7 +42,7 @@ class WorkloadIdentity(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         identity = managedidentity.UserAssignedIdentity(
             f"{name}-identity",
-            resource_name_=f"id-{name}",
+            resource_name_=identity_name(name, args.stack),
             resource_group_name=args.resource_group_name,
             location=args.location,
             tags=args.tags,

@@ -70,6 +70,15 @@ def kv_secret_name(*parts: str) -> str:
     return name
 
 
+def identity_name(name: str, stack: str) -> str:
+    """`id-<name>-<stack>`: user-assigned identities are named within a resource group, which several stacks may
+    share (fleet:azure.resourceGroupName): the stack keeps their names apart. 3-128 letters, digits, '-' and '_'."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", f"id-{name}-{stack}")[:128].rstrip("-_")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$", stem):
+        raise AzureNameError(f"managed identity name {stem!r}: 3-128 letters, digits, '-' and '_'")
+    return stem
+
+
 def dns_prefix(stack: str) -> str:
     """The AKS DNS prefix: 1-54 letters, digits and '-', starting and ending alphanumeric."""
     stem = re.sub(r"[^a-z0-9]+", "-", f"copilot-{stack.lower()}").strip("-")[:54].strip("-")

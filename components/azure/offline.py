@@ -76,6 +76,9 @@ def resource_state(typ: str, name: str, inputs: Mapping[str, Any]) -> tuple[str,
             issuer = f"https://westeurope.oic.prod-aks.azure.com/{TENANT}/{_uuid('oidc', own)}/"
             state["oidcIssuerProfile"] = {**(_clear(state.get("oidcIssuerProfile")) or {}), "issuerURL": issuer}
             state["fqdn"] = f"{own}.hcp.westeurope.azmk8s.io"
+            state["identityProfile"] = {"kubeletidentity": {
+                "clientId": _uuid("kubelet-client", own), "objectId": _uuid("kubelet-object", own),
+                "resourceId": f"{sub_rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{own}-agentpool"}}
         elif typ == "azure-native:keyvault:Vault":
             state["properties"] = {**(_clear(state.get("properties")) or {}),
                                    "vaultUri": f"https://{own}.vault.azure.net/"}

@@ -78,7 +78,8 @@ def provider_class_spec(*, client_id: str, vault_name: str, tenant_id: str,
             "useVMManagedIdentity": "false",
             "clientID": client_id,
             "keyvaultName": vault_name,
-            "tenantId": tenant_id,
+            # The provider reads `tenantID`; `tenantId` is its deprecated spelling.
+            "tenantID": tenant_id,
             "objects": _objects_parameter(items),
         },
         "secretObjects": [{"secretName": name, "type": "Opaque", "data": data}
@@ -171,7 +172,9 @@ class KeyVaultSync(pulumi.ComponentResource):
         policy.PodDisruptionBudget(
             NAME,
             metadata=metadata,
-            spec={"min_available": 1, "selector": {"match_labels": selector}},
+            # A crash-looping pod must not stall node drains behind it (it is not running anyway).
+            spec={"min_available": 1, "selector": {"match_labels": selector},
+                  "unhealthy_pod_eviction_policy": "AlwaysAllow"},
             opts=child,
         )
         self.register_outputs({"service_account": NAME, "secret_provider_class": NAME})

@@ -25,6 +25,7 @@ class SessionStorageArgs:
     suffix: pulumi.Input[str]  # the stack's random name suffix
     quota_gb: int
     tags: dict[str, str]
+    protect: bool = True  # the sessions' history lives here
 
 
 class SessionStorage(pulumi.ComponentResource):
@@ -36,7 +37,7 @@ class SessionStorage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: SessionStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("copilot-fleet:azure:SessionStorage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        data = pulumi.ResourceOptions(parent=self, protect=args.protect)
         account = storage.StorageAccount(
             f"{name}-account",
             account_name=pulumi.Output.from_input(args.suffix).apply(
@@ -55,7 +56,7 @@ class SessionStorage(pulumi.ComponentResource):
             # Large file shares lift the 5 TiB share cap and raise IOPS; harmless at 100 GiB.
             large_file_shares_state=storage.LargeFileSharesState.ENABLED,
             tags=args.tags,
-            opts=child,
+            opts=data,
         )
         share = storage.FileShare(
             f"{name}-share",
@@ -65,7 +66,7 @@ class SessionStorage(pulumi.ComponentResource):
             share_quota=args.quota_gb,
             enabled_protocols=storage.EnabledProtocols.SMB,
             access_tier=storage.ShareAccessTier.TRANSACTION_OPTIMIZED,
-            opts=child,
+            opts=data,
         )
         keys = storage.list_storage_account_keys_output(
             account_name=account.name, resource_group_name=args.resource_group_name,

@@ -40,6 +40,7 @@ class SecretVaultArgs:
     secrets: Mapping[str, pulumi.Input[str]]  # Key Vault secret name -> value (made a Pulumi secret here)
     readers: Mapping[str, VaultReader]  # a logical name per reader (used in resource names) -> the reader
     tags: dict[str, str]
+    protect: bool = True  # every credential of the fleet lives here
 
 
 class SecretVault(pulumi.ComponentResource):
@@ -73,7 +74,7 @@ class SecretVault(pulumi.ComponentResource):
                 enabled_for_template_deployment=False,
             ),
             tags=args.tags,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
         for secret, value in sorted(args.secrets.items()):
             keyvault.Secret(

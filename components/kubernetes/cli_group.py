@@ -16,7 +16,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
 from copilot_fleet.components.common import child_options
-from copilot_fleet.components.kubernetes import network, pod, storage
+from copilot_fleet.components.kubernetes import network, pod, secrets, storage
 from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.janitor import janitor_cron_job
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
@@ -37,6 +37,7 @@ class CliGroupArgs:
     session_affinity: str
     source_ranges: tuple[str, ...] = ()
     janitor_lease_store: SecretKeyRef | None = None  # the Secret key holding the lease store URL, if any
+    secrets_checksum: pulumi.Input[str] | None = None  # of the Secrets the CLI pods read (secrets.checksum)
 
 
 def affinity_seconds(idle_timeout: int) -> int:
@@ -55,9 +56,10 @@ def client_service_spec(args: CliGroupArgs) -> dict[str, Any]:
     }
     if args.session_affinity == "ClientIP":
         spec["session_affinity_config"] = {"client_ip": {"timeout_seconds": affinity_seconds(meta.spec.idle_timeout)}}
-        if args.service_type != "ClusterIP":
-            # Keep the client's source address (no SNAT to a node), or ClientIP affinity sees only node addresses.
-            spec["external_traffic_policy"] = "Local"
+    if args.service_type != "ClusterIP":
+        # Keep the client's source address (no SNAT to a node): the NetworkPolicies match outside clients by it
+        # (loadBalancer.sourceRanges), and ClientIP affinity would otherwise see only node addresses.
+        spec["external_traffic_policy"] = "Local"
     if args.service_type == "LoadBalancer" and args.source_ranges:
         spec["load_balancer_source_ranges"] = list(args.source_ranges)
     return spec
@@ -74,7 +76,8 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
         "containers": [pod.cli_container(meta, group, hooks.extra_volume_mounts)],
         "volumes": [
             {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
-            {"name": "tmp", "empty_dir": {"size_limit": "1Gi"}},
+            *pod.cli_scratch_volumes(),
+            *([] if meta.spec.home_is_persistent else [pod.ephemeral_home_volume(meta)]),
             *hooks.extra_volumes,
         ],
     }
@@ -86,7 +89,11 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
             "when_unsatisfiable": "ScheduleAnyway",
             "label_selector": {"match_labels": meta.selector(CLI, group)},
         }]
-    return {"metadata": {"labels": {**meta.labels(CLI, group), **hooks.pod_labels}}, "spec": spec}
+    metadata: dict[str, Any] = {"labels": {**meta.labels(CLI, group), **hooks.pod_labels}}
+    if args.secrets_checksum is not None:
+        # A rotated credential changes the template, so the pods roll and read it (env is read at start only).
+        metadata["annotations"] = {secrets.CHECKSUM_ANNOTATION: args.secrets_checksum}
+    return {"metadata": metadata, "spec": spec}
 
 
 class CliGroupDeployment(pulumi.ComponentResource):
@@ -108,9 +115,10 @@ class CliGroupDeployment(pulumi.ComponentResource):
                 "revision_history_limit": 5,
                 "selector": {"match_labels": meta.selector(CLI, group)},
                 "template": pod_template(args),
-                "volume_claim_templates": [pod.home_volume_claim(meta)],
+                "volume_claim_templates": [pod.home_volume_claim(meta)] if meta.spec.home_is_persistent else None,
                 # Keep each replica's COPILOT_HOME when scaling down or deleting: it holds the session store.
-                "persistent_volume_claim_retention_policy": {"when_deleted": "Retain", "when_scaled": "Retain"},
+                "persistent_volume_claim_retention_policy": ({"when_deleted": "Retain", "when_scaled": "Retain"}
+                                                             if meta.spec.home_is_persistent else None),
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.session_claim])),
         )
@@ -125,7 +133,10 @@ class CliGroupDeployment(pulumi.ComponentResource):
             self.disruption_budget = policy.PodDisruptionBudget(
                 group.name,
                 metadata=meta.metadata(group.name, CLI, group),
-                spec={"max_unavailable": 1, "selector": {"match_labels": meta.selector(CLI, group)}},
+                # AlwaysAllow: a crash-looping replica (not ready, so not counted as available) must not stall a
+                # node drain; only healthy replicas are protected.
+                spec={"max_unavailable": 1, "selector": {"match_labels": meta.selector(CLI, group)},
+                      "unhealthy_pod_eviction_policy": "AlwaysAllow"},
                 opts=child,
             )
         self.ingress_policy = network.cli_ingress(meta, group, args.clients, child)

@@ -42,7 +42,7 @@ import pulumi
 import pulumi_kubernetes.core.v1 as core
 
 # The names the fleet uses for the CLI pod's own volumes; extra volumes must not reuse them.
-RESERVED_VOLUME_NAMES = frozenset({"copilot-home", "sessions", "tmp"})
+RESERVED_VOLUME_NAMES = frozenset({"copilot-home", "sessions", "logs", "work", "tmp"})
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from copilot_fleet.components.kubernetes.meta import CLI, JANITOR, FleetMeta
-from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.kubernetes.pod import container_security_context, image_pull_policy, pod_security_context
 from copilot_fleet.components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
@@ -30,7 +30,9 @@ LEASE_STORE_FILE = "redis-url"
 # Read-only for the owner (root) and the fsGroup (the janitor's gid): the kubelet gives the files to the fsGroup.
 LEASE_STORE_MODE = 0o440
 # Python with redis-py: about 45 MiB resident; deleting a large tree stays well within the limit.
-RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
+# It writes nothing but its output (the root filesystem is read-only; the volume is the session volume).
+RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi", "ephemeral-storage": "16Mi"},
+             "limits": {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}}
 
 
 def janitor_command(session_ttl: int, lease_store: bool) -> list[str]:
@@ -67,7 +69,7 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
         "containers": [{
             "name": "janitor",
             "image": spec.image,
-            "image_pull_policy": "IfNotPresent",
+            "image_pull_policy": image_pull_policy(spec.image),
             "command": janitor_command(spec.session_ttl, lease_store is not None),
             # The root filesystem is read-only: no bytecode to write; print each line as it comes.
             "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],

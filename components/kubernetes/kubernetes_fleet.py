@@ -107,15 +107,24 @@ class KubernetesFleet(pulumi.ComponentResource):
         clients = network.ClientPeers(
             pod_selector=spec.client_selector,
             namespace_selector=args.client_namespace_selector,
+            backend_selector=spec.backend_selector,
             source_ranges=tuple(args.source_ranges),
         )
         self.default_deny = network.default_deny(meta, child)
+        if spec.egress.mode == "restricted":
+            network.cli_egress(meta, spec.egress, child)
+            configured = spec.redis.url.get_secret_value() if spec.redis.url is not None else None
+            network.janitor_egress(meta, None if redis_url is None else "in-cluster" if in_cluster_redis
+                                   else "external", child, network.external_store_ports(configured))
 
         self.redis: InClusterRedis | None = None
         if password is not None:
-            self.redis = InClusterRedis(REDIS, InClusterRedisArgs(meta), password,
+            self.redis = InClusterRedis(REDIS, InClusterRedisArgs(
+                meta, secrets_checksum=secrets.checksum(self.secret_material, (secrets.REDIS_SECRET,))), password,
                                         opts=after_secrets(secrets.REDIS_SECRET))
             network.redis_ingress(meta, clients, child)
+            if spec.egress.mode == "restricted":
+                network.redis_egress(meta, child)
         janitor_lease_store = (secrets.janitor_redis_url_ref()
                                if secrets.JANITOR_CREDENTIALS in self.secret_material else None)
 
@@ -128,6 +137,8 @@ class KubernetesFleet(pulumi.ComponentResource):
                     session_affinity=spec.load_balancer.session_affinity,
                     source_ranges=tuple(args.source_ranges),
                     janitor_lease_store=janitor_lease_store,
+                    secrets_checksum=secrets.checksum(self.secret_material,
+                                                      (secrets.FLEET_CREDENTIALS, meta.credentials_secret(group))),
                 ),
                 opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
                                    secrets.JANITOR_CREDENTIALS),

@@ -2,10 +2,22 @@
 
 Layout inside the pod (HOME is the per-replica volume, so the CLI's own defaults land there):
 
-    /var/lib/copilot                         copilot-home: per replica (volumeClaimTemplate, ReadWriteOnce)
-    /var/lib/copilot/.copilot                COPILOT_HOME: config, logs, session-store.db (SQLite: never shared)
-    /var/lib/copilot/.copilot/session-state  sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
-    /tmp                                     tmp: emptyDir (the root filesystem is read-only)
+    /var/lib/copilot                 HOME and COPILOT_HOME: copilot-home, per replica (volumeClaimTemplate,
+                                     ReadWriteOnce): config, logs, session-store.db (SQLite: never shared)
+    /var/lib/copilot/session-state   sessions: the shared ReadWriteMany PVC (per-user: the user's own PVC)
+    /var/lib/copilot/logs            logs: emptyDir: the CLI writes a log per process start and never removes one
+    /workspace                       work: emptyDir, the working directory: files the agents' tools write
+    /tmp                             tmp: emptyDir (the root filesystem is read-only)
+
+Only the CLI's config and its session store stay on the retained home volume: logs and the agents' files live as
+long as the pod (container restarts keep them, for debugging), bounded by their sizeLimits and the container's
+ephemeral-storage limit, instead of filling a volume that outlives every pod.
+
+Every mount point sits directly in another volume's root, never deeper: the container runtime creates a missing
+mount point, and every directory above it, as root with mode 0755. With the session volume at
+`~/.copilot/session-state`, runc created `~/.copilot` that way, the CLI (uid 1000) could not write its config
+there and exited 1 without a word on every start; the kubelet's fsGroup change (OnRootMismatch) never repairs a
+directory inside a volume whose root looks right. `mount_points_are_direct` checks the rule.
 """
 
 from __future__ import annotations
@@ -20,8 +32,19 @@ from copilot_fleet.spec import RecycleSpec
 from copilot_fleet.topology import CliGroup
 
 HOME = "/var/lib/copilot"
-COPILOT_HOME = f"{HOME}/.copilot"
+COPILOT_HOME = HOME  # the home volume's root itself: see the module docstring
 SESSION_STATE = f"{COPILOT_HOME}/session-state"
+LOGS = f"{COPILOT_HOME}/logs"  # where the CLI writes its logs (its default, under COPILOT_HOME)
+WORKSPACE = "/workspace"
+
+# emptyDir sizes: the kubelet evicts a pod whose emptyDir passes its sizeLimit. Logs at info are a few KiB per
+# session (measured with the runtime tier); the workspace holds what the agents' tools write.
+TMP_SIZE = "1Gi"
+LOGS_SIZE = "256Mi"
+WORKSPACE_SIZE = "2Gi"
+# Node-local disk for the container (its emptyDirs count towards it): used when fleet:resources leaves it unset.
+EPHEMERAL_STORAGE_REQUEST = "512Mi"
+EPHEMERAL_STORAGE_LIMIT = "4Gi"
 PORT_NAME = "copilot"
 CONTAINER_NAME = "copilot"
 
@@ -43,6 +66,11 @@ def cli_args(meta: FleetMeta) -> list[str]:
     if spec.idle_timeout > 0:
         args += ["--session-idle-timeout", str(spec.idle_timeout)]
     return args
+
+
+def secret_env_names(env: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The variables the container gets from Secrets."""
+    return [e["name"] for e in env if "secret_key_ref" in (e.get("value_from") or {})]
 
 
 def cli_env(meta: FleetMeta, group: CliGroup) -> list[dict[str, Any]]:
@@ -133,6 +161,12 @@ def prestop_seconds(grace_seconds: int) -> int:
     return max(1, min(MAX_PRESTOP_SECONDS, grace_seconds // 2))
 
 
+def image_pull_policy(image: str | None) -> str:
+    """A digest names one build: pull it once. A tag can be pushed again: check it at every start, or nodes keep
+    running different builds under one name (pin `name:tag@sha256:...` to drop the check)."""
+    return "IfNotPresent" if image is not None and "@sha256:" in image else "Always"
+
+
 def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
     return {
         "allow_privilege_escalation": False,
@@ -158,20 +192,38 @@ def cli_container(meta: FleetMeta, group: CliGroup,
                   extra_mounts: Sequence[Mapping[str, Any] | Any] = ()) -> dict[str, Any]:
     spec = meta.spec
     probes = cli_probes(spec.port, spec.recycle)
+    env = cli_env(meta, group)
+    mounts: list[Mapping[str, Any] | Any] = [
+        {"name": "copilot-home", "mount_path": HOME},
+        # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
+        {"name": "sessions", "mount_path": SESSION_STATE},
+        {"name": "logs", "mount_path": LOGS},
+        {"name": "work", "mount_path": WORKSPACE},
+        {"name": "tmp", "mount_path": "/tmp"},
+        *extra_mounts,
+    ]
+    nested = mount_points_are_direct([m["mount_path"] if isinstance(m, Mapping) else m.mount_path for m in mounts])
+    if nested:
+        raise ValueError(f"CLI container mounts {', '.join(nested)}: a mount point must sit directly in the root "
+                         "of the volume it is in (the runtime would create the directories between as root)")
     return {
         "name": CONTAINER_NAME,
         "image": spec.image,
-        "image_pull_policy": "IfNotPresent",
-        "args": cli_args(meta),
-        "env": cli_env(meta, group),
-        "working_dir": HOME,
+        "image_pull_policy": image_pull_policy(spec.image),
+        # The server needs its credentials; the shell and MCP servers a session starts (untrusted tool runs) do
+        # not: the CLI strips these from their environment and redacts them from their output.
+        "args": [*cli_args(meta), f"--secret-env-vars={','.join(secret_env_names(env))}"],
+        "env": env,
+        "working_dir": WORKSPACE,
         "ports": [{"name": PORT_NAME, "container_port": spec.port, "protocol": "TCP"}],
         "startup_probe": probes.startup,
         "readiness_probe": probes.readiness,
         "liveness_probe": probes.liveness,
         "resources": {
-            "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory},
-            "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory},
+            "requests": {"cpu": spec.resources.requests.cpu, "memory": spec.resources.requests.memory,
+                         "ephemeral-storage": spec.resources.requests.ephemeral_storage or EPHEMERAL_STORAGE_REQUEST},
+            "limits": {"cpu": spec.resources.limits.cpu, "memory": spec.resources.limits.memory,
+                       "ephemeral-storage": spec.resources.limits.ephemeral_storage or EPHEMERAL_STORAGE_LIMIT},
         },
         "lifecycle": {"pre_stop": {"exec": {"command": [
             "/bin/sh", "-c",
@@ -179,14 +231,37 @@ def cli_container(meta: FleetMeta, group: CliGroup,
             f"--session-state {SESSION_STATE} "
             f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
-        "volume_mounts": [
-            {"name": "copilot-home", "mount_path": HOME},
-            # Only session-state/ is shared: the SQLite session-store.db next to it must stay per replica.
-            {"name": "sessions", "mount_path": SESSION_STATE},
-            {"name": "tmp", "mount_path": "/tmp"},
-            *extra_mounts,
-        ],
+        "volume_mounts": mounts,
     }
+
+
+def mount_points_are_direct(mount_paths: Sequence[str]) -> list[str]:
+    """The mount paths that lie inside another mount but not directly in its root (the runtime would create the
+    directories between them as root, 0755): empty when the layout is safe."""
+    paths = sorted({p.rstrip("/") or "/" for p in mount_paths})
+    bad = []
+    for path in paths:
+        parents = [p for p in paths if p != path and path.startswith(p.rstrip("/") + "/")]
+        if parents:
+            closest = max(parents, key=len)
+            if path.rpartition("/")[0] != closest.rstrip("/"):
+                bad.append(f"{path} (inside {closest})")
+    return bad
+
+
+def cli_scratch_volumes() -> list[dict[str, Any]]:
+    """The CLI pod's emptyDirs (see the module docstring)."""
+    return [
+        {"name": "logs", "empty_dir": {"size_limit": LOGS_SIZE}},
+        {"name": "work", "empty_dir": {"size_limit": WORKSPACE_SIZE}},
+        {"name": "tmp", "empty_dir": {"size_limit": TMP_SIZE}},
+    ]
+
+
+def ephemeral_home_volume(meta: FleetMeta) -> dict[str, Any]:
+    """COPILOT_HOME as an emptyDir (storage.persistentHome false; the per-user default): the CLI's config and its
+    session store (a search index) start afresh with each pod; sessions resume from session-state/ regardless."""
+    return {"name": "copilot-home", "empty_dir": {"size_limit": meta.spec.storage.home_size}}
 
 
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:

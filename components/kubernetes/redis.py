@@ -1,7 +1,13 @@
 """The in-cluster lease store: one Redis with a generated password and append-only persistence.
 
 Deployed for `shared-cli` and `shared-session` when `fleet:redis.mode` is in-cluster. The password reaches Redis
-only through the environment (`--requirepass $(REDIS_PASSWORD)`, expanded by the kubelet), never in the manifest.
+as a config file from its Secret (`requirepass ...`, mounted read-only), so it is in neither the manifest, nor
+Redis' command line (`ps`, /proc/<pid>/cmdline), nor its environment; the readiness probe reads the same file.
+
+One replica, on purpose without a PodDisruptionBudget: a budget on a single pod either blocks every node drain or
+protects nothing. A drain moves Redis (its AOF volume re-attaches elsewhere, leases survive); meanwhile clients
+cannot take leases and fail closed (no session is attached twice). For a lease store that stays up through node
+maintenance, use `redis.mode: external` with a managed, replicated Redis.
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import pulumi_random as random
 from copilot_fleet.components.common import child_options
 from copilot_fleet.components.kubernetes import secrets
 from copilot_fleet.components.kubernetes.meta import LEASE_STORE, REDIS, REDIS_PORT, FleetMeta
-from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.kubernetes.pod import container_security_context, image_pull_policy, pod_security_context
 
 # The `redis` user of the official images (alpine and debian variants alike).
 REDIS_UID = 999
 DATA = "/data"
+AUTH_DIR = "/etc/copilot-redis"
+AUTH_FILE = f"{AUTH_DIR}/auth.conf"
+HEADLESS_SERVICE = f"{REDIS}-headless"  # governs the StatefulSet (stable pod DNS); clients use the REDIS Service
+
 
 
 @dataclass(frozen=True)
 class InClusterRedisArgs:
     meta: FleetMeta
+    secrets_checksum: pulumi.Input[str] | None = None  # of Secret copilot-redis (a rotation restarts Redis)
 
 
 def redis_password(name: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
@@ -41,8 +52,9 @@ def in_cluster_url(meta: FleetMeta, password: pulumi.Input[str]) -> pulumi.Outpu
 
 
 class InClusterRedis(pulumi.ComponentResource):
-    """Service `copilot-redis` + StatefulSet `copilot-redis` (data on a volumeClaimTemplate); the password Secret
-    is one of the fleet's Secrets (see secrets.py)."""
+    """Service `copilot-redis` (clients) + headless Service `copilot-redis-headless` (the StatefulSet's) +
+    StatefulSet `copilot-redis` (data on a volumeClaimTemplate); the password Secret is one of the fleet's Secrets
+    (see secrets.py)."""
 
     url: pulumi.Output[str]
 
@@ -60,40 +72,62 @@ class InClusterRedis(pulumi.ComponentResource):
             spec={"type": "ClusterIP", "selector": selector, "ports": [port]},
             opts=child,
         )
+        self.headless_service = core.Service(
+            HEADLESS_SERVICE,
+            metadata=meta.metadata(HEADLESS_SERVICE, LEASE_STORE),
+            spec={"cluster_ip": "None", "selector": selector, "ports": [port], "publish_not_ready_addresses": False},
+            opts=child,
+        )
         tcp = {"tcp_socket": {"port": "redis"}}
-        ping = {"exec": {"command": ["/bin/sh", "-c",
-                                     'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli -p 6379 ping | grep -q PONG']}}
+        ping = {"exec": {"command": [
+            "/bin/sh", "-c",
+            f'REDISCLI_AUTH="$(sed -n "s/^requirepass //p" {AUTH_FILE})" redis-cli -p {REDIS_PORT} ping '
+            "| grep -q PONG"]}}
+        auth = secrets.redis_auth_config_ref()
+        template_metadata: dict[str, object] = {"labels": meta.labels(LEASE_STORE)}
+        if args.secrets_checksum is not None:
+            template_metadata["annotations"] = {secrets.CHECKSUM_ANNOTATION: args.secrets_checksum}
         self.stateful_set = apps.StatefulSet(
             REDIS,
             metadata=meta.metadata(REDIS, LEASE_STORE),
             spec={
-                "service_name": REDIS,
+                "service_name": HEADLESS_SERVICE,
                 "replicas": 1,
                 "selector": {"match_labels": selector},
                 "template": {
-                    "metadata": {"labels": meta.labels(LEASE_STORE)},
+                    "metadata": template_metadata,
                     "spec": {
                         "automount_service_account_token": False,
+                        # No Service variables: Redis reads none, and they would change with every Service.
+                        "enable_service_links": False,
                         "security_context": pod_security_context(REDIS_UID),
                         "termination_grace_period_seconds": 30,
                         "containers": [{
                             "name": "redis",
                             "image": spec.redis.image,
-                            "image_pull_policy": "IfNotPresent",
+                            "image_pull_policy": image_pull_policy(spec.redis.image),
                             "command": ["redis-server"],
-                            "args": ["--requirepass", "$(REDIS_PASSWORD)", "--appendonly", "yes",
-                                     "--appendfsync", "everysec", "--dir", DATA, "--port", str(REDIS_PORT)],
-                            "env": [secrets.redis_password_ref().env("REDIS_PASSWORD")],
+                            # The config file first (the password), then the options.
+                            "args": [AUTH_FILE, "--appendonly", "yes", "--appendfsync", "everysec", "--dir", DATA,
+                                     "--port", str(REDIS_PORT)],
                             "ports": [{"name": "redis", "container_port": REDIS_PORT, "protocol": "TCP"}],
                             "readiness_probe": {**ping, "period_seconds": 5, "timeout_seconds": 3},
                             "liveness_probe": {**tcp, "period_seconds": 20, "timeout_seconds": 5},
-                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                          "limits": {"cpu": "500m", "memory": "256Mi"}},
+                            # Data is on its volume; only /tmp (64Mi) and its output are node-local.
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "32Mi"},
+                                          "limits": {"cpu": "500m", "memory": "256Mi",
+                                                     "ephemeral-storage": "128Mi"}},
                             "security_context": container_security_context(),
                             "volume_mounts": [{"name": "data", "mount_path": DATA},
+                                              {"name": "auth", "mount_path": AUTH_DIR, "read_only": True},
                                               {"name": "tmp", "mount_path": "/tmp"}],
                         }],
-                        "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "64Mi"}}],
+                        "volumes": [
+                            {"name": "tmp", "empty_dir": {"size_limit": "64Mi"}},
+                            # 0440: the owner (root) and the fsGroup (Redis' group) read it, nobody else.
+                            {"name": "auth", "secret": {"secret_name": auth.name, "default_mode": 0o440,
+                                                        "items": [{"key": auth.key, "path": "auth.conf"}]}},
+                        ],
                     },
                 },
                 "volume_claim_templates": [{

@@ -9,13 +9,14 @@ volume: its lease store URL is a file, see janitor.py). The fleet creates the Se
 |---|---|---|
 | `copilot-fleet-credentials` | `github-token`, `provider-api-key` | a fleet GitHub token / a BYOK provider is set |
 | `<group>-credentials` | `connection-token`, and `github-token` for a per-user user with their own token | always |
-| `copilot-redis` | `password` | in-cluster Redis |
+| `copilot-redis` | `password`, `auth.conf` (`requirepass <password>`) | in-cluster Redis |
 | `copilot-janitor-credentials` | `redis-url` | a lease store (shared patterns): the janitor mounts it as a file |
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -31,6 +32,9 @@ PROVIDER_API_KEY_KEY = "provider-api-key"
 CONNECTION_TOKEN_KEY = "connection-token"
 REDIS_SECRET = REDIS
 REDIS_PASSWORD_KEY = "password"
+# The same password as a Redis config file (`requirepass ...`): Redis reads it from a mounted file, so the password
+# is in neither its command line nor its environment.
+REDIS_AUTH_CONFIG_KEY = "auth.conf"
 # The lease store URL for the session janitor, in a Secret of its own: the CLI pods never see it.
 JANITOR_CREDENTIALS = "copilot-janitor-credentials"
 REDIS_URL_KEY = "redis-url"
@@ -73,6 +77,10 @@ def redis_password_ref() -> SecretKeyRef:
     return SecretKeyRef(REDIS_SECRET, REDIS_PASSWORD_KEY)
 
 
+def redis_auth_config_ref() -> SecretKeyRef:
+    return SecretKeyRef(REDIS_SECRET, REDIS_AUTH_CONFIG_KEY)
+
+
 def janitor_redis_url_ref() -> SecretKeyRef:
     return SecretKeyRef(JANITOR_CREDENTIALS, REDIS_URL_KEY)
 
@@ -100,13 +108,35 @@ def secret_material(topology: Topology, tokens: ConnectionTokens,
             data[GITHUB_TOKEN_KEY] = pulumi.Output.secret(user_tokens[group.user].get_secret_value())
         out[FleetMeta.credentials_secret(group)] = data
     if redis_password is not None:
-        out[REDIS_SECRET] = {REDIS_PASSWORD_KEY: redis_password}
+        out[REDIS_SECRET] = {
+            REDIS_PASSWORD_KEY: redis_password,
+            REDIS_AUTH_CONFIG_KEY: pulumi.Output.secret(pulumi.Output.concat("requirepass ", redis_password, "\n")),
+        }
     if topology.lease_store is not None:
         if lease_store_url is None:
             # Fail here rather than deploy a janitor that deletes on a shared volume without leases.
             raise ValueError("the topology has a lease store but no lease store URL was given for the janitor")
         out[JANITOR_CREDENTIALS] = {REDIS_URL_KEY: pulumi.Output.secret(lease_store_url)}
     return out
+
+
+CHECKSUM_ANNOTATION = "copilot-fleet/secrets-checksum"
+
+
+def checksum(material: Mapping[str, Mapping[str, pulumi.Input[str]]], names: Iterable[str]) -> pulumi.Output[str]:
+    """A digest of the values of the named Secrets, for a pod template annotation: environment variables from a
+    Secret are read once, at container start, so a rotated value reaches running pods only if the template changes
+    (which rolls the pods). Secrets the fleet does not hold (none by that name) are left out.
+
+    The digest is not a secret (a secret anywhere in a pod template makes Pulumi hide the whole spec): every set of
+    names it is given includes a generated value (a group's connection token, the Redis password: 48 and 40 random
+    characters) hashed with the rest, so the digest cannot be used to guess a weaker value such as a provider key."""
+    parts: list[pulumi.Input[str]] = []
+    for name in sorted(set(names)):
+        for key, value in sorted((material.get(name) or {}).items()):
+            parts += [f"{name}/{key}=", value, "\n"]
+    digest = pulumi.Output.all(*parts).apply(lambda values: hashlib.sha256("".join(values).encode()).hexdigest())
+    return pulumi.Output.unsecret(digest)
 
 
 def create_secrets(meta: FleetMeta, material: Mapping[str, Mapping[str, pulumi.Output[str]]],

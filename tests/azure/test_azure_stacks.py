@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 
@@ -21,7 +22,7 @@ from copilot_fleet.components.azure.secret_sync import CLIENT_ID_ANNOTATION
 from copilot_fleet.components.azure.secret_sync import NAME as SYNC_NAME
 from copilot_fleet.components.azure.vault import KEY_VAULT_SECRETS_USER
 from copilot_fleet.spec import FleetSpec
-from copilot_fleet.stackfile import load_stack_spec
+from copilot_fleet.stackfile import load_stack_spec, read_stack_config
 from copilot_fleet.target import parse_target
 from copilot_fleet.topology import build_topology
 from tests.helpers.azure_mock_engine import AZURE_STACKS, PROJECT_DIR, Run, clear, is_secret
@@ -120,7 +121,8 @@ def test_key_vault_uses_rbac_and_only_the_sync_identity_reads_it(run: Run) -> No
     assert props["enableSoftDelete"] is True and props["enablePurgeProtection"] is True
     vault_id, _ = arm_answer(run, vault.typ)
     _, identity = arm_answer(run, f"{AZ}managedidentity:UserAssignedIdentity")
-    (assignment,) = run.of_type(f"{AZ}authorization:RoleAssignment")
+    (assignment,) = [r for r in run.of_type(f"{AZ}authorization:RoleAssignment")
+                     if clear(r.inputs)["scope"] == vault_id]
     a = clear(assignment.inputs)
     assert a["roleDefinitionId"].endswith(f"/roleDefinitions/{KEY_VAULT_SECRETS_USER}")
     assert a["roleDefinitionId"].startswith(f"/subscriptions/{offline.SUBSCRIPTION}/")
@@ -197,7 +199,7 @@ def test_only_the_sync_pods_carry_the_workload_identity(run: Run) -> None:
     assert sa["metadata"]["annotations"][CLIENT_ID_ANNOTATION] == identity["clientId"]
     provider_class = run.get("SecretProviderClass", SYNC_NAME)["spec"]["parameters"]
     assert provider_class["clientID"] == identity["clientId"] and provider_class["usePodIdentity"] == "false"
-    assert provider_class["tenantId"] == offline.TENANT
+    assert provider_class["tenantID"] == offline.TENANT and "tenantId" not in provider_class
     sync = run.get("Deployment", SYNC_NAME)
     assert sync["spec"]["replicas"] >= 2 and sync["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert sync["spec"]["template"]["spec"]["serviceAccountName"] == SYNC_NAME
@@ -376,3 +378,99 @@ def test_offline_render_covers_azure_stacks(stack: str) -> None:
     assert kinds.get("StatefulSet") and kinds.get("NetworkPolicy") and kinds.get("SecretProviderClass")
     assert kinds.get("PersistentVolume")  # the Azure Files share, bound statically
     assert OFFLINE_SECRET not in json.dumps(result.objects)
+
+
+def test_two_stacks_in_one_resource_group_do_not_collide(run_mocked: Callable[..., Run]) -> None:
+    """Stacks may share a resource group (fleet:azure.resourceGroupName): the names of what lives inside it (the
+    sync identity) carry the stack."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-session")
+    names = set()
+    for stack in ("team-a", "team-b"):
+        run = run_mocked(values, secret, stack=stack)
+        (identity,) = run.of_type("azure-native:managedidentity:UserAssignedIdentity")
+        names.add(identity.inputs["resourceName"])
+    assert len(names) == 2, names
+
+
+def test_disruption_budgets_let_unhealthy_pods_go(run: Run) -> None:
+    """A crash-looping pod must not stall node drains behind its PodDisruptionBudget (the CLI's and the sync's)."""
+    budgets = run.kind("PodDisruptionBudget")
+    assert budgets
+    for budget in budgets:
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", budget["metadata"]["name"]
+
+
+def test_outside_clients_and_client_namespaces_reach_the_aks_fleet(run_mocked: Callable[..., Run]) -> None:
+    """fleet:loadBalancer.sourceRanges and fleet:clientNamespaceSelector shape the Service and the policies on AKS
+    as on any cluster (they were dropped on Azure: outside clients never got in)."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    values = {**values, "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
+              "fleet:clientNamespaceSelector": {"team": "apps"}}
+    run = run_mocked(values, secret, stack="azure-lb")
+    service = run.get("Service", "copilot-cli")["spec"]
+    assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert service["externalTrafficPolicy"] == "Local"
+    peers = run.get("NetworkPolicy", "copilot-cli-ingress")["spec"]["ingress"][0]["from"]
+    assert {"ipBlock": {"cidr": "203.0.113.0/24"}} in peers
+    assert peers[0]["namespaceSelector"] == {"matchLabels": {"team": "apps"}}
+
+
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+
+
+def test_the_first_image_pull_works(stack: str, run: Run) -> None:
+    """The cluster's kubelet identity gets AcrPull on the registry holding fleet:image in the same pulumi up (the
+    Kubernetes fleet depends on it): the first image pull must not fail."""
+    registry = spec_of(stack).azure.container_registry_id
+    pulls = [r for r in run.of_type(f"{AZ}authorization:RoleAssignment")
+             if clear(r.inputs)["roleDefinitionId"].endswith(f"/roleDefinitions/{ACR_PULL}")]
+    assert len(pulls) == 1
+    a = clear(pulls[0].inputs)
+    _, cluster = arm_answer(run, f"{AZ}containerservice:ManagedCluster")
+    assert a["scope"] == registry
+    assert a["principalId"] == cluster["identityProfile"]["kubeletidentity"]["objectId"]
+    assert a["principalType"] == "ServicePrincipal"
+
+
+def test_an_acr_image_without_its_registry_is_refused(run_mocked: Callable[..., Run]) -> None:
+    from copilot_fleet.render import RecordingMocks, run_program
+    from copilot_fleet.spec import ConfigError
+
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    azure = {k: v for k, v in values["fleet:azure"].items() if k != "containerRegistryId"}
+    with pytest.raises(ConfigError, match="fleet:azure.containerRegistryId: fleet:image is in Azure Container "
+                                          "Registry myregistry.azurecr.io"):
+        run_program({**values, "fleet:azure": azure}, secret, stack="no-acr", mocks=RecordingMocks())
+    other = {**azure, "containerRegistryId": values["fleet:azure"]["containerRegistryId"].replace(
+        "/myregistry", "/otherregistry")}
+    with pytest.raises(ConfigError, match="names registry 'otherregistry' but fleet:image is in myregistry"):
+        run_program({**values, "fleet:azure": other}, secret, stack="wrong-acr", mocks=RecordingMocks())
+
+
+def _protected(run_mocked: Callable[..., Run], values: dict[str, Any], secret: set[str], stack: str,
+               monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """type -> whether Pulumi `protect` is set, for every custom resource the program creates (the mock engine's
+    registrations do not carry resource options, so they are read where the program passes them)."""
+    seen: dict[str, bool] = {}
+    original = pulumi.CustomResource.__init__
+
+    def record(self: Any, t: str, name: str, props: Any = None, opts: pulumi.ResourceOptions | None = None,
+               *args: Any, **kwargs: Any) -> None:
+        seen[t] = seen.get(t, False) or bool(opts is not None and opts.protect)
+        original(self, t, name, props, opts, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.CustomResource, "__init__", record)
+    run_mocked(values, secret, stack=stack)
+    return seen
+
+
+def test_storage_shares_and_the_vault_are_protected(run_mocked: Callable[..., Run],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sessions' history (storage accounts, shares) and every credential (the vault) survive `pulumi destroy`
+    and replacing changes unless fleet:azure.protectData is turned off first; nothing else is protected."""
+    values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
+    protected = _protected(run_mocked, values, secret, "protect-on", monkeypatch)
+    data = {f"{AZ}storage:StorageAccount", f"{AZ}storage:FileShare", f"{AZ}keyvault:Vault"}
+    assert {t for t, on in protected.items() if on} == data
+    off = {**values, "fleet:azure": {**values["fleet:azure"], "protectData": False}}
+    assert not any(_protected(run_mocked, off, secret, "protect-off", monkeypatch).values())

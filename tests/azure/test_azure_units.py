@@ -14,6 +14,16 @@ from copilot_fleet.components.azure.layout import REDIS_URL_SECRET, secret_layou
 from copilot_fleet.components.azure.secret_sync import SyncedSecret, provider_class_spec
 
 
+def test_identity_names_carry_the_stack() -> None:
+    from copilot_fleet.components.azure.names import AzureNameError, identity_name
+
+    assert identity_name("copilot-keyvault-sync", "team.prod") == "id-copilot-keyvault-sync-team-prod"
+    assert identity_name("copilot-keyvault-sync", "a") != identity_name("copilot-keyvault-sync", "b")
+    assert len(identity_name("x", "s" * 200)) == 128
+    with pytest.raises(AzureNameError):
+        identity_name("", "")
+
+
 @pytest.mark.parametrize("volume", ["copilot-sessions", "copilot-user-a-sessions",
                                     "copilot-user-" + "x" * 40 + "-sessions"])
 def test_storage_account_names_fit_azure_rules_and_differ_per_volume(volume: str) -> None:
@@ -53,7 +63,7 @@ def test_provider_class_uses_workload_identity_and_syncs_each_key() -> None:
     params = spec["parameters"]
     assert spec["provider"] == "azure"
     assert params["usePodIdentity"] == "false" and params["clientID"] == "cid"
-    assert params["keyvaultName"] == "kv-x" and params["tenantId"] == "tid"
+    assert params["keyvaultName"] == "kv-x" and params["tenantID"] == "tid" and "tenantId" not in params
     objects = [yaml.safe_load(o) for o in yaml.safe_load(params["objects"])["array"]]
     assert sorted(o["objectName"] for o in objects) == ["connection-token", "github-token", "storage-key-v"]
     assert {o["objectType"] for o in objects} == {"secret"}

@@ -32,7 +32,7 @@ ALL_SECRETS = (GITHUB_TOKEN, API_KEY, REDIS_URL, "TESTSECRET-redis-pw-0003", *US
 BASE: dict[str, tuple[dict[str, Any], set[str]]] = {
     "shared-cli": ({
         "isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "replicas": 3,
-        "namespace": "fleet-a", "githubToken": GITHUB_TOKEN,
+        "namespace": "fleet-a", "githubToken": GITHUB_TOKEN, "storage": {"storageClass": "nfs-client"},
     }, {"githubToken"}),
     "shared-session": ({
         "isolation": "shared-session", "platform": "kubernetes", "image": IMAGE, "replicas": 2,
@@ -40,7 +40,9 @@ BASE: dict[str, tuple[dict[str, Any], set[str]]] = {
         "provider": {"type": "openai", "baseUrl": "https://models.example.com/v1", "apiKey": API_KEY,
                      "model": "gpt-4.1"},
         "redis": {"mode": "external", "url": REDIS_URL},
-        "loadBalancer": {"serviceType": "LoadBalancer", "sessionAffinity": "ClientIP"},
+        "loadBalancer": {"serviceType": "LoadBalancer", "sessionAffinity": "ClientIP",
+                         "sourceRanges": ["203.0.113.0/24"]},
+        "storage": {"storageClass": "nfs-client"},
     }, {"provider", "redis"}),
     "per-user": ({
         "isolation": "per-user", "platform": "kubernetes", "image": IMAGE, "namespace": "fleet-c",

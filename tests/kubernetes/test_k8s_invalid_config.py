@@ -14,9 +14,11 @@ from copilot_fleet.render import RecordingMocks, run_program
 from copilot_fleet.spec import ConfigError
 
 IMAGE = "registry.example.com/copilot-cli:1.0.102"
-SHARED: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "githubToken": "ghp_x"}
+SHARED: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "image": IMAGE, "githubToken": "ghp_x",
+                          "storage": {"storageClass": "nfs-client"}}
 PER_USER: dict[str, Any] = {"isolation": "per-user", "platform": "kubernetes", "image": IMAGE,
-                            "users": [{"id": "alice", "githubToken": "ghp_a"}]}
+                            "users": [{"id": "alice", "githubToken": "ghp_a"}],
+                            "storage": {"accessMode": "ReadWriteOnce"}}
 DROP = object()
 
 # (case id, base, changes (DROP removes a key), secret keys, the key the message must name)
@@ -74,6 +76,29 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], str]] = [
      {"resources": {"requests": {"cpu": "4", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
      {"githubToken"}, "requests.cpu"),
     ("cron-bad", SHARED, {"janitorSchedule": "every 15 minutes"}, {"githubToken"}, "fleet:janitorSchedule"),
+    ("rwx-without-class", SHARED, {"storage": {"size": "10Gi"}}, {"githubToken"}, "fleet:storage.storageClass"),
+    ("load-balancer-without-ranges", SHARED, {"loadBalancer": {"serviceType": "LoadBalancer"}}, {"githubToken"},
+     "fleet:loadBalancer.sourceRanges"),
+    ("node-port-without-ranges", SHARED, {"loadBalancer": {"serviceType": "NodePort"}}, {"githubToken"},
+     "fleet:loadBalancer.sourceRanges"),
+    ("backend-selector-shared", SHARED, {"backendSelector": {"app": "b"}}, {"githubToken"},
+     "fleet:backendSelector"),
+    ("backend-selector-empty", PER_USER, {"backendSelector": {}}, {"users"}, "fleet:backendSelector"),
+    ("egress-private-provider", SHARED, {"provider": {"baseUrl": "http://10.1.2.3:8000/v1", "apiKey": "sk"}},
+     {"githubToken", "provider"}, "fleet:provider.baseUrl: http://10.1.2.3:8000/v1 is a private"),
+    ("egress-metadata-endpoint", SHARED, {"otlpEndpoint": "http://169.254.169.254:80"}, {"githubToken"},
+     "fleet:otlpEndpoint: http://169.254.169.254:80 is a private or link-local address"),
+    ("egress-in-cluster-provider", SHARED, {"provider": {"baseUrl": "http://models.ml.svc:8080/v1", "apiKey": "sk"}},
+     {"githubToken", "provider"}, "fleet:egress.allow {namespace: ml, ports: [8080]}"),
+    ("egress-same-namespace-service", SHARED, {"otlpEndpoint": "http://collector:4318"}, {"githubToken"},
+     "is a Service in namespace 'copilot-fleet'"),
+    ("egress-public-port", SHARED, {"provider": {"baseUrl": "https://models.example.com:8443/v1", "apiKey": "sk"}},
+     {"githubToken", "provider"}, "uses port 8443"),
+    ("egress-rule-two-destinations", SHARED, {"egress": {"allow": [{"cidr": "10.0.0.0/8", "namespace": "a",
+                                                                      "ports": [1]}]}},
+     {"githubToken"}, "fleet:egress.allow"),
+    ("egress-rule-no-ports", SHARED, {"egress": {"allow": [{"cidr": "10.0.0.0/8", "ports": []}]}},
+     {"githubToken"}, "fleet:egress.allow"),
     ("service-type-unknown", SHARED, {"loadBalancer": {"serviceType": "Ingress"}}, {"githubToken"},
      "fleet:loadBalancer.serviceType"),
     ("affinity-unknown", SHARED, {"loadBalancer": {"sessionAffinity": "Cookie"}}, {"githubToken"},

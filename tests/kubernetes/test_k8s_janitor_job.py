@@ -121,8 +121,8 @@ def test_the_job_keeps_its_limits_and_its_security(make_fleet, kube):
             pod = kube.pod_template(job)["spec"]
             (c,) = pod["containers"]
             assert c["image"] == kube.IMAGE
-            assert c["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi"},
-                                      "limits": {"cpu": "500m", "memory": "256Mi"}}
+            assert c["resources"] == {"requests": {"cpu": "10m", "memory": "64Mi", "ephemeral-storage": "16Mi"},
+                                      "limits": {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}}
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000

@@ -39,12 +39,73 @@ def test_session_state_alone_is_on_the_session_volume(make_fleet, kube, pattern)
         claim = claims[volumes[session_volume[0]]["persistentVolumeClaim"]["claimName"]]
         expected_mode = "ReadWriteOnce" if pattern == "per-user" else "ReadWriteMany"
         assert claim["spec"]["accessModes"] == [expected_mode]
-        # COPILOT_HOME itself lives on the per-replica volumeClaimTemplate (ReadWriteOnce), not on the share
-        (template,) = sts["spec"]["volumeClaimTemplates"]
-        home_mount = mounts[template["metadata"]["name"]]
-        assert home == home_mount or home.startswith(home_mount + "/")
-        assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+        # COPILOT_HOME itself is the replica's own: a volumeClaimTemplate (ReadWriteOnce) for the shared patterns,
+        # an emptyDir per-user (a disk per user runs into attach limits); never the share
+        if pattern == "per-user":
+            assert "volumeClaimTemplates" not in sts["spec"]
+            (home_volume,) = [n for n, v in volumes.items() if "emptyDir" in v and mounts.get(n) == home]
+        else:
+            (template,) = sts["spec"]["volumeClaimTemplates"]
+            home_mount = mounts[template["metadata"]["name"]]
+            assert home == home_mount
+            assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
         assert not home.startswith(mounts[session_volume[0]])
+
+
+def test_mount_points_sit_directly_in_a_volume_root(make_fleet, kube, pattern):
+    """A container runtime creates a missing mount point, and every directory above it, as root with mode 0755: a
+    mount two levels inside another volume leaves a root-owned directory the non-root server cannot write in (the
+    CLI exited 1 on every start; tests/runtime runs the pods in runc)."""
+    fleet = make_fleet(pattern)
+    for workload in kube.workloads(fleet):
+        for container in kube.containers(workload):
+            paths = sorted(m["mountPath"] for m in container.get("volumeMounts", []))
+            for path in paths:
+                inside = [p for p in paths if p != path and path.startswith(p.rstrip("/") + "/")]
+                if inside:
+                    assert path.rpartition("/")[0] == max(inside, key=len), (
+                        f"{workload['metadata']['name']}: {path} is not directly in the root of {max(inside, key=len)}")
+
+
+def test_node_local_disk_is_bounded_and_nothing_transient_lands_on_the_retained_home(make_fleet, kube, pattern):
+    """Every container requests and limits ephemeral-storage; every emptyDir has a sizeLimit; the CLI's logs and its
+    working directory (the agents' files) are emptyDirs, not the retained home volume that outlives every pod."""
+    fleet = make_fleet(pattern)
+    for workload in kube.workloads(fleet):
+        spec = kube.pod_template(workload)["spec"]
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{workload['metadata']['name']}: {volume['name']}"
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert "ephemeral-storage" in resources["requests"] and "ephemeral-storage" in resources["limits"], (
+                f"{workload['metadata']['name']}/{container['name']}: no ephemeral-storage bounds")
+        if workload["kind"] != "StatefulSet" or "copilot-home" not in {
+                t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}:
+            continue
+        (cli,) = spec["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in cli["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        home = kube.env_of(cli)["COPILOT_HOME"]["value"]
+        assert "emptyDir" in volumes[mounts[f"{home}/logs"]], "the CLI's logs are on the retained home volume"
+        assert "emptyDir" in volumes[mounts[cli["workingDir"]]], "the working directory is not an emptyDir"
+
+
+def test_ephemeral_storage_is_configurable(make_fleet, kube):
+    fleet = make_fleet("shared-cli", resources={
+        "requests": {"cpu": "250m", "memory": "512Mi", "ephemeralStorage": "1Gi"},
+        "limits": {"cpu": "2", "memory": "2Gi", "ephemeralStorage": "8Gi"}})
+    (cli,) = kube.containers(fleet.get("StatefulSet", "copilot-cli"))
+    assert cli["resources"]["requests"]["ephemeral-storage"] == "1Gi"
+    assert cli["resources"]["limits"]["ephemeral-storage"] == "8Gi"
+
+
+def test_nested_extra_mount_is_refused(kube):
+    from copilot_fleet.components.kubernetes.pod import mount_points_are_direct
+
+    assert mount_points_are_direct(["/var/lib/copilot", "/var/lib/copilot/session-state", "/tmp"]) == []
+    assert mount_points_are_direct(["/var/lib/copilot", "/var/lib/copilot/.copilot/session-state"]) == [
+        "/var/lib/copilot/.copilot/session-state (inside /var/lib/copilot)"]
 
 
 def test_shared_patterns_share_one_read_write_many_claim(make_fleet, kube):
@@ -160,17 +221,30 @@ def test_redis_exactly_where_the_pattern_needs_it(make_fleet, kube, pattern, ove
     assert bool(redis_sets) == expect_redis
     if expect_redis:
         (sts,) = redis_sets
-        (c,) = sts["spec"]["template"]["spec"]["containers"]
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
         args = c["args"]
-        assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        # The password is in a mounted config file: not on Redis' command line, not in its environment.
+        assert "--requirepass" not in args and "env" not in c
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        (config_file,) = [a for a in args if not a.startswith("--") and a.endswith(".conf")]
+        auth = volumes[mounts[config_file.rpartition("/")[0]]]["secret"]
+        secret = fleet.get("Secret", auth["secretName"])["stringData"]
+        password = secret["password"]
+        assert secret[auth["items"][0]["key"]] == f"requirepass {password}\n"
+        assert auth["defaultMode"] == 0o440
         assert args[args.index("--appendonly") + 1] == "yes"
-        ref = kube.env_of(c)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-        assert ref["key"] in fleet.get("Secret", ref["name"])["stringData"]
         assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] in {m["name"] for m in c["volumeMounts"]}
-        svc = [s for s in fleet.of_kind("Service") if kube.matches(s["spec"]["selector"],
-                                                                  sts["spec"]["template"]["metadata"]["labels"])]
+        services = [s for s in fleet.of_kind("Service") if kube.matches(s["spec"]["selector"],
+                                                                       sts["spec"]["template"]["metadata"]["labels"])]
+        svc = [s for s in services if s["spec"].get("clusterIP") != "None"]
         assert svc and svc[0]["spec"]["ports"][0]["port"] == 6379
-        password = fleet.get("Secret", ref["name"])["stringData"][ref["key"]]
+        # The StatefulSet's governing Service is headless (stable pod DNS), the clients' one is not.
+        governing = fleet.get("Service", sts["spec"]["serviceName"])
+        assert governing["spec"]["clusterIP"] == "None" and governing in services
+        assert c["image"] == "redis:7.2.12-alpine" and c["imagePullPolicy"] == "Always"
+        assert "copilot-fleet/secrets-checksum" in sts["spec"]["template"]["metadata"]["annotations"]
         assert fleet.outputs["redis_url"] == (
             f"redis://:{password}@{svc[0]['metadata']['name']}.{sts['metadata']['namespace']}.svc.cluster.local:6379/0")
         assert "redis_url" in fleet.run.secret_outputs
@@ -214,7 +288,8 @@ def test_network_policies_admit_only_clients(make_fleet, kube):
     assert not admitted(cli, stranger, 4321)
     assert not admitted(cli, client, 6379)
     assert admitted(redis, client, 6379)
-    assert admitted(redis, cli, 6379)
+    # the servers never use the lease store: a session's tool run on one must not reach it
+    assert not admitted(redis, cli, 6379)
     assert not admitted(redis, stranger, 6379)
     # the janitor takes a session's lease before deleting it
     assert admitted(redis, pods["copilot-session-janitor"], 6379)
@@ -231,6 +306,20 @@ def test_per_user_servers_are_unreachable_from_other_users_pods(make_fleet, kube
             assert ok == (client_user == user), f"{client_user}'s pods reaching {user}'s server: {ok}"
         # a client pod without a user label reaches no user's server
         assert not any(_admits(p, kube, {"app": "chat"}, 4321) for p in _policies_for(fleet, kube, labels))
+
+
+def test_per_user_trusted_backend_reaches_every_users_server(make_fleet, kube):
+    """One backend that serves all users (fleet:backendSelector) reaches every user's server; other client pods
+    still reach only their own user's."""
+    fleet = make_fleet("per-user", clientSelector={"app": "chat"}, backendSelector={"app": "chat-backend"})
+    backend = {"app": "chat-backend"}
+    for sts in cli_sets(fleet, kube):
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        policies = _policies_for(fleet, kube, labels)
+        assert any(_admits(p, kube, backend, 4321) for p in policies)
+        assert not any(_admits(p, kube, {"app": "chat"}, 4321) for p in policies)
+    assert not any(_admits(p, kube, backend, 4321) for sts in cli_sets(make_fleet("per-user"), kube)
+                   for p in _policies_for(make_fleet("per-user"), kube, sts["spec"]["template"]["metadata"]["labels"]))
 
 
 def test_client_namespaces_and_source_ranges_through_args(make_fleet, kube):
@@ -268,6 +357,8 @@ def test_disruption_budget_only_with_several_replicas(make_fleet, kube, replicas
         (sts,) = cli_sets(fleet, kube)
         assert kube.matches(pdbs[0]["spec"]["selector"]["matchLabels"], sts["spec"]["template"]["metadata"]["labels"])
         assert pdbs[0]["spec"]["maxUnavailable"] == 1
+        # A crash-looping replica must not stall node drains (only healthy replicas count as protected).
+        assert pdbs[0]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert not make_fleet("per-user").of_kind("PodDisruptionBudget")
 
 
@@ -307,7 +398,8 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
         command = cli[probe]["exec"]["command"]
         assert command[:3] == ["python3", "-m", "copilot_fleet.pod.health"]
         assert command[command.index("--port") + 1] == "4400"
-    assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "3", "memory": "4Gi"}}
+    assert cli["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "512Mi"},
+                                "limits": {"cpu": "3", "memory": "4Gi", "ephemeral-storage": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
     found = re.search(r"copilot_fleet\.pod\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
@@ -327,6 +419,17 @@ def test_client_service_type_and_affinity(make_fleet, kube):
     assert "sessionAffinityConfig" not in plain
     headless = make_fleet("shared-cli").get("Service", "copilot-cli-headless")["spec"]
     assert headless["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("service_type", ["LoadBalancer", "NodePort"])
+@pytest.mark.parametrize("affinity", ["None", "ClientIP"])
+def test_outside_clients_keep_their_address(make_fleet, kube, service_type, affinity):
+    """With any Service outside clients reach, the client's address must survive to the pod: the NetworkPolicy
+    admits outside clients by their address (sourceRanges as ipBlock peers), whatever the session affinity."""
+    fleet = make_fleet("shared-cli", loadBalancer={"serviceType": service_type, "sessionAffinity": affinity,
+                                                    "sourceRanges": ["203.0.113.0/24"]})
+    assert fleet.get("Service", "copilot-cli")["spec"]["externalTrafficPolicy"] == "Local"
+    assert "externalTrafficPolicy" not in make_fleet("shared-cli").get("Service", "copilot-cli")["spec"]
 
 
 def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
@@ -364,7 +467,8 @@ def test_janitor_cleans_the_right_volume(make_fleet, kube, pattern):
 
 
 def test_credentials_follow_the_configured_model_access(make_fleet, kube):
-    byok = make_fleet("shared-session", otlpEndpoint="http://otel.example:4318")
+    byok = make_fleet("shared-session", otlpEndpoint="http://otel.example:4318",
+                      egress={"allow": [{"namespace": "example", "ports": [4318]}]})
     (cli,) = cli_sets(byok, kube)[0]["spec"]["template"]["spec"]["containers"]
     env = kube.env_of(cli)
     assert env["COPILOT_PROVIDER_BASE_URL"]["value"] == "https://models.example.com/v1"
@@ -451,3 +555,120 @@ def test_azure_dispatch_needs_the_azure_components(monkeypatch):
     with pytest.raises(RuntimeError, match="copilot_fleet.components.azure.deploy_azure"):
         program._platform_deployer(spec)
     assert program._platform_deployer(spec.model_copy(update={"platform": "kubernetes"})) is program._deploy_kubernetes
+
+
+def _checksums(fleet, kube) -> dict[str, str]:
+    return {s["metadata"]["name"]: s["spec"]["template"]["metadata"]["annotations"]["copilot-fleet/secrets-checksum"]
+            for s in cli_sets(fleet, kube)}
+
+
+def test_rotated_credentials_roll_the_pods_that_read_them(make_fleet, kube):
+    """Env from a Secret is read at container start: a rotated value must change the pod template (a checksum
+    annotation) of exactly the pods that read it."""
+    base = _checksums(make_fleet("shared-cli"), kube)
+    assert base == _checksums(make_fleet("shared-cli"), kube)  # deterministic: no roll without a change
+    rotated = _checksums(make_fleet("shared-cli", githubToken="ghp_TESTSECRET_rotated_0009"), kube)
+    assert rotated["copilot-cli"] != base["copilot-cli"]
+    users = dict(kube.USER_TOKENS)
+    per_user = _checksums(make_fleet("per-user"), kube)
+    users["alice"] = "ghp_TESTSECRET_alice_rotated"
+    after = _checksums(make_fleet("per-user", users=[{"id": u, "githubToken": t} for u, t in users.items()]), kube)
+    assert after["copilot-user-alice"] != per_user["copilot-user-alice"]
+    assert after["copilot-user-bob-smith"] == per_user["copilot-user-bob-smith"]
+    # the annotation is a digest, never a value
+    assert all(len(v) == 64 and all(c in "0123456789abcdef" for c in v) for v in base.values())
+
+
+@pytest.mark.parametrize("image, policy", [
+    ("registry.example.com/copilot-cli:1.0.102", "Always"),
+    ("registry.example.com/copilot-cli:1.0.102@sha256:" + "a" * 64, "IfNotPresent"),
+])
+def test_a_digest_pins_the_build_a_tag_is_checked_at_every_start(make_fleet, kube, image, policy):
+    """A tag can be pushed again: with IfNotPresent, nodes would keep running different builds under one name."""
+    fleet = make_fleet("shared-cli", image=image)
+    for workload in kube.workloads(fleet):
+        for container in kube.containers(workload):
+            if container["image"] == image:
+                assert container["imagePullPolicy"] == policy, workload["metadata"]["name"]
+    assert {c["image"] for w in kube.workloads(fleet) for c in kube.containers(w)} >= {image}
+
+
+@pytest.mark.parametrize("pattern, persistent, expect_claim", [
+    ("per-user", None, False), ("per-user", True, True), ("shared-cli", None, True), ("shared-cli", False, False)])
+def test_home_volume_per_pattern(make_fleet, kube, pattern, persistent, expect_claim):
+    """per-user homes are emptyDirs by default (a disk per user runs into the nodes' attach limits; resume never
+    needs the home), the shared patterns' few replicas keep a volume; storage.persistentHome overrides."""
+    storage = {"accessMode": "ReadWriteOnce"} if pattern == "per-user" else {"storageClass": "nfs-client"}
+    if persistent is not None:
+        storage["persistentHome"] = persistent
+    fleet = make_fleet(pattern, storage=storage)
+    for sts in cli_sets(fleet, kube):
+        claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
+        volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+        assert (claims == ["copilot-home"]) == expect_claim
+        assert ("copilot-home" in volumes) == (not expect_claim)
+        if not expect_claim:
+            assert volumes["copilot-home"]["emptyDir"]["sizeLimit"]
+
+
+def _egress(fleet, kube, labels):
+    return [p for p in fleet.of_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]
+            and kube.matches(p["spec"]["podSelector"]["matchLabels"], labels)]
+
+
+def test_egress_is_restricted_by_default(make_fleet, kube, pattern):
+    """A session's tool run is untrusted code with the server's network: the CLI pods reach DNS and public
+    addresses on 443, never private or link-local ones (other pods, the node, cloud metadata); the janitor DNS and
+    the lease store; Redis nothing."""
+    fleet = make_fleet(pattern)
+    pods = {w["metadata"]["name"]: kube.pod_template(w)["metadata"]["labels"] for w in kube.workloads(fleet)}
+    for name, labels in pods.items():
+        assert _egress(fleet, kube, labels), f"{name} has no egress policy"
+    for sts in cli_sets(fleet, kube):
+        (policy,) = _egress(fleet, kube, sts["spec"]["template"]["metadata"]["labels"])
+        rules = policy["spec"]["egress"]
+        dns = [r for r in rules if {"port": 53, "protocol": "UDP"} in r["ports"]]
+        assert dns and dns[0]["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        public = [r for r in rules if any("ipBlock" in t for t in r["to"])]
+        assert [p["port"] for p in public[0]["ports"]] == [443]
+        v4 = next(t["ipBlock"] for t in public[0]["to"] if t["ipBlock"]["cidr"] == "0.0.0.0/0")
+        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(v4["except"])
+    if "copilot-redis" in pods:
+        (redis,) = _egress(fleet, kube, pods["copilot-redis"])
+        assert redis["spec"]["egress"] == []
+    open_fleet = make_fleet(pattern, egress={"mode": "open"})
+    assert not [p for p in open_fleet.of_kind("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+
+
+def test_egress_allow_rules_reach_private_and_in_cluster_endpoints(make_fleet, kube):
+    fleet = make_fleet("shared-session", otlpEndpoint="http://otel-collector.observability.svc:4318",
+                       provider={"baseUrl": "http://10.20.0.5:8000/v1", "apiKey": kube.API_KEY},
+                       egress={"allow": [{"namespace": "observability", "ports": [4318]},
+                                         {"cidr": "10.20.0.0/24", "ports": [8000]}]})
+    (policy,) = [p for p in fleet.of_kind("NetworkPolicy") if p["metadata"]["name"] == "copilot-cli-egress"]
+    rules = policy["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/24"}}], "ports": [{"port": 8000, "protocol": "TCP"}]} in rules
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+            "ports": [{"port": 4318, "protocol": "TCP"}]} in rules
+
+
+def test_tool_runs_do_not_inherit_the_servers_credentials(make_fleet, kube, pattern):
+    """Every variable a CLI container gets from a Secret is named in --secret-env-vars: the CLI strips them from
+    the environment of the shells and MCP servers a session starts (untrusted code) and redacts them from output."""
+    fleet = make_fleet(pattern)
+    for sts in cli_sets(fleet, kube):
+        (cli,) = kube.containers(sts)
+        from_secrets = {e["name"] for e in cli["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert "COPILOT_CONNECTION_TOKEN" in from_secrets
+        (flag,) = [a for a in cli["args"] if a.startswith("--secret-env-vars=")]
+        assert set(flag.partition("=")[2].split(",")) == from_secrets
+
+
+def test_janitor_egress_reaches_the_external_lease_store_port(make_fleet, kube):
+    """The janitor takes leases in an external Redis: its egress opens that URL's port (Azure Managed Redis serves
+    10000), nothing else beside DNS."""
+    fleet = make_fleet("shared-session", redis={"mode": "external",
+                                                "url": "rediss://:TESTSECRET-pw@cache.example.com:10000/0"})
+    (policy,) = [p for p in fleet.of_kind("NetworkPolicy") if p["metadata"]["name"] == "copilot-janitor-egress"]
+    store = [r for r in policy["spec"]["egress"] if {"port": 53, "protocol": "UDP"} not in r["ports"]]
+    assert store == [{"ports": [{"port": 10000, "protocol": "TCP"}]}]

@@ -92,7 +92,7 @@ GOOD = {
     "fleet:isolation": "per-user", "fleet:platform": "kubernetes",
     "fleet:image": "registry.example.com/copilot-cli:1.0.102",
     "fleet:users": [{"id": "alice", "githubToken": {"secure": "v1:AAAA"}}, {"id": "bob"}],
-    "fleet:githubToken": {"secure": "v1:BBBB"},
+    "fleet:githubToken": {"secure": "v1:BBBB"}, "fleet:storage": {"accessMode": "ReadWriteOnce"},
 }
 
 
@@ -124,7 +124,8 @@ def test_cli_writes_sorted_masked_yaml(tmp_path: Path, capsys: pytest.CaptureFix
 def test_no_secret_value_reaches_the_render(tmp_path: Path) -> None:
     """The real program's mock tokens and any config secret are masked in manifests and outputs."""
     values = {"fleet:isolation": "shared-cli", "fleet:platform": "kubernetes",
-              "fleet:image": "registry.example.com/copilot-cli:1.0.102", "fleet:githubToken": "ghp_CANARY_123"}
+              "fleet:image": "registry.example.com/copilot-cli:1.0.102", "fleet:githubToken": "ghp_CANARY_123",
+              "fleet:storage": {"storageClass": "nfs-client"}}
     run = render.run_program(values, {"fleet:githubToken"})
     clear = [run.outputs["connection_token"], run.outputs["redis_url"], "ghp_CANARY_123"]
     masked = json.dumps(render.manifests(run)) + json.dumps(render.masked_outputs(run))
@@ -204,7 +205,7 @@ def test_source_ranges_and_client_namespaces_come_from_stack_config(tmp_path: Pa
         "fleet:image": "registry.example.com/copilot-cli:1.0.102",
         "fleet:githubToken": {"secure": "v1:BBBB"},
         "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
-        "fleet:clientNamespaceSelector": {"team": "apps"},
+        "fleet:clientNamespaceSelector": {"team": "apps"}, "fleet:storage": {"storageClass": "nfs-client"},
     }
     result = render.render_stack(_project(tmp_path, {"lb": config}), "lb")
     assert result.errors == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_kubernetes_credential_and_lease_store_follow_config() -> None:
         {"provider", "redis"},
         isolation="shared-session", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}",
         provider={"baseUrl": "https://models.example/v1", "apiKey": "k"},
-        redis={"mode": "external", "url": "rediss://:p@redis.example:6380/0"},
+        redis={"mode": "external", "url": "rediss://:p@redis.example:6380/0"}, storage={"storageClass": "nfs"},
     )
     topo = build_topology(byok)
     assert topo.groups[0].credential == "provider"
@@ -81,7 +82,7 @@ def test_kubernetes_credential_and_lease_store_follow_config() -> None:
     per_user = spec_of(
         {"users", "githubToken"},
         isolation="per-user", platform="kubernetes", image=f"r.example/cli:{CLI_VERSION}", githubToken="t",
-        users=[{"id": "alice", "githubToken": "a"}, {"id": "bob"}],
+        users=[{"id": "alice", "githubToken": "a"}, {"id": "bob"}], storage={"accessMode": "ReadWriteOnce"},
     )
     creds = {g.user: g.credential for g in build_topology(per_user).groups}
     assert creds == {"alice": "user-github-token", "bob": "github-token"}
@@ -99,6 +100,8 @@ def test_secure_values_are_secrets_offline(tmp_path: Path) -> None:
         "    - id: alice\n"
         "      githubToken:\n"
         "        secure: v1:abc\n"
+        "  fleet:storage:\n"
+        "    accessMode: ReadWriteOnce\n"
         "  kubernetes:context: other-namespace-is-ignored\n"
     )
     values, secret = read_stack_config(tmp_path, "dev")
@@ -192,3 +195,35 @@ def test_booleans_are_not_numbers(values: dict[str, object], key: str) -> None:
         spec_of(isolation="shared-cli", platform="local", **values)
     assert key in str(info.value)
     assert spec_of(isolation="shared-cli", platform="local", allowDebugLogging=True).allow_debug_logging
+
+
+def test_azure_per_user_disk_homes_are_sized_against_attach_limits() -> None:
+    """A per-user home on a disk is one Azure Disk per user; 2 x Standard_D4s_v5 attach 16: 17 users are refused,
+    the default (an emptyDir home) takes them."""
+    base: dict[str, Any] = dict(isolation="per-user", platform="azure", image=f"r.example/cli:{CLI_VERSION}",
+                                githubToken="t", users=[{"id": f"user-{i}"} for i in range(17)], azure={"nodeCount": 2, "nodeVmSize": "Standard_D4s_v5"})
+    with pytest.raises(ConfigError, match="attach at most 16 data disks"):
+        spec_of({"githubToken"}, **base, storage={"accessMode": "ReadWriteOnce", "persistentHome": True})
+    assert not spec_of({"githubToken"}, **base, storage={"accessMode": "ReadWriteOnce"}).home_is_persistent
+    spec_of({"githubToken"}, **{**base, "users": base["users"][:16]},
+            storage={"accessMode": "ReadWriteOnce", "persistentHome": True})
+
+
+def test_config_is_read_without_pulumis_private_names() -> None:
+    """What `pulumi up` runs (the program, its config reading, the components) uses no underscore name of the SDK:
+    those change in any release without notice. (The offline render's mock harness is not part of a deployment.)"""
+    import ast
+
+    offenders = []
+    program = [PROJECT / "copilot_fleet/program.py", PROJECT / "copilot_fleet/pulumi_config.py"]
+    for path in [*program, *PROJECT.glob("components/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        pulumi_aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                          and (node.module or "").startswith("pulumi") for alias in node.names}
+        pulumi_aliases |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                           for alias in node.names if alias.name.startswith("pulumi")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in pulumi_aliases):
+                offenders.append(f"{path.relative_to(PROJECT)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert offenders == []

@@ -1,0 +1,255 @@
+"""Every Kubernetes and Azure stack's rendered pods, run in podman/runc as a kubelet would run them.
+
+For each stack (one world per stack, torn down before the next): the lease store (the in-cluster Redis pod, or a
+stand-in for a store outside the cluster), the CLI pods (every replica; their readiness and liveness probes run
+inside the containers), `copilot-fleet verify` against their published ports, one run of each janitor Job, and
+pod deletion (preStop, then SIGTERM) for each CLI pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.kubelet import RunningPod
+from tests.helpers.stackworld import (
+    CLI_COMPONENT,
+    LEASE_STORE_COMPONENT,
+    MODEL_HOST,
+    MODEL_PORT,
+    StackWorld,
+    build_world,
+    copilot_fleet_command,
+)
+
+STACKS = ("k8s-shared-cli", "k8s-shared-session", "k8s-per-user",
+          "azure-shared-cli", "azure-shared-session", "azure-per-user")
+
+
+class Started:
+    """The world's pods, each group started once for the module's tests (the first test that needs it starts it);
+    a failure to start is kept and raised again to every test that needs the group."""
+
+    def __init__(self, world: StackWorld) -> None:
+        self.world = world
+        self._started: dict[str, list[RunningPod]] = {}
+        self._errors: dict[str, BaseException] = {}
+
+    def _once(self, group: str, start: Callable[[], list[RunningPod]]) -> list[RunningPod]:
+        if group in self._errors:
+            raise self._errors[group]
+        if group not in self._started:
+            try:
+                self._started[group] = start()
+            except BaseException as exc:
+                self._errors[group] = exc
+                raise
+        return self._started[group]
+
+    def lease_store(self) -> list[RunningPod]:
+        """The in-cluster Redis pod, or the stand-in for a lease store outside the cluster (none per-user)."""
+        def start() -> list[RunningPod]:
+            external = self.world.start_external_redis()
+            return [external] if external else self.world.start_components(LEASE_STORE_COMPONENT)
+        return self._once("lease-store", start)
+
+    def cli(self) -> list[RunningPod]:
+        """The test model pod the sessions use, then every CLI replica, ready."""
+        self._once("test-model", lambda: [self.world.start_test_model()])
+        return self._once("cli", lambda: self.world.start_components(CLI_COMPONENT))
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cli_image: str,
+          run_prefix: str) -> Iterator[Started]:
+    name = request.param
+    world = build_world(name, tmp_path_factory.mktemp(name), f"{run_prefix}-{name}", cli_image)
+    try:
+        yield Started(world)
+    finally:
+        problems = world.node.close()
+        assert not problems, f"could not remove what the run made: {problems}"
+
+
+def test_cli_pods_become_ready(stack: Started) -> None:
+    """Every CLI replica starts under the pod's own user, groups, read-only root and volumes, passes its startup
+    and readiness probes (run inside the container), and its liveness probe."""
+    pods = stack.cli()
+    assert pods, "the stack renders no CLI pods"
+    for pod in pods:
+        liveness = pod.probe(pod.main["liveness_probe"])
+        assert liveness.ok, f"{pod.name}: liveness probe failed: {liveness.detail}"
+
+
+def test_lease_store_ready(stack: Started) -> None:
+    """The lease store answers its own readiness probe (redis-cli ping with the password, inside the container);
+    outside the cluster, the stand-in serves TLS only; per-user fleets have none."""
+    stores = stack.lease_store()
+    if not stack.world.janitor_url_key():
+        assert stores == [], "a per-user fleet runs no lease store"
+        return
+    (store,) = stores
+    assert store.running(), store.exit_report("is not running")
+    if stack.world.in_cluster_redis() is not None:
+        # The password reaches Redis as a mounted file: not in its command line or environment (any process of
+        # the same user, and `ps` on the node, could read those).
+        password = stack.world.redis_password
+        assert password
+        seen = store.exec("sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; tr '\\0' ' ' < /proc/1/environ")
+        assert seen.returncode == 0, seen.stderr
+        assert password not in seen.stdout, f"the Redis password is in its command line or environment: {seen.stdout}"
+
+
+def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
+    """`copilot-fleet verify --target FILE`, the target made of the pods' published ports: create, resume on
+    another replica, delete, tokens, isolation, leases."""
+    stack.lease_store()
+    stack.cli()
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(stack.world.target()))
+    target.chmod(0o600)
+    report_file = tmp_path / "report.json"
+    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    print(proc.stdout)
+    assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(report_file.read_text())
+    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
+    assert "test_persistent_session_lifecycle" in passed, proc.stdout
+
+
+def _plant_session(sessions: Path, session_id: str, age_days: float) -> Path:
+    """A session directory as the CLI leaves it (uid 1000), last touched `age_days` ago."""
+    directory = sessions / session_id
+    directory.mkdir()
+    stamp = time.time() - age_days * 86400
+    updated = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(stamp))
+    (directory / "workspace.yaml").write_text(f"id: {session_id}\ncreated_at: {updated}\nupdated_at: {updated}\n")
+    (directory / "events.jsonl").write_text('{"type":"session.start"}\n')
+    for path in (directory / "workspace.yaml", directory / "events.jsonl", directory):
+        os.chown(path, 1000, 1000)
+        os.utime(path, (stamp, stamp))
+    return directory
+
+
+def test_janitor_job_runs(stack: Started) -> None:
+    """One Job of each janitor CronJob, from its rendered pod template: it reads the lease store URL from its
+    Secret file (shared patterns: it takes leases in Redis over cluster DNS), removes a session past the TTL and
+    keeps a recent one, and exits 0."""
+    stack.lease_store()
+    stack.cli()
+    jobs = list(stack.world.janitor_jobs())
+    assert jobs, "the stack renders no janitor CronJob"
+    for pod_name, template in jobs:
+        claim = next(v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"]
+                     if "persistentVolumeClaim" in v)
+        sessions = stack.world.node.claim_dir(claim)
+        old = _plant_session(sessions, f"janitor-old-{pod_name}", age_days=30)
+        recent = _plant_session(sessions, f"janitor-recent-{pod_name}", age_days=0)
+        pod = stack.world.run_janitor(pod_name, template)
+        deadline = template["spec"].get("active_deadline_seconds") or 600
+        code = pod.wait_exit(timeout=float(deadline))
+        output = pod.logs()
+        assert code == 0, pod.exit_report("failed")
+        assert not old.exists(), f"{pod_name}: the session past its TTL is still there:\n{output}"
+        assert recent.exists(), f"{pod_name}: a recent session was removed:\n{output}"
+        shutil.rmtree(recent)
+
+
+def test_cli_code_lives_in_the_image(stack: Started) -> None:
+    """The CLI's unpacked runtime (about 235 MB) is part of the image, root-owned: nothing is unpacked onto the
+    retained home volume, where a truncated file broke a replica on every later start."""
+    for pod in stack.cli():
+        home = pod.volume_dirs["copilot-home"]
+        unpacked = [str(p.relative_to(home)) for p in home.rglob("pkg") if p.is_dir()]
+        assert not unpacked, f"{pod.name}: the CLI unpacked itself onto its home volume: {unpacked}"
+        check = pod.exec("sh", "-c", 'test -d "$COPILOT_CACHE_HOME/pkg" && test -O "$COPILOT_CACHE_HOME/pkg"; '
+                         'echo owner-is-me=$?; test -w "$COPILOT_CACHE_HOME/pkg"; echo writable=$?')
+        assert "owner-is-me=1" in check.stdout and "writable=1" in check.stdout, (
+            f"{pod.name}: the image's CLI runtime is missing or writable by the server: {check.stdout}{check.stderr}")
+
+
+
+def test_retained_home_holds_only_config_and_session_store(stack: Started) -> None:
+    """After verify's sessions, the retained home volume holds the CLI's config and its session store, not its logs
+    (an emptyDir) or files of the agents' tools (the working directory is an emptyDir)."""
+    for pod in stack.cli():
+        home = pod.volume_dirs["copilot-home"]
+        logs = sorted(str(p.relative_to(home)) for p in home.rglob("*.log"))
+        assert not logs, f"{pod.name}: logs on the retained home volume: {logs}"
+        in_pod = pod.exec("sh", "-c", 'ls "$COPILOT_HOME/logs"; pwd').stdout.split()
+        assert any(name.startswith("process-") for name in in_pod), f"{pod.name}: the CLI wrote no log: {in_pod}"
+        assert pod.main["working_dir"] in in_pod
+
+
+
+_CONNECT_ALL = """
+import json, socket, sys
+out = {}
+for host, port in json.loads(sys.argv[1]):
+    try:
+        socket.create_connection((host, port), 5).close()
+        out[f"{host}:{port}"] = True
+    except OSError:
+        out[f"{host}:{port}"] = False
+print(json.dumps(out))
+"""
+
+
+def _connects(pod: RunningPod, *targets: tuple[str, int]) -> dict[str, bool]:
+    """Which TCP connections from inside the pod's container get through (as a session's tool run would try)."""
+    proc = pod.exec("python3", "-c", _CONNECT_ALL, json.dumps(targets), timeout=60)
+    assert proc.returncode == 0, f"{pod.name}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_egress_policy_holds_inside_the_cli_pods(stack: Started) -> None:
+    """The rendered egress policy, enforced in the pods' network namespaces: the CLI reaches its (private) model
+    endpoint, which the stack allows, but not the lease store, another CLI pod or the cloud metadata address."""
+    stores = stack.lease_store()
+    pods = stack.cli()
+    for pod in pods:
+        assert pod.egress_rules is not None, f"{pod.name}: no egress policy selects it"
+        blocked = [("169.254.169.254", 80), *((s.address, port) for s in stores for port in s.ports),
+                   *((o.address, 4321) for o in pods if o is not pod)]
+        result = _connects(pod, (MODEL_HOST, MODEL_PORT), *blocked)
+        assert result.pop(f"{MODEL_HOST}:{MODEL_PORT}"), f"{pod.name}: the allowed model endpoint is blocked"
+        assert not any(result.values()), f"{pod.name} gets through to {[t for t, ok in result.items() if ok]}"
+
+
+def test_egress_policy_opens_only_the_public_ports(stack: Started) -> None:
+    """Public addresses: 443 (GitHub, public model endpoints) gets through, 80 does not. Uses the package registry
+    address this machine reaches on both ports; skipped where it reaches none."""
+    try:
+        address = socket.gethostbyname("pypi.org")
+        for port in (443, 80):
+            socket.create_connection((address, port), 5).close()
+    except OSError as exc:
+        pytest.skip(f"this machine reaches no public address on 443 and 80 to try ({exc})")
+    pod = stack.cli()[0]
+    result = _connects(pod, (address, 443), (address, 80))
+    assert result == {f"{address}:443": True, f"{address}:80": False}, f"{pod.name}: {result}"
+
+
+# Last: it stops the pods the tests above use.
+def test_cli_pods_stop_gracefully(stack: Started) -> None:
+    """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
+    within the grace period, without SIGKILL."""
+    pods = stack.cli()
+    # Pods are deleted together (a rollout or a scale-down stops several at once): their hooks run concurrently.
+    with ThreadPoolExecutor(max_workers=len(pods)) as pool:
+        results = list(pool.map(lambda p: p.stop(), pods))
+    for pod, result in zip(pods, results, strict=True):
+        assert result.pre_stop is not None and result.pre_stop.returncode == 0, (
+            f"{pod.name}: preStop hook failed: {result.pre_stop}")
+        assert not result.killed, f"{pod.name}: SIGKILL after {result.grace_seconds} s grace:\n{pod.logs()[-2000:]}"
+        assert result.exit_code in (0, 143), pod.exit_report(f"exit code {result.exit_code} on SIGTERM")
