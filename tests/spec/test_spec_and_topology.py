@@ -201,7 +201,8 @@ def test_azure_per_user_disk_homes_are_sized_against_attach_limits() -> None:
     """A per-user home on a disk is one Azure Disk per user; 2 x Standard_D4s_v5 attach 16: 17 users are refused,
     the default (an emptyDir home) takes them."""
     base: dict[str, Any] = dict(isolation="per-user", platform="azure", image=f"r.example/cli:{CLI_VERSION}",
-                                githubToken="t", users=[{"id": f"user-{i}"} for i in range(17)], azure={"nodeCount": 2, "nodeVmSize": "Standard_D4s_v5"})
+                                githubToken="t", users=[{"id": f"user-{i}"} for i in range(17)],
+                                azure={"nodeCount": 2, "nodeVmSize": "Standard_D4s_v5"})
     with pytest.raises(ConfigError, match="attach at most 16 data disks"):
         spec_of({"githubToken"}, **base, storage={"accessMode": "ReadWriteOnce", "persistentHome": True})
     assert not spec_of({"githubToken"}, **base, storage={"accessMode": "ReadWriteOnce"}).home_is_persistent
