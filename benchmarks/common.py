@@ -191,12 +191,20 @@ class LocalFleet:
 
 # --- SDK ------------------------------------------------------------------------------------------------------
 
-async def sdk_client(address: str, token: str | None) -> Any:
-    """One connected CopilotClient for one server (one per process and endpoint: many clients are slow)."""
-    from copilot import CopilotClient
-    from copilot.client import RuntimeConnection
+async def sdk_client(address: str, token: str | None, *, as_shipped: bool = False) -> Any:
+    """One connected SDK client for one server (one per process and endpoint: many clients are slow).
 
-    client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    The project's way (copilot_fleet.nodelay: TCP_NODELAY on the connection), or with `as_shipped` the SDK's own
+    CopilotClient (Nagle on): what an application on the raw SDK gets, the baseline of the comparisons."""
+    if as_shipped:
+        from copilot import CopilotClient
+        from copilot.client import RuntimeConnection
+
+        client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    else:
+        from copilot_fleet.nodelay import cli_client
+
+        client = cli_client(address, token)
     await client.start()
     return client
 
