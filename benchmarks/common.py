@@ -251,15 +251,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-         kind: str = "line") -> Path:
+def plot(path: Path, title: str, xlabel: str, ylabel: str, series: dict[str, tuple[Sequence[Any], Sequence[float]]],
+         kind: str = "line", size: tuple[float, float] = (7, 4)) -> Path:
     """A PNG with one line (or bar group) per series; Agg backend, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=size)
     if kind == "bar":
         names = list(series)
         width = 0.8 / max(1, len(names))
