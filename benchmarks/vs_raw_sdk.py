@@ -227,6 +227,22 @@ async def measure(target: common.Target, fleet: common.LocalFleet | None = None,
 
 # --- output ---------------------------------------------------------------------------------------------------
 
+def attribution(result: RouteResult, op: str, same: RouteResult | None = None) -> str:
+    """Whose the op's p50 is, from the arms measured side by side: ours is what the fleet client adds to the same
+    SDK client; the CLI's socket is what TCP_NODELAY on its end saves (measured on replica 0 only); the rest is
+    the CLI's own work (with the SDK's Python, which the profile splits out)."""
+    ms = {arm: result.p50(arm, op) * 1000 for arm in result.arms()}
+    parts = [f"ours {ms['fleet'] - ms['nodelay']:+.0f} ms (fleet client - SDK with TCP_NODELAY)"]
+    both = (same or result).p50("both ends", op) * 1000 if "both ends" in (same or result).samples else None
+    if both is not None:
+        base = (same or result).p50("nodelay", op) * 1000
+        parts.append(f"the CLI's socket without TCP_NODELAY {base - both:.0f} ms; the CLI's own work and the SDK "
+                     f"{both:.0f} ms")
+    else:
+        parts.append(f"the CLI and the SDK {ms['nodelay']:.0f} ms")
+    return "; ".join(parts)
+
+
 def _ms(value: float) -> str:
     return common.fmt(value * 1000)
 
@@ -257,11 +273,12 @@ def report(results: list[RouteResult]) -> str:
 def plot_before_after(results: list[RouteResult], path: Path) -> Path:
     """Each op's p50 before (raw SDK as shipped) and after (the fleet client), side by side, per route."""
     series: dict[str, tuple[list[str], list[float]]] = {}
-    names = [f"{op}\n{ROUTES[r.route]}" for r in results for op in OPS]
+    short = {"same": "r0", "haproxy": "HAProxy", "other": "r1"}
+    names = [f"{op}\n{short[r.route]}" for r in results for op in OPS]
     series["before: raw SDK (Nagle on)"] = (names, [r.p50("raw", op) * 1000 for r in results for op in OPS])
     series["after: FleetClient"] = (names, [r.p50("fleet", op) * 1000 for r in results for op in OPS])
-    return common.plot(path, "Each op before and after (p50 ms, interleaved in one run)", "op / route", "ms",
-                       series, kind="bar", size=(11, 4.5))
+    return common.plot(path, "Each op before and after (p50 ms, interleaved in one run)",
+                       "op / route (r0, r1: replicas 0 and 1 directly)", "ms", series, kind="bar", size=(12, 4.5))
 
 
 def plot_arms(result: RouteResult, path: Path) -> Path:
