@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +191,9 @@ async def measure(target: common.Target, fleet: common.LocalFleet | None = None,
             fc = FleetClient(fleet_targets[route], user=users[route], pool=pool)
             fleets.append(fc)
             cycles: dict[str, Callable[[Samples], Awaitable[None]]] = {
-                "raw": lambda out, c=raw: _sdk_cycle(c, opts, out),
-                "nodelay": lambda out, c=ours: _sdk_cycle(c, opts, out),
-                "fleet": lambda out, f=fc: _fleet_cycle(f, out),
+                "raw": partial(_sdk_cycle, raw, opts),
+                "nodelay": partial(_sdk_cycle, ours, opts),
+                "fleet": partial(_fleet_cycle, fc),
             }
             if route == "same":
                 why = "no fleet processes to reach" if fleet is None else sockopts.available(fleet.pid("copilot-cli-0"))
@@ -203,7 +204,7 @@ async def measure(target: common.Target, fleet: common.LocalFleet | None = None,
                     changed = sockopts.set_nodelay(fleet.pid("copilot-cli-0"), sock.getsockname()[:2], True) \
                         if sock is not None else 0
                     if changed == 1:
-                        cycles["both ends"] = lambda out, c=both: _sdk_cycle(c, opts, out)
+                        cycles["both ends"] = partial(_sdk_cycle, both, opts)
                     else:
                         why = f"the CLI's end of the connection was not found ({changed} sockets matched)"
                 if why is not None:
@@ -272,7 +273,7 @@ def report(results: list[RouteResult]) -> str:
 
 def plot_before_after(results: list[RouteResult], path: Path) -> Path:
     """Each op's p50 before (raw SDK as shipped) and after (the fleet client), side by side, per route."""
-    series: dict[str, tuple[list[str], list[float]]] = {}
+    series: dict[str, tuple[Sequence[Any], Sequence[float]]] = {}
     short = {"same": "r0", "haproxy": "HAProxy", "other": "r1"}
     names = [f"{op}\n{short[r.route]}" for r in results for op in OPS]
     series["before: raw SDK (Nagle on)"] = (names, [r.p50("raw", op) * 1000 for r in results for op in OPS])

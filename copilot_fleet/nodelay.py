@@ -24,7 +24,6 @@ asked for: the probe runs in images without it.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import socket
 from typing import TYPE_CHECKING, Any
@@ -89,6 +88,8 @@ def _flag(problem: str) -> None:
 
 @functools.cache
 def _client_class() -> type[CopilotClient]:
+    import inspect  # here, not at the top: the health probe imports this module and runs every few seconds
+
     from copilot import CopilotClient
 
     if not inspect.iscoroutinefunction(getattr(CopilotClient, _CONNECT_METHOD, None)):
