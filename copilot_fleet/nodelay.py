@@ -3,8 +3,8 @@
 Why: the CLI's JSON-RPC messages are small and SDK 1.0.25 writes each as two writes, the `Content-Length` header
 and then the body. With Nagle's algorithm on (the socket default), the body waits until the header is
 acknowledged, and the server delays that acknowledgement (40 ms on Linux) because it cannot answer half a
-message. Measured here with CLI 1.0.102, same server, interleaved (p50): create 89 -> 44 ms, resume 76 -> 40 ms,
-delete 92 -> 52 ms, a turn against the instant test model 124 -> 81 ms.
+message. Measured here with CLI 1.0.102, same server, interleaved (p50; docs/benchmarks.md): create 114 -> 40 ms,
+resume 91 -> 48 ms, delete 95 -> 52 ms, a turn against the instant test model 97 -> 83 ms.
 
 The SDK has no option for it: `RuntimeConnection.for_uri` takes an address and a token, and
 `CopilotClient._connect_via_tcp` opens the socket with `socket.create_connection` and keeps it only in private
