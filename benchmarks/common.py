@@ -195,12 +195,20 @@ class LocalFleet:
 
 # --- SDK ------------------------------------------------------------------------------------------------------
 
-async def sdk_client(address: str, token: str | None) -> Any:
-    """One connected CopilotClient for one server (one per process and endpoint: many clients are slow)."""
-    from copilot import CopilotClient
-    from copilot.client import RuntimeConnection
+async def sdk_client(address: str, token: str | None, *, as_shipped: bool = False) -> Any:
+    """One connected SDK client for one server (one per process and endpoint: many clients are slow).
 
-    client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    The project's way (copilot_fleet.nodelay: TCP_NODELAY on the connection), or with `as_shipped` the SDK's own
+    CopilotClient (Nagle on): what an application on the raw SDK gets, the baseline of the comparisons."""
+    if as_shipped:
+        from copilot import CopilotClient
+        from copilot.client import RuntimeConnection
+
+        client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    else:
+        from copilot_fleet.nodelay import cli_client
+
+        client = cli_client(address, token)
     await client.start()
     return client
 
@@ -248,15 +256,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def plot(path: Path, title: str, xlabel: str, ylabel: str,
-         series: Mapping[str, tuple[Sequence[float] | Sequence[str], Sequence[float]]],
-         kind: str = "line") -> Path:
+         series: Mapping[str, tuple[Sequence[Any], Sequence[float]]],
+         kind: str = "line", size: tuple[float, float] = (7, 4)) -> Path:
     """A PNG with one line (or bar group) per series; Agg backend, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=size)
     if kind == "bar":
         names = list(series)
         width = 0.8 / max(1, len(names))
@@ -272,7 +280,7 @@ def plot(path: Path, title: str, xlabel: str, ylabel: str,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -1,8 +1,9 @@
 """What the fleet adds, as ratios of medians measured side by side in one run, interleaved (ABAB, BABA, ...):
 
 - endpoint: one session cycle through HAProxy vs straight to a replica;
-- fleet client: the same cycle through FleetClient (ownership check, routing, Redis lease) vs the raw SDK on the
-  replica FleetClient routes to;
+- fleet client: the same cycle through FleetClient (ownership check, routing, Redis lease) vs the SDK client it
+  uses (copilot_fleet.nodelay: TCP_NODELAY) on the replica FleetClient routes to: only our own work differs
+  (against the raw SDK as shipped, Nagle on: benchmarks/vs_raw_sdk.py);
 - cross-replica resume: resume + send on the other replica vs on the replica that created the session.
 
 A cycle is create, send, disconnect, delete. Targets: ratio at p50 <= 1.05 (1.2 for cross-replica resume).
@@ -25,7 +26,7 @@ from copilot_fleet.target import Target
 
 TARGETS = {"endpoint": 1.05, "fleet_client": 1.05, "cross_replica_resume": 1.2}
 LABELS = {"endpoint": ("through HAProxy", "direct to a replica"),
-          "fleet_client": ("FleetClient (routing + lease)", "raw SDK, same replica"),
+          "fleet_client": ("FleetClient (routing + lease)", "SDK client (TCP_NODELAY), same replica"),
           "cross_replica_resume": ("resume on the other replica", "resume on the same replica")}
 
 

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/run_all.py [--quick] [--doc PATH] [--skip startup,render,verify]
 
 One shared-cli fleet (2 replicas, Redis, HAProxy, the test model) in a temp project with free ports serves the
-latency, overhead, verify and scale runs; it is stopped (down --purge, then SIGKILL by PID of anything left)
-before the start-up benchmark (benchmarks/local_startup.py) brings up its own fleets, so they do not compete.
+latency, overhead, fleet-client-vs-raw-SDK, floor, HAProxy, verify and scale runs; it is stopped (down --purge, then
+SIGKILL by PID of anything left) before the Kubernetes Service path (benchmarks/hops.py: its own network namespace)
+and the start-up benchmark (benchmarks/local_startup.py) bring up their own servers, so they do not compete.
 Render scaling calls benchmarks/render_scaling.py (a subprocess per size). `--quick` runs the smallest sizes and,
 unless --doc is given, writes to a temp directory instead of docs/.
 """
@@ -22,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import common
+import floor
+import hops
 import latency
 import overheads
 import scale
+import vs_raw_sdk
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 RENDER_TARGET_S = 3.0
-PARTS = ("latency", "overheads", "verify", "scale", "startup", "render")
+PARTS = ("latency", "overheads", "vs_raw", "floor", "hops", "verify", "scale", "startup", "render")
 
 
 @dataclass
@@ -41,12 +45,15 @@ class Sizes:
     startup_runs: int
     render_sizes: tuple[int, ...]
     render_floor: bool
+    vs_raw_iterations: int
+    floor_turns: int
+    service_cycles: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls((1, 2), 4, 2, (2, 4), 1.0, 1, (10,), False)
-        return cls((1, 10, 50), 100, 30, scale.LEVELS, 3.0, 3, (10, 100, 1000), True)
+            return cls((1, 2), 4, 2, (2, 4), 1.0, 1, (10,), False, 2, 3, 2)
+        return cls((1, 10, 50), 100, 30, scale.LEVELS, 3.0, 3, (10, 100, 1000), True, 30, 40, 20)
 
 
 @dataclass
@@ -59,6 +66,11 @@ class Results:
     latency: list[latency.LatencyResult] = field(default_factory=list)
     overheads: list[overheads.Comparison] = field(default_factory=list)
     profile: str = ""
+    vs_raw: list[vs_raw_sdk.RouteResult] = field(default_factory=list)
+    vs_raw_profile: str = ""
+    floor: floor.FloorResult | None = None
+    haproxy: hops.HaproxyEnds | None = None
+    service: hops.ServicePath | None = None
     verify: dict[str, Any] = field(default_factory=dict)
     scale: scale.ScaleResult | None = None
     startup: str = ""
@@ -127,6 +139,15 @@ def run_fleet_parts(results: Results, sizes: Sizes, skip: set[str]) -> None:
                 target, iterations=sizes.overhead_iterations, locate=fleet.replica_of)))
             if out:
                 results.overheads, results.profile = out
+        if "vs_raw" not in skip:
+            out = _step(results, "vs_raw", lambda: common.run(vs_raw_sdk.measure(
+                target, fleet, iterations=sizes.vs_raw_iterations)))
+            if out:
+                results.vs_raw, results.vs_raw_profile = out
+        if "floor" not in skip:
+            results.floor = _step(results, "floor", lambda: common.run(floor.measure(fleet, turns=sizes.floor_turns)))
+        if "hops" not in skip:
+            results.haproxy = _step(results, "hops: haproxy", lambda: common.run(hops.haproxy_ends(fleet)))
         if "verify" not in skip:
             results.verify = _step(results, "verify", lambda: run_verify(fleet)) or {}
         if "scale" not in skip:  # last: it restarts replica 0
@@ -171,6 +192,13 @@ def _targets(results: Results) -> str:
     for c in results.overheads:
         rows.append([" / ".join(overheads.LABELS[c.name]), f"p50 ratio <= {c.target:g}", f"{c.ratio:.3f}",
                      "met" if c.met else "**MISSED**", WHOSE[c.name] if not c.met else ""])
+    same = results.vs_raw[0] if results.vs_raw and results.vs_raw[0].route == "same" else None
+    for r in results.vs_raw:
+        for op in vs_raw_sdk.OPS:
+            ok = r.met(op)
+            rows.append([f"FleetClient / raw SDK as shipped, {op}, {vs_raw_sdk.ROUTES[r.route]}",
+                         f"p50 ratio <= {vs_raw_sdk.TARGETS[op]:g}", f"{r.ratio('fleet', op):.3f}",
+                         "met" if ok else "**MISSED**", "" if ok else vs_raw_sdk.attribution(r, op, same)])
     if results.render_rows:
         top = max(results.render_rows, key=lambda r: r["users"])
         ok = top["total_s"] <= RENDER_TARGET_S
@@ -203,7 +231,8 @@ at the end {'/'.join(f'{x:.1f}' for x in results.load_end)}{': **other jobs shar
 Fleet: a local shared-cli fleet in a temp project (2 replicas of the real Copilot CLI 1.0.102, Redis, HAProxy,
 the deterministic test model as the BYOK provider, so the CLI and the fleet dominate every figure); `up` took
 {results.up_seconds:.1f} s. One SDK client per process and endpoint; concurrency with `asyncio.gather`; every loop
-bounded in count and time; all traffic on 127.0.0.1. Percentiles interpolate between ranks (with few samples
+bounded in count and time; all traffic on 127.0.0.1. Every SDK client is made through `copilot_fleet.nodelay`
+(TCP_NODELAY), except the raw-SDK-as-shipped baselines. Percentiles interpolate between ranks (with few samples
 p99 is close to the maximum).
 """]  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
     parts.append(_targets(results))
@@ -216,7 +245,8 @@ p99 is close to the maximum).
         parts.append(f"""## Latency on one replica
 
 Each session: create, send (`remember: apple`), disconnect, resume, send (`recall`), disconnect, delete; `n`
-sessions run at once over one SDK client to replica 0 (a usual cap is 50 sessions per server).
+sessions run at once over one SDK client (TCP_NODELAY, `copilot_fleet.nodelay`) to replica 0 (a usual cap is 50
+sessions per server).
 Send is `send_and_wait` until the test model's reply arrives.
 
 {latency.report(results.latency)}
@@ -238,6 +268,51 @@ session created on replica 0, checked to still remember). A and B alternate ABAB
             parts.append("Profile of the fleet-client cycle (pyinstrument, wall clock; ours is `copilot_fleet/`, "
                          "the rest is the SDK waiting on the CLI):\n\n```\n"
                          + "\n".join(results.profile.splitlines()[:60]) + "\n```\n")
+    if results.vs_raw:
+        vs_raw_sdk.plot_before_after(results.vs_raw, img / "before_after.png")
+        vs_raw_sdk.plot_arms(results.vs_raw[0], img / "vs_raw_arms.png")
+        parts.append(f"""## The fleet client against the raw SDK as shipped (TCP_NODELAY)
+
+SDK 1.0.25 connects without `TCP_NODELAY` and writes each JSON-RPC message as two writes (header, body), so with
+Nagle's algorithm the body waits for the server's delayed ACK. Every connection this project opens goes through
+`copilot_fleet/nodelay.py`, which sets it. Each arm runs the same cycle (create, send, disconnect, resume, send,
+disconnect, delete) in turn, rotating the order; `both ends` also has `TCP_NODELAY` set on the CLI's end of its
+connection from outside (root only; no client can do that), which shows what the CLI's own socket costs.
+
+{vs_raw_sdk.report(results.vs_raw)}
+
+![each op before and after]({rel}/before_after.png)
+
+![replica 0 by client]({rel}/vs_raw_arms.png)
+""")
+        if results.vs_raw_profile:
+            parts.append("Profile of the fleet-client cycle (pyinstrument, wall clock; ours is `copilot_fleet/`, "
+                         "the SDK is `copilot/`, the rest is waiting on the CLI):\n\n```\n"
+                         + "\n".join(results.vs_raw_profile.splitlines()[:60]) + "\n```\n")
+    if results.floor is not None:
+        parts.append(f"""## The CLI's floor
+
+One session over a `TCP_NODELAY` connection straight to replica 0, turns one after another against the instant
+test model, and a JSON-RPC `ping` (the smallest request the CLI answers): nothing else in the way. Turns alternate
+between the arms on the one session; `TCP_NODELAY` on the CLI's end of that connection and on the test model's
+ends of the CLI's connections to it is switched from outside before each turn (benchmarks/sockopts.py), an
+experiment: neither the CLI nor the test model sets it itself.
+
+{floor.report(results.floor)}
+""")
+    if results.haproxy is not None or results.service is not None:
+        parts.append(f"""## The hops: HAProxy and the Kubernetes Service path
+
+HAProxy in TCP mode (the local fleet's endpoint), read from its live sockets and the CLIs' ends of its connections:
+
+{hops.haproxy_report(results.haproxy) if results.haproxy is not None else 'Not measured in this run.'}
+
+The Kubernetes Service path, as kube-proxy's iptables mode builds it: a `nat OUTPUT` DNAT rule from
+{hops.SERVICE_IP}:{hops.SERVICE_PORT} to a CLI server, in a network namespace of its own with the test model;
+the same SDK client (TCP_NODELAY) through the Service address and straight to the server, cycles interleaved:
+
+{hops.service_report(results.service) if results.service is not None else 'Not measured in this run.'}
+""")
     if results.verify:
         v = results.verify
         parts.append(f"""## `copilot-fleet verify`
@@ -299,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(load_start=os.getloadavg())
 
     run_fleet_parts(results, sizes, skip)
+    if "hops" not in skip:
+        results.service = _step(results, "hops: service path", lambda: hops.service_path(sizes.service_cycles))
     if "startup" not in skip:
         results.startup = _step(results, "startup", lambda: run_startup(sizes.startup_runs, sizes.scale_settle)) or ""
     if "render" not in skip:
@@ -311,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "latency": [r.to_json() for r in results.latency],
             "overheads": [c.to_json() for c in results.overheads],
+            "vs_raw": [r.to_json() for r in results.vs_raw],
+            "floor": results.floor.to_json() if results.floor else None,
+            "haproxy": results.haproxy.to_json() if results.haproxy else None,
+            "service": results.service.to_json() if results.service else None,
             "verify": results.verify, "scale": results.scale.to_json() if results.scale else None,
             "render": results.render_rows, "failures": results.failures, "seconds": results.seconds,
             "load": [results.load_start, results.load_end]}, indent=1, default=str))

@@ -148,8 +148,9 @@ async def two_writers(fleet: FleetUnderTest, *, rounds: int, sessions: int, budg
 
 async def writers_without_lease(fleet: FleetUnderTest, *, attempts: int, budget: float) -> ScenarioResult:
     """The control: raw SDK clients on two replicas, no lease, both writing one session at once."""
-    from copilot import CopilotClient, PermissionHandler
-    from copilot.client import RuntimeConnection
+    from copilot import PermissionHandler
+
+    from copilot_fleet.nodelay import cli_client
 
     r = ScenarioResult("writers-control", "Control: two writers WITHOUT the lease (raw SDK)", run_unit="attempts")
     r.target("diverged_sessions", min=1, meaning="sessions whose events.jsonl forked: the check sees divergence")
@@ -157,8 +158,7 @@ async def writers_without_lease(fleet: FleetUnderTest, *, attempts: int, budget:
     assert target.provider is not None
     token = target.token_for()
     kw = dict(provider=target.provider.to_sdk(), on_permission_request=PermissionHandler.approve_all, **SMALL)
-    clients = [CopilotClient(connection=RuntimeConnection.for_uri(a, connection_token=token))
-               for a in target.replicas[:2]]
+    clients = [cli_client(a, token) for a in target.replicas[:2]]
     deadline = time.monotonic() + budget
     try:
         for c in clients:

@@ -244,9 +244,9 @@ class ForceStoppedClients:
         self.made: list[Any] = []
 
     def __call__(self, address: str, token: str | None) -> Any:
-        from copilot import CopilotClient, RuntimeConnection
+        from copilot_fleet.nodelay import cli_client
 
-        client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+        client = cli_client(address, token)
         self.made.append(client)
         return client
 
@@ -385,9 +385,9 @@ class RawSdk:
 
     async def connect(self, address: str, token: str | None) -> Any:
         """A started client, or the exception the server answered the handshake with."""
-        from copilot import CopilotClient, RuntimeConnection
+        from copilot_fleet.nodelay import cli_client
 
-        client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+        client = cli_client(address, token)
         self.clients.append(client)
         await asyncio.wait_for(client.start(), min(self.timeout, 10.0))
         return client

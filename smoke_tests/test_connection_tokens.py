@@ -1,6 +1,7 @@
 """Check 3 (every pattern) and the token half of check 4 (per-user): the servers demand their connection token.
+And per server: the connection this project opens to it has TCP_NODELAY.
 
-Raw SDK clients, not the fleet client: this is about the servers, and an application bug cannot hide it.
+Bare SDK clients, not the fleet client: this is about the servers, and an application bug cannot hide it.
 """
 
 from __future__ import annotations
@@ -43,3 +44,15 @@ def test_user_token_opens_only_own_server(target, users, raw_sdk, aio, auth_fail
             f"{other}'s server {other_server} did not refuse {owner}'s token with AUTHENTICATION_FAILED: "
             f"{refused!r}"
         )
+
+
+def test_connection_without_nagle(server, raw_sdk, aio) -> None:
+    """connections: TCP_NODELAY on the connection (no delayed-ACK wait on every request)"""
+    from copilot_fleet.nodelay import client_nodelay, nodelay_problem
+
+    client = aio.run(raw_sdk.connect(server.address, server.token))
+    state = client_nodelay(client)
+    assert state is True, (
+        f"the connection to {server.id} has Nagle's algorithm on ({'cannot be read' if state is None else 'off'}): "
+        f"every request waits for a delayed ACK; {nodelay_problem() or 'made outside copilot_fleet.nodelay'}"
+    )

@@ -53,10 +53,10 @@ class _CountingFactory:
         self.calls: list[str] = []
 
     def __call__(self, address: str, token: str | None):  # noqa: ANN204 - returns the SDK's client type
-        from copilot import CopilotClient, RuntimeConnection
+        from copilot_fleet.nodelay import cli_client
 
         self.calls.append(address)
-        return CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+        return cli_client(address, token)
 
 
 @pytest.mark.applies(isolation=("shared-cli", "shared-session"))

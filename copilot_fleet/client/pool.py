@@ -12,10 +12,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from copilot import CopilotClient, CopilotSession, RuntimeConnection
+from copilot import CopilotClient, CopilotSession
 
 # Not re-exported by `copilot`; the SDK is pinned (copilot_fleet.SDK_VERSION), so importing them is safe.
 from copilot._jsonrpc import JsonRpcError, ProcessExitedError
+
+from copilot_fleet.nodelay import cli_client
 
 from .errors import ReplicaUnavailable
 from .liveness import client_connected
@@ -76,18 +78,17 @@ def forget_detached_session(client: CopilotClient, session: CopilotSession) -> N
             del sessions[session.session_id]
 
 
-def _default_factory(address: str, token: str | None) -> CopilotClient:
-    return CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
-
-
 class ClientPool:
-    """Connected SDK clients keyed by (address, token). Use from one event loop; `aclose()` stops them all."""
+    """Connected SDK clients keyed by (address, token). Use from one event loop; `aclose()` stops them all.
+
+    Clients come from `copilot_fleet.nodelay.cli_client` (TCP_NODELAY on every connection); a `client_factory`
+    should build them with it too."""
 
     def __init__(self, *, connect_timeout: float = 5.0, client_factory: ClientFactory | None = None) -> None:
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout}")
         self.connect_timeout = connect_timeout
-        self._factory = client_factory or _default_factory
+        self._factory = client_factory or cli_client
         self._clients: dict[tuple[str, str | None], CopilotClient] = {}
         self._locks: dict[tuple[str, str | None], asyncio.Lock] = {}
         self._closed = False

@@ -38,6 +38,7 @@ from typing import Any
 
 from copilot_fleet.argtypes import positive, secret_from_file_or_env
 from copilot_fleet.errors import FleetError
+from copilot_fleet.nodelay import open_tcp
 
 DEFAULT_TIMEOUT = 2.0
 TOKEN_ENV = "COPILOT_CONNECTION_TOKEN"
@@ -174,13 +175,12 @@ def check(address: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> 
 
     try:
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = open_tcp(host, port, timeout)
         except TimeoutError:
             raise HealthCheckError(f"TCP connect timed out after {timeout:g} s") from None
         except OSError as exc:
             raise HealthCheckError(f"TCP connect failed: {exc.strerror or exc}") from None
         with sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(sock, deadline)
             hello = conn.call("connect", {"token": token} if token else {})
             if hello.get("ok") is not True:

@@ -5,6 +5,7 @@ the machine is shared and the figures are what the benchmark is for.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +13,14 @@ from pathlib import Path
 import pytest
 
 import common
+import floor
+import hops
 import latency
 import overheads
 import run_all
 import scale
+import sockopts
+import vs_raw_sdk
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,6 +92,29 @@ def test_each_benchmark_runs_smallest_size_and_reports(fleet: common.LocalFleet,
         assert len(c.a) == len(c.b) == 2 and c.ratio > 0
         assert isinstance(c.to_json()["met"], bool)
 
+    results.vs_raw, results.vs_raw_profile = common.run(vs_raw_sdk.measure(target, fleet, iterations=2,
+                                                                           profile=False))
+    assert [r.route for r in results.vs_raw] == ["same", "haproxy", "other"]
+    cli_reachable = sockopts.available(fleet.pid("copilot-cli-0")) is None
+    for route in results.vs_raw:
+        expected = ["raw", "nodelay", "fleet"] + (["both ends"] if route.route == "same" and cli_reachable else [])
+        assert route.arms() == expected, (route.route, route.skipped)
+        assert route.cycles == 2 and all(n == 0 for n in route.errors.values()), route.error_examples
+        for arm in route.arms():
+            assert [len(route.samples[arm][op]) for op in vs_raw_sdk.OPS] == [2, 4, 2, 2], (route.route, arm)
+        assert all(route.ratio("fleet", op) > 0 for op in vs_raw_sdk.OPS)
+        assert "ours" in vs_raw_sdk.attribution(route, "create", results.vs_raw[0])
+
+    results.floor = common.run(floor.measure(fleet, turns=2))
+    assert list(results.floor.turn) == (list(floor.ARMS) if not results.floor.skipped else ["client"])
+    assert all(len(v) == 2 for v in results.floor.turn.values()) and results.floor.errors == 0
+
+    results.haproxy = common.run(hops.haproxy_ends(fleet))
+    # What the seam gives through the load balancer, and the SDK's own default, read back from the sockets.
+    assert results.haproxy.application == {"copilot_fleet.nodelay client": True, "raw SDK as shipped": False}
+    if not results.haproxy.skipped:
+        assert len(results.haproxy.frontend) >= 2 and results.haproxy.backend and results.haproxy.cli_end
+
     results.scale = common.run(scale.measure(fleet, (1, 2), settle=0.5))
     sr = results.scale
     assert [lv.sessions for lv in sr.levels] == [1, 2] and all(lv.errors == 0 for lv in sr.levels)
@@ -111,8 +139,50 @@ def test_each_benchmark_runs_smallest_size_and_reports(fleet: common.LocalFleet,
     doc = tmp_path / "benchmarks.md"
     run_all.write_doc(results, doc, quick=True)
     text = doc.read_text()
-    for heading in ("## Latency on one replica", "## Overheads of the fleet", "## Sessions per replica"):
+    for heading in ("## Latency on one replica", "## Overheads of the fleet", "## Sessions per replica",
+                    "## The fleet client against the raw SDK as shipped", "## The CLI's floor", "## The hops"):
         assert heading in text
+    assert "FleetClient / raw SDK as shipped, create, replica 0" in text
     assert "| 2 | send |" in text and "FleetClient (routing + lease)" in text
-    for png in ("latency.png", "overheads.png", "scale.png"):
+    for png in ("latency.png", "overheads.png", "scale.png", "before_after.png", "vs_raw_arms.png"):
         assert (tmp_path / "benchmarks" / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_service_path_is_one_connection_through_a_dnat_rule() -> None:
+    """The Kubernetes Service path benchmark: a DNAT rule in a namespace of its own, and the measurement it reports."""
+    if not common.CLI.exists():
+        pytest.skip(f"Copilot CLI not installed at {common.CLI}")
+    result = hops.service_path(cycles=1)
+    if result.skipped:
+        pytest.skip(result.skipped)
+    assert result.errors == 0, result.error_examples
+    assert result.rule_packets >= 1  # the connection really went through the rule
+    assert result.one_connection and result.client_nodelay == {"service": True, "direct": True}
+    assert all(len(result.samples[arm]["create"]) == 1 for arm in ("service", "direct"))
+    assert "DNAT rule matched" in hops.service_report(result)
+
+
+def test_sockopts_reads_and_sets_another_process_socket() -> None:
+    """pidfd_getfd: TCP_NODELAY read from, and set on, a socket another process holds."""
+    import socket
+    import subprocess
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", (
+            f"import socket,sys; s=socket.create_connection(('127.0.0.1', {port})); print(s.getsockname()[1], "
+            "flush=True); sys.stdin.read()")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            port = int(child.stdout.readline())
+            why = sockopts.available(child.pid)
+            if why is not None:
+                pytest.skip(why)
+            peer = ("127.0.0.1", server.getsockname()[1])
+            assert [(s.local, s.nodelay) for s in sockopts.tcp_sockets(child.pid)] == [(("127.0.0.1", port), False)]
+            assert sockopts.set_nodelay(child.pid, peer, True) == 1
+            assert [s.nodelay for s in sockopts.tcp_sockets(child.pid)] == [True]
+            assert sockopts.set_nodelay(child.pid, ("127.0.0.1", 1), True) == 0  # another peer: untouched
+        finally:
+            child.kill()
+            child.wait(timeout=10)

@@ -341,9 +341,9 @@ class _CreateSeen:
         self.requests: list[asyncio.Future[Any]] = []
 
     def __call__(self, address: str, token: str | None) -> Any:
-        from copilot import CopilotClient, RuntimeConnection
+        from copilot_fleet.nodelay import cli_client
 
-        real = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+        real = cli_client(address, token)
         seen = self
 
         class Watched:

@@ -133,10 +133,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 # --- SDK sessions ---------------------------------------------------------------------------------------------
 
 def _client(address: str, token: str | None) -> Any:
-    from copilot import CopilotClient
-    from copilot.client import RuntimeConnection
+    from copilot_fleet.nodelay import cli_client
 
-    return CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    return cli_client(address, token)
 
 
 async def _close(client: Any) -> None:

@@ -68,11 +68,11 @@ def _events(proj: Project, session_id: str) -> list[dict[str, Any]]:
 async def _turn_on(address: str, token: str | None, target: Any, prompt: str,
                    started: threading.Event) -> tuple[str, str]:
     """Create a session, send one (slow) prompt, signal once it was sent, wait for the reply, disconnect."""
-    from copilot import CopilotClient
-    from copilot.client import RuntimeConnection
     from copilot.session import PermissionHandler
 
-    client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    from copilot_fleet.nodelay import cli_client
+
+    client = cli_client(address, token)
     await client.start()
     try:
         session = await client.create_session(provider=target.provider.to_sdk(), model=target.model,
@@ -179,11 +179,11 @@ def test_drain_of_unknown_server_names_the_servers(project: Project) -> None:
 
 async def _fill(address: str, token: str | None, target: Any, count: int) -> list[str]:
     """`count` sessions on one server, one turn each (remember:), 10 at a time over one client."""
-    from copilot import CopilotClient
-    from copilot.client import RuntimeConnection
     from copilot.session import PermissionHandler
 
-    client = CopilotClient(connection=RuntimeConnection.for_uri(address, connection_token=token))
+    from copilot_fleet.nodelay import cli_client
+
+    client = cli_client(address, token)
     await client.start()
     sem = asyncio.Semaphore(10)
 

@@ -126,16 +126,16 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
 def test_delete_refuses_a_session_a_cli_has_attached_without_a_lease(ops_fleet: OpsFleet,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """An application that bypasses the fleet client holds no lease; the CLIs' in-use locks still protect it."""
-    from copilot import CopilotClient, PermissionHandler, RuntimeConnection
+    from copilot import PermissionHandler
 
     from copilot_fleet.client import new_session_id
+    from copilot_fleet.nodelay import cli_client
 
     sid = new_session_id("hank", "raw")
     target_file = ops_fleet.target_file(ops_fleet.target(), "raw-target.json")
 
     async def scenario() -> tuple[int, str, str]:
-        raw = CopilotClient(connection=RuntimeConnection.for_uri(ops_fleet.a.address,
-                                                                 connection_token=ops_fleet.token))
+        raw = cli_client(ops_fleet.a.address, ops_fleet.token)
         await raw.start()
         try:
             provider = cast("ProviderConfig", ops_fleet.model.provider())

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from copilot import CopilotClient, PermissionHandler, ProviderConfig, RuntimeConnection
+from copilot import PermissionHandler, ProviderConfig
 
+from copilot_fleet.nodelay import cli_client
 from copilot_fleet.testmodel import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def _event_type(event: Any) -> str:
 async def remember_then_recall(
     cli: CliServer, provider: ProviderConfig, session_id: str, streaming: bool
 ) -> dict[str, Any]:
-    client = CopilotClient(connection=RuntimeConnection.for_uri(f"127.0.0.1:{cli.port}", connection_token=cli.token))
+    client = cli_client(f"127.0.0.1:{cli.port}", cli.token)
     await client.start()
     events: list[Any] = []
     try:
@@ -174,9 +175,7 @@ def test_wrong_api_key_fails_the_turn_with_401(cli_server: CliServer, model_serv
     log_before = model_server.log().count("\n")
 
     async def send() -> str:
-        client = CopilotClient(
-            connection=RuntimeConnection.for_uri(f"127.0.0.1:{cli_server.port}", connection_token=cli_server.token)
-        )
+        client = cli_client(f"127.0.0.1:{cli_server.port}", cli_server.token)
         await client.start()
         try:
             session = await client.create_session(

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Check functions of smoke_tests/ by where they apply.
 EVERY_PATTERN = {
     "test_persistent_session_lifecycle", "test_ephemeral_session", "test_resume_without_provider_is_actionable",
-    "test_connection_token_required",
+    "test_connection_token_required", "test_connection_without_nagle",
     "test_processes_running", "test_ports_on_loopback_only", "test_state_modes", "test_cli_not_logging_debug",
     "test_no_secrets_in_process_arguments",
 }
@@ -72,6 +72,8 @@ def test_verify_passes(running_fleet, capsys, tmp_path) -> None:
     servers = (1 if "endpoint" in target else 0) + len(target.get("replicas", [])) + len(target.get("users", {}))
     token_checks = [c for c in report["checks"] if _function(c["nodeid"]) == "test_connection_token_required"]
     assert len(token_checks) == servers, f"{len(token_checks)} token checks for {servers} servers"
+    nagle_checks = [c for c in report["checks"] if _function(c["nodeid"]) == "test_connection_without_nagle"]
+    assert len(nagle_checks) == servers, f"{len(nagle_checks)} TCP_NODELAY checks for {servers} servers"
 
     for check in report["checks"]:
         if check["outcome"] == "skipped" and _function(check["nodeid"]) not in KUBERNETES:
