@@ -420,6 +420,26 @@ def is_auth_failure(exc: BaseException | None) -> bool:
     return exc is not None and getattr(exc, "code", None) == AUTH_FAILED
 
 
+def why_refused(address: str, exc: BaseException) -> str:
+    """What turned a client away, in words that tell a refused token from a server that cannot be reached."""
+    if is_auth_failure(exc):
+        return f"the server at {address} refused the token (AUTHENTICATION_FAILED, -32002)"
+    text = str(exc)
+    if isinstance(exc, OSError) or "failed to connect to cli server" in text.lower():
+        hint = ""
+        if "name or service not known" in text.lower() or "name resolution" in text.lower():
+            hint = (" (a cluster DNS name seen from outside the cluster? `copilot-fleet verify --stack NAME` "
+                    "reaches Kubernetes fleets through port-forwards)")
+        return f"no connection to {address}: {text}{hint}; the token was never checked"
+    return f"{type(exc).__name__}: {text}"
+
+
+@pytest.fixture(scope="session")
+def refusal_text() -> Callable[[str, BaseException], str]:
+    """`refusal_text(address, exc)`: a refused token and an unreachable server, told apart."""
+    return why_refused
+
+
 @pytest.fixture(scope="session")
 def auth_failure() -> Callable[[BaseException | None], bool]:
     """`auth_failure(exc)`: True for the server's AUTHENTICATION_FAILED (-32002) answer and nothing else."""

@@ -42,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
         # the process ends after this command (see _leave_garbage_at_exit).
         result = render_stack(project_dir, args.stack, k8s_version=version, collect=False)
     except ValueError as exc:
+        from copilot_fleet.errors import StackFileError
         from copilot_fleet.spec import ConfigError
 
-        if isinstance(exc, ConfigError):
-            raise
+        if isinstance(exc, ConfigError | StackFileError):
+            raise  # invalid config, its values or its YAML: cli.main's exit status 2
         print(f"copilot-fleet render: {exc}", file=sys.stderr)
         return 1
     out_dir = Path(args.out) if args.out else project_dir / DEFAULT_OUT / args.stack

@@ -84,7 +84,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
     from copilot_fleet.stackfile import find_project_dir
 
     project = find_project_dir(Path(args.project_dir) if getattr(args, "project_dir", None) else None)
-    target, warning = read_target(project, stack)
+    target, warning = read_target(project, stack, "--target")
     if warning:
         print(f"copilot-fleet sessions: warning: {warning}", file=sys.stderr)
     return target

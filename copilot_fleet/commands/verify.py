@@ -91,7 +91,7 @@ def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
     from copilot_fleet.local.paths import StatePaths
 
     stack = args.stack or DEFAULT_STACK
-    target, warning = targets.read_target(project_dir, stack)  # the same resolution as `copilot-fleet target`
+    target, warning = targets.read_target(project_dir, stack, "--target")  # as `copilot-fleet target` does
     if warning:
         raise CommandError(f"{warning}; nothing was verified")
     if target.platform == "local" and state is None:

@@ -30,7 +30,7 @@ from copilot_fleet.local.render import haproxy_cfg, redis_conf, supervisord_conf
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.spec import FleetSpec
-from copilot_fleet.stackfile import StackNotFound, load_stack_spec, read_stack_config
+from copilot_fleet.stackfile import StackNotFound, load_stack_spec, read_stack_config, stack_file
 from copilot_fleet.topology import Topology, build_topology
 
 DEFAULT_TIMEOUT = 60.0
@@ -412,6 +412,7 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
                               f"stacks only. Remove its resources with `pulumi destroy --stack {stack}`")
     paths = StatePaths(project_dir, stack)
     if not paths.root.exists():
+        stack_file(project_dir, stack)  # `down --stack typo` is an error naming the stacks there are, not a no-op
         _say(out, f"fleet {stack} is not running here (no {paths.display(paths.root)}); nothing to stop")
         return DownResult(was_running=False, stopped_pids=[], purged=False)
     with stack_lock(paths, on_wait=lambda: _say(out, f"waiting for another copilot-fleet command on stack {stack} "
