@@ -23,7 +23,7 @@ Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[st
 
 # The keys of the target (shared/design.md), exported one stack output each, in this order.
 TARGET_KEYS = ("stack", "platform", "isolation", "endpoint", "replicas", "users", "connection_token",
-               "user_tokens", "redis_url", "provider", "model")
+               "user_tokens", "redis_url", "provider", "model", "namespace")
 
 
 def run() -> dict[str, Any]:
@@ -100,5 +100,7 @@ def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens
         "redis_url": endpoints.redis_url,
         "provider": provider,
         "model": spec.session_model,
+        # Where the pods run: verify's pod checks and port-forwards look there (Kubernetes and AKS alike).
+        "namespace": spec.namespace if spec.platform in ("kubernetes", "azure") else None,
     }
     return {key: target[key] for key in TARGET_KEYS if target[key] is not None}

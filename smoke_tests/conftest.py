@@ -48,8 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="upper bound for any single wait: a model turn, a connect, a lease (default 30)")
     group.addoption("--kube-context", metavar="NAME", default=None,
                     help="kubectl context for the in-pod checks (default: the current context)")
-    group.addoption("--kube-namespace", metavar="NS", default="copilot-fleet",
-                    help="namespace of the CLI pods (default copilot-fleet, the fleet:namespace default)")
+    group.addoption("--kube-namespace", metavar="NS", default=None,
+                    help="namespace of the CLI pods (default: the target's namespace, else the one in its cluster "
+                         "DNS names, else copilot-fleet)")
     group.addoption("--kube-selector", metavar="LABELS", default=None,
                     help="label selector of the CLI pods (default app.kubernetes.io/name=copilot-cli,"
                          "app.kubernetes.io/instance=<the target's stack>)")
