@@ -14,7 +14,7 @@ from copilot_fleet.spec import ConfigError
 
 # Subcommand modules under copilot_fleet.commands, in help order. A module that is missing is skipped so that a
 # partial install still runs the commands it has.
-COMMAND_MODULES = ("render", "local", "verify", "sessions", "operate")
+COMMAND_MODULES = ("render", "local", "verify", "sessions", "members", "operate")
 
 
 __all__ = ["CommandError", "build_parser", "main"]

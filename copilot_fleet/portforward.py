@@ -22,7 +22,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -48,14 +49,30 @@ class PortForwardError(CommandError):
     """Port-forwarding could not be set up; the message says what to fix."""
 
 
-def cluster_addresses(target: Target) -> list[ClusterAddress]:
-    """Every address of the target that is a cluster DNS name: endpoint, replicas, users' servers, Redis."""
-    addresses = [target.endpoint] if target.endpoint else []
-    addresses += [*target.replicas, *target.users.values()]
-    if target.redis_url is not None and (redis := redis_address(target.redis_url.get_secret_value())):
-        addresses.append(redis)
+def cluster_addresses(target: Target, *, servers: bool = True, redis: bool = True) -> list[ClusterAddress]:
+    """Every address of the target that is a cluster DNS name: the CLI servers (endpoint, replicas, users'
+    servers) and Redis, or only one of the two."""
+    addresses = ([target.endpoint] if target.endpoint else []) + [*target.replicas, *target.users.values()]
+    if not servers:
+        addresses = []
+    if redis and target.redis_url is not None and (at := redis_address(target.redis_url.get_secret_value())):
+        addresses.append(at)
     found = [parse_cluster_address(a) for a in addresses]
     return [a for a in found if a is not None]
+
+
+@contextmanager
+def reachable(target: Target, via: str, context: str | None, *, servers: bool = True, redis: bool = True,
+              timeout: float = 60.0) -> Iterator[Target]:
+    """The target as this machine can reach it: itself, or (when `choose_route` says so) a copy pointing at
+    forwards to its cluster objects (only the servers or only Redis if asked), stopped on exit."""
+    if choose_route(target, via) == "direct":
+        yield target
+        return
+    kubectl = find_kubectl()
+    with PortForwards(kubectl, current_context(kubectl, context), ready_timeout=timeout) as forwards:
+        local = forwards.start(cluster_addresses(target, servers=servers, redis=redis))
+        yield localize(target, local)
 
 
 def choose_route(target: Target, via: str) -> Literal["port-forward", "direct"]:

@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from copilot_fleet.argtypes import seconds_between
+from copilot_fleet.commands.access import VIA_CHOICES
 from copilot_fleet.errors import CommandError
 from copilot_fleet.stacknames import DEFAULT_STACK, add_stack_argument
 
 if TYPE_CHECKING:
     from copilot_fleet.portforward import PortForwards
     from copilot_fleet.target import Target
-
-# How to reach the fleet's servers (copilot_fleet/portforward.py).
-VIA_CHOICES = ("auto", "port-forward", "direct")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
