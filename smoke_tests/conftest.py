@@ -39,7 +39,7 @@ SHARED_FLEET_USERS = ("verify-alice", "verify-bob-smith")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("copilot-fleet", "copilot-fleet post-deploy smoke tests")
     group.addoption("--target", metavar="FILE", default=None,
-                    help="the target JSON of the deployment (copilot-fleet target --stack NAME, or "
+                    help="the target JSON of the deployment (copilot-fleet target --stack NAME --show-secrets, or "
                          "pulumi stack output --json --show-secrets)")
     group.addoption("--fleet-state", metavar="DIR", default=None,
                     help="a local fleet's state directory (<project>/.fleet/<stack>): enables host checks on "
@@ -61,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if path is None:
         raise pytest.UsageError(
             "the smoke tests need --target FILE: the deployment's target JSON (for a local stack: "
-            "copilot-fleet target --stack NAME > target.json; for Pulumi: "
+            "copilot-fleet target --stack NAME --show-secrets > target.json; for Pulumi: "
             "pulumi stack output --json --show-secrets > target.json)"
         )
     try:

@@ -45,9 +45,13 @@ def _healthy(project: h.Project) -> dict:
 
 
 def test_target_describes_the_fleet(project: h.Project) -> None:
-    target_out = project.run_ok("target", "--stack", STACK)
+    target_out = project.run_ok("target", "--stack", STACK, "--show-secrets")
     target = project.target(STACK)
     assert f'"connection_token": "{target.token_for()}"' in target_out.stdout
+    redacted = project.run_ok("target", "--stack", STACK).stdout  # what is printed unless asked: no secret
+    assert '"connection_token": "[secret]"' in redacted and ":[secret]@127.0.0.1:" in redacted
+    assert not [name for name, value in target.secret_values().items() if value in redacted]
+    assert json.loads(redacted)["replicas"] == target.replicas
     assert target.platform == "local" and target.isolation == "shared-cli"
     assert len(target.replicas) == 2 and target.endpoint not in target.replicas
     assert target.provider is not None and target.provider.base_url.endswith("/v1")

@@ -189,3 +189,23 @@ def test_target_secret_values_name_every_secret_it_carries() -> None:
                       "redis password": "hunter2hunter2", "provider api_key": "sk-" + "k" * 20}
     assert "redis password" not in parse_target(json.dumps({**doc, "redis_url": "redis://:short@h:1/0"}),
                                                 "t.json").secret_values()
+
+
+def test_a_redacted_target_shows_no_secret_and_is_refused_as_a_target() -> None:
+    """`copilot-fleet target` prints this unless --show-secrets: every secret of secret_values() replaced, the rest
+    (addresses, the Redis host) kept; read back as a target, it is refused naming the fields, not sent to a server
+    as a token."""
+    from copilot_fleet.target import REDACTED, TargetError, parse_target
+
+    doc = {**GOOD, "isolation": "per-user", "replicas": [], "users": {"alice": "127.0.0.1:4501"},
+           "user_tokens": {"alice": "a" * 20}, "redis_url": "redis://:hunter2hunter2@127.0.0.1:6390/0",
+           "provider": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-" + "k" * 20}}
+    target = parse_target(json.dumps(doc), "t.json")
+    shown = json.dumps(target.redacted_json_dict())
+    assert not [name for name, value in target.secret_values(min_length=1).items() if value in shown]
+    redacted = json.loads(shown)
+    assert redacted["users"] == doc["users"] and redacted["redis_url"] == f"redis://:{REDACTED}@127.0.0.1:6390/0"
+    assert redacted["provider"]["base_url"] == doc["provider"]["base_url"]
+    with pytest.raises(TargetError, match=r"connection_token, user_tokens.alice, redis_url, provider.api_key "
+                                          r"redacted .*--show-secrets"):
+        parse_target(shown, "copy.json")
