@@ -16,7 +16,7 @@
     servers/<name>/           0700  each server's own COPILOT_HOME (config, logs, session-store.db)
       session-state -> ../../session-state     shared patterns: only session-state/ is shared
     session-state/            0700  shared patterns: the one session-state/ every replica sees
-    work/<group>/             0700  the servers' working directory (a session's cwd), one per group
+    work/<server>/            0700  each server's own working directory (a session's cwd), as in a pod
     redis/                    0700  Redis append-only files
 ```
 """
@@ -143,8 +143,10 @@ class StatePaths:
     def server_home(self, name: str) -> Path:
         return self.servers_dir / name
 
-    def group_work_dir(self, group: str) -> Path:
-        return self.work_dir / group
+    def server_work_dir(self, name: str) -> Path:
+        """A CLI server's working directory: its own, as each pod's is (files a session's tools write stay with
+        the server that ran the turn; only session-state/ moves with a session)."""
+        return self.work_dir / name
 
     @property
     def otel_dir(self) -> Path:
