@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # What a platform provides: deploy the topology with these tokens, say where the fleet answers.
 Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[str, Any]"]
 
-# The keys of the target (shared/design.md), exported one stack output each, in this order.
+# The keys of the target (docs/target.md), exported one stack output each, in this order.
 TARGET_KEYS = ("stack", "platform", "isolation", "endpoint", "replicas", "users", "connection_token",
                "user_tokens", "redis_url", "provider", "model", "namespace")
 
@@ -76,7 +76,7 @@ def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEnd
 
 def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens,
                    endpoints: FleetEndpoints) -> dict[str, Any]:
-    """The target (design.md) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
+    """The target (docs/target.md) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
 
     Keys that do not apply to this fleet (no load-balanced endpoint in per-user, no lease store, no provider)
     are left out rather than exported as null.

@@ -242,7 +242,8 @@ class ResourceAmounts(_Section):
 
 
 class ResourcesSpec(_Section):
-    # Idle CLI about 243 MiB, +3.7 MiB per attached session (facts): 512Mi request, 2Gi limit fit the 50-session cap.
+    # Idle CLI about 295 MiB, 3.4-4.1 MiB more per attached session (docs/config.md cites where each was measured):
+    # 512Mi request, 2Gi limit fit the 50-session cap.
     requests: ResourceAmounts = ResourceAmounts(cpu="250m", memory="512Mi")
     limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
 

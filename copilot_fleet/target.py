@@ -53,7 +53,7 @@ def _check_address(value: str) -> str:
 
 
 class Target(BaseModel):
-    """What a deployment hands to verification (see ../shared/design.md, "The target")."""
+    """What a deployment hands to verification: the fields and which are secrets are in docs/target.md."""
 
     model_config = ConfigDict(extra="ignore")
 
