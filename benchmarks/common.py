@@ -257,8 +257,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def plot(path: Path, title: str, xlabel: str, ylabel: str,
          series: Mapping[str, tuple[Sequence[Any], Sequence[float]]],
-         kind: str = "line", size: tuple[float, float] = (7, 4)) -> Path:
-    """A PNG with one line (or bar group) per series; Agg backend, no display needed."""
+         kind: str = "line", right: Mapping[str, tuple[Sequence[Any], Sequence[float]]] | None = None,
+         right_label: str = "", log_x: bool = False, size: tuple[float, float] = (7, 4.4)) -> Path:
+    """A PNG with one line (or bar group) per series; Agg backend, no display needed. Every axis has one unit:
+    series in another unit go in `right`, drawn against a second y axis labelled `right_label`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,12 +277,28 @@ def plot(path: Path, title: str, xlabel: str, ylabel: str,
         ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(first))], [str(x) for x in first])
     else:
         for name, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", label=name)
+            ax.plot(list(xs), list(ys), marker="o", label=name)
+    if log_x:
+        ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    if right:
+        other = ax.twinx()
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"][len(series):]
+        for (name, (xs, ys)), colour in zip(right.items(), colours, strict=False):
+            other.plot(list(xs), list(ys), marker="s", linestyle="--", color=colour, label=name)
+        other.set_ylabel(right_label)
+        other.set_ylim(bottom=0)
+        more_handles, more_labels = other.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if kind != "bar":
+        ax.set_ylim(bottom=0)
+    # Below the plot: with two axes, no corner is free of both axes' lines.
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(labels)),
+              frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -31,6 +31,8 @@ from copilot_fleet.local.supervisor import Supervisor
 from copilot_fleet.pod import procfs
 
 DOC = ROOT / "docs" / "local-fleet.md"
+# Idle memory is read this long after `up` returned; the same for every run, wherever it is started from.
+DEFAULT_SETTLE = 5.0
 BEGIN, END = "<!-- measured:begin -->", "<!-- measured:end -->"
 READY_LINE = re.compile(r"^\s+ready\s+(\S+)\s+\S+\s+([\d.]+) s")
 PHASE = re.compile(r"(checks|supervisord|servers) ([\d.]+) s")
@@ -173,19 +175,21 @@ def report(results: dict[tuple[int, str], list[Run]], runs: int, settle: float, 
     return "\n".join(lines)
 
 
-def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.is_file() else f"# The local fleet\n\n## Measured\n\n{BEGIN}\n{END}\n"
+def write_doc(text: str, path: Path = DOC) -> None:
+    doc = path.read_text() if path.is_file() else f"# The local fleet\n\n## Measured\n\n{BEGIN}\n{END}\n"
     if BEGIN not in doc:
         doc += f"\n## Measured\n\n{BEGIN}\n{END}\n"
     head, _, rest = doc.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per configuration (default 3)")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds idle before reading memory (default 5)")
+    parser.add_argument("--settle", type=float, default=DEFAULT_SETTLE,
+                        help=f"seconds idle before reading memory (default {DEFAULT_SETTLE:g})")
     parser.add_argument("--no-write", action="store_true", help=f"print only; do not update {DOC.name}")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]

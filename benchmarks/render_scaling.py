@@ -257,6 +257,20 @@ def cli_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], clis: list[dict[str, Any]] | None, path: Path) -> Path:
+    """Time on the left axis (s), peak memory on the right (MiB): one unit per axis, log-scaled users."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common
+
+    xs = [r["users"] for r in rows]
+    times = {"render total (s)": (xs, [r["total_s"] for r in rows])}
+    if clis:
+        times["whole command (s)"] = ([c["users"] for c in clis], [c["wall_s"] for c in clis])
+    return common.plot(path, "per-user render by users", "users (log scale)", "seconds", times,
+                       right={"peak RSS (MiB)": (xs, [r["rss_peak_mb"] for r in rows])}, right_label="MiB",
+                       log_x=True)
+
+
 def best_of(repeat: int, users: int, mode: str, floor_count: int = 0) -> dict[str, Any]:
     """The run with the least total time of `repeat` (a shared machine's noise only ever adds time)."""
     runs = [run_child(users, mode, floor_count) for _ in range(repeat)]
@@ -385,6 +399,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], floors: dict[int, dict[
                       f"{largest['rss_peak_mb'] - largest['rss_base_mb']:.0f} MiB for the whole render. ")
     profile_section = profile_text(prof) if prof else "(not profiled in this run: `--profile USERS`)"
     cli_section = cli_table(clis) if clis else "(not measured in this run)"
+    image = plot(rows, clis, path.parent / "benchmarks" / "render.png")
     path.write_text(f"""# Offline render: scaling with users (`per-user`)
 
 Produced by `benchmarks/render_scaling.py` ({time.strftime('%Y-%m-%d')}). Each size ran in a fresh subprocess:
@@ -407,6 +422,8 @@ The whole command (`python -m copilot_fleet.cli render --stack ...` on a generat
 loading, the render, writing the files, exit):
 
 {cli_section}
+
+![render time and memory by users]({image.relative_to(path.parent)})
 
 ## Growth
 

@@ -6,8 +6,10 @@ One shared-cli fleet (2 replicas, Redis, HAProxy, the test model) in a temp proj
 latency, overhead, fleet-client-vs-raw-SDK, floor, HAProxy, verify and scale runs; it is stopped (down --purge, then
 SIGKILL by PID of anything left) before the Kubernetes Service path (benchmarks/hops.py: its own network namespace)
 and the start-up benchmark (benchmarks/local_startup.py) bring up their own servers, so they do not compete.
-Render scaling calls benchmarks/render_scaling.py (a subprocess per size). `--quick` runs the smallest sizes and,
-unless --doc is given, writes to a temp directory instead of docs/.
+Render scaling runs benchmarks/render_scaling.py (a subprocess per size). The start-up and render benchmarks write
+their own documents next to benchmarks.md (local-fleet.md's "Measured" block, render-benchmark.md), which
+benchmarks.md links to: each figure is written in one place. `--quick` runs the smallest sizes and, unless --doc is
+given, writes to a temp directory instead of docs/.
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ class Results:
     service: hops.ServicePath | None = None
     verify: dict[str, Any] = field(default_factory=dict)
     scale: scale.ScaleResult | None = None
-    startup: str = ""
+    startup_doc: Path | None = None  # where the start-up figures were written
     render_rows: list[dict[str, Any]] = field(default_factory=list)
-    render_table: str = ""
+    render_doc: Path | None = None
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -103,25 +105,26 @@ def run_verify(fleet: common.LocalFleet, timeout: float = 300) -> dict[str, Any]
     return {"seconds": seconds, "exit": proc.returncode, "summary": " / ".join(tail)}
 
 
-def run_startup(runs: int, settle: float) -> str:
-    import local_startup  # owned by another helper: called, not copied
+def run_startup(runs: int, settle: float, doc: Path) -> Path:
+    """local_startup's measurement, written into `doc`'s "Measured" block (local-fleet.md)."""
+    import local_startup
 
     load_before = os.getloadavg()[0]
     results, _ = local_startup.measure(runs, settle)
-    return str(local_startup.report(results, runs, settle, load_before))
+    local_startup.write_doc(local_startup.report(results, runs, settle, load_before), doc)
+    return doc
 
 
-def run_render(sizes: tuple[int, ...], floor: bool) -> tuple[list[dict[str, Any]], str]:
-    import render_scaling  # owned by another helper: each size runs in a subprocess of its own
+def run_render(sizes: tuple[int, ...], floor: bool, doc: Path) -> tuple[list[dict[str, Any]], Path]:
+    """render_scaling's whole run (each size in a subprocess of its own), its report written to `doc`."""
+    import render_scaling
 
-    rows, floors = [], {}
-    for users in sizes:
-        row = render_scaling.run_child(users, "fleet")
-        rows.append(row)
-        print(f"   {users} users: total {row['total_s']:.2f} s, peak RSS {row['rss_peak_mb']:.0f} MiB", flush=True)
-        if floor:
-            floors[users] = render_scaling.run_child(users, "floor", floor_count=row["registrations"])
-    return rows, str(render_scaling.table(rows, floors))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "render.json"
+        argv = ["--sizes", ",".join(str(n) for n in sizes), "--write", str(doc), "--json", str(raw)]
+        if render_scaling.main(argv + ([] if floor else ["--no-floor"])) != 0:
+            raise RuntimeError("benchmarks/render_scaling.py failed")
+        return list(json.loads(raw.read_text())["rows"]), doc
 
 
 def run_fleet_parts(results: Results, sizes: Sizes, skip: set[str]) -> None:
@@ -207,7 +210,8 @@ def _targets(results: Results) -> str:
                      "" if ok else "the Pulumi SDK's: its per-registration cost under mocks (the SDK floor column) "
                                    "is most of the render; docs/render-benchmark.md splits ours from it"])
     if results.scale is not None:
-        rows.append(["sessions on one replica (no error, p99 send <= 2 s)", "report (50 per server is the usual cap)",
+        rows.append(["sessions on one replica (no error, p99 send <= 2 s)",
+                     "report (fleet:maxSessionsPerReplica default 50)",
                      str(results.scale.max_ok_sessions), results.scale.stopped_because, ""])
     if not rows:
         return ""
@@ -245,8 +249,8 @@ p99 is close to the maximum).
         parts.append(f"""## Latency on one replica
 
 Each session: create, send (`remember: apple`), disconnect, resume, send (`recall`), disconnect, delete; `n`
-sessions run at once over one SDK client (TCP_NODELAY, `copilot_fleet.nodelay`) to replica 0 (a usual cap is 50
-sessions per server).
+sessions run at once over one SDK client (TCP_NODELAY, `copilot_fleet.nodelay`) to replica 0
+(`fleet:maxSessionsPerReplica` defaults to 50 a server).
 Send is `send_and_wait` until the test model's reply arrives.
 
 {latency.report(results.latency)}
@@ -332,27 +336,19 @@ VmRSS is read from `/proc/<pid>/status` of the CLI process (PID from supervisord
 
 ![scale]({rel}/scale.png)
 """)  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
-    if results.startup:
-        parts.append(f"""## `copilot-fleet up` until ready
+    if results.startup_doc is not None:
+        parts.append(f"""## `copilot-fleet up` until ready, and idle memory
 
-Run by `benchmarks/local_startup.py` (its own fleets, after the fleet above was stopped):
-
-{results.startup}
+Measured in this run by `benchmarks/local_startup.py` (its own fleets, after the fleet above was stopped) and
+written to [{results.startup_doc.name}]({results.startup_doc.name}), "Measured": one place for those figures.
 """)
-    if results.render_rows:
-        xs = [r["users"] for r in results.render_rows]
-        common.plot(img / "render.png", "per-user render: time and peak RSS", "users", "s  /  MiB / 100", {
-            "total s": (xs, [r["total_s"] for r in results.render_rows]),
-            "peak RSS (MiB / 100)": (xs, [r["rss_peak_mb"] / 100 for r in results.render_rows])})
+    if results.render_doc is not None:
         parts.append(f"""## Render: `per-user` with many users
 
-Run by `benchmarks/render_scaling.py` (each size in a fresh subprocess; see that script for the columns).
-
-{results.render_table}
+Measured in this run by `benchmarks/render_scaling.py` (each size in a fresh subprocess) and written, with its
+plot, the profile and what is ours against the Pulumi SDK's, to [{results.render_doc.name}]({results.render_doc.name}).
 
 {_render_growth(results.render_rows)}
-
-![render]({rel}/render.png)
 """)
     parts.append(f"Time per part (s): {json.dumps({k: round(v, 1) for k, v in results.seconds.items()})}\n")
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -377,11 +373,16 @@ def main(argv: list[str] | None = None) -> int:
     if "hops" not in skip:
         results.service = _step(results, "hops: service path", lambda: hops.service_path(sizes.service_cycles))
     if "startup" not in skip:
-        results.startup = _step(results, "startup", lambda: run_startup(sizes.startup_runs, sizes.scale_settle)) or ""
+        import local_startup
+
+        settle = 1.0 if args.quick else local_startup.DEFAULT_SETTLE  # idle memory: one definition everywhere
+        results.startup_doc = _step(results, "startup", lambda: run_startup(sizes.startup_runs, settle,
+                                                                            doc.parent / "local-fleet.md"))
     if "render" not in skip:
-        out = _step(results, "render", lambda: run_render(sizes.render_sizes, sizes.render_floor))
+        out = _step(results, "render", lambda: run_render(sizes.render_sizes, sizes.render_floor,
+                                                          doc.parent / "render-benchmark.md"))
         if out:
-            results.render_rows, results.render_table = out
+            results.render_rows, results.render_doc = out
     results.load_end = os.getloadavg()
     write_doc(results, doc, args.quick)
     if args.json:

@@ -154,8 +154,10 @@ def report(r: ScaleResult) -> str:
              common.fmt(lv.send["p99"] * 1000), lv.errors, common.fmt(lv.rss_mib),
              common.fmt((lv.rss_mib - r.idle_rss_mib) / lv.sessions)] for lv in r.levels]
     text = common.table(["attached sessions", "attach time (new ones)", "send p50 ms", "send p99 ms", "errors",
-                         "CLI VmRSS MiB", "MiB per session over idle"], rows)
-    text += (f"\n\nIdle VmRSS {r.idle_rss_mib:.0f} MiB; stopped: {r.stopped_because}; largest level within "
+                         "CLI VmRSS MiB", "MiB per session over the start"], rows)
+    # Not the idle memory of a fresh CLI (docs/local-fleet.md has that): this replica served the runs before.
+    text += (f"\n\nVmRSS before the first attach {r.idle_rss_mib:.0f} MiB (this replica had served the runs "
+             f"above); stopped: {r.stopped_because}; largest level within "
              f"the limits (no error, p99 send <= {P99_LIMIT:g} s): **{r.max_ok_sessions} sessions**.\n"
              f"After detaching all: {r.after_detach_rss_mib:.0f} MiB; after recycling the replica "
              f"(restart took {r.recycle_seconds:.1f} s until it answered): {r.after_recycle_rss_mib:.0f} MiB.")
@@ -163,10 +165,12 @@ def report(r: ScaleResult) -> str:
 
 
 def plot(r: ScaleResult, path: Path) -> Path:
+    """Memory on the left axis (MiB), send latency on the right (ms): one unit per axis."""
     xs = [lv.sessions for lv in r.levels]
     return common.plot(path, "One replica: memory and send p99 by attached sessions", "attached sessions",
-                       "MiB  /  ms", {"CLI VmRSS (MiB)": (xs, [lv.rss_mib for lv in r.levels]),
-                                      "send p99 (ms)": (xs, [lv.send["p99"] * 1000 for lv in r.levels])})
+                       "CLI VmRSS (MiB)", {"CLI VmRSS (MiB)": (xs, [lv.rss_mib for lv in r.levels])},
+                       right={"send p99 (ms)": (xs, [lv.send["p99"] * 1000 for lv in r.levels])},
+                       right_label="send p99 (ms)")
 
 
 def main() -> int:

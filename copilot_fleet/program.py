@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 # What a platform provides: deploy the topology with these tokens, say where the fleet answers.
 Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[str, Any]"]
 
-# The keys of the target (copilot_fleet/target.py), exported one stack output each, in this order.
+# The keys of the target (docs/target.md), exported one stack output each, in this order.
 TARGET_KEYS = ("stack", "platform", "isolation", "endpoint", "replicas", "users", "connection_token",
-               "user_tokens", "redis_url", "provider", "model")
+               "user_tokens", "redis_url", "provider", "model", "namespace")
 
 
 def run() -> dict[str, Any]:
@@ -76,7 +76,7 @@ def _deploy_kubernetes(topology: Topology, tokens: ConnectionTokens) -> FleetEnd
 
 def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens,
                    endpoints: FleetEndpoints) -> dict[str, Any]:
-    """The target (copilot_fleet/target.py) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
+    """The target (docs/target.md) as stack outputs; tokens, the Redis URL and the provider's key are secrets.
 
     Keys that do not apply to this fleet (no load-balanced endpoint in per-user, no lease store, no provider)
     are left out rather than exported as null.
@@ -100,5 +100,7 @@ def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens
         "redis_url": endpoints.redis_url,
         "provider": provider,
         "model": spec.session_model,
+        # Where the pods run: verify's pod checks and port-forwards look there (Kubernetes and AKS alike).
+        "namespace": spec.namespace if spec.platform in ("kubernetes", "azure") else None,
     }
     return {key: target[key] for key in TARGET_KEYS if target[key] is not None}

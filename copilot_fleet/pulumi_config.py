@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from copilot_fleet.spec import FleetSpec, RawConfig, load_spec, namespace_values, secret_namespace_keys
+from copilot_fleet.spec import NAMESPACE, FleetSpec, RawConfig, load_spec, namespace_values, secret_namespace_keys
 
 
 def _decode(value: Any) -> Any:
@@ -37,6 +37,8 @@ def raw_config_from_engine() -> RawConfig:
         values={k: _decode(v) for k, v in namespace_values(flat).items()},
         secret_keys=secret_namespace_keys(secret),
         stack=pulumi.get_stack(),
+        other_keys=frozenset(k for k in flat if not k.startswith(f"{NAMESPACE}:")),
+        project=pulumi.get_project(),
     )
 
 

@@ -7,7 +7,6 @@ offending key as it is spelled in stack config (`fleet:storage.accessMode`) and 
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections import Counter
@@ -29,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from copilot_fleet import CLI_VERSION
+from copilot_fleet import CLI_VERSION, config_messages
 from copilot_fleet.errors import FleetError
 from copilot_fleet.isolation import Isolation, shares_session_state
 
@@ -295,7 +294,8 @@ class ResourceAmounts(_Section):
 
 
 class ResourcesSpec(_Section):
-    # Idle CLI about 243 MiB, +3.7 MiB per attached session (CLI 1.0.102): 512Mi request, 2Gi limit fit 50 sessions.
+    # Idle CLI about 295 MiB, 3.4-4.1 MiB more per attached session (docs/config.md cites where each was measured):
+    # 512Mi request, 2Gi limit fit the 50-session cap.
     requests: ResourceAmounts = ResourceAmounts(cpu="250m", memory="512Mi")
     limits: ResourceAmounts = ResourceAmounts(cpu="2", memory="2Gi")
 
@@ -678,6 +678,10 @@ class RawConfig:
     values: Mapping[str, Any]
     secret_keys: frozenset[str] = field(default_factory=frozenset)
     stack: str = ""
+    # Keys of the stack's other namespaces (`ns:key`) and the project's name: a fleet setting set there by mistake
+    # (`copilot-fleet:replicas`, what `pulumi config set replicas 4` writes) is refused rather than ignored.
+    other_keys: frozenset[str] = field(default_factory=frozenset)
+    project: str = ""
 
 
 def _present(values: Mapping[str, Any], path: str) -> bool:
@@ -691,43 +695,20 @@ def _present(values: Mapping[str, Any], path: str) -> bool:
 
 
 def _unknown_key_problems(values: Mapping[str, Any]) -> list[str]:
-    known = {info.alias or name for name, info in FleetSpec.model_fields.items() if name != "stack"}
-    out = []
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean fleet:{close[0]}?)" if close else ""
-            out.append(f"fleet:{key}: unknown key{hint}; allowed: {', '.join(sorted(known))}")
-    return out
+    return [config_messages.unknown_key(FleetSpec, (key,)) for key in values
+            if key not in config_messages.known_keys(FleetSpec)]
 
 
-def _format_pydantic(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
-            out.append(f"fleet:{loc}: required but not set")
-        elif not loc:  # a model-level check: its messages already name their keys
-            out.extend(part.strip() for part in msg.split(" | "))
-        elif err["type"] == "extra_forbidden":
-            out.append(f"fleet:{loc}: unknown key")
-        else:
-            got = err.get("input")
-            hidden = isinstance(got, Mapping | list) or _is_secret_loc(loc) or repr(got) in msg
-            shown = "" if hidden else f" (got {got!r})"
-            out.append(f"fleet:{loc}: {msg}{shown}")
-    return out
-
-
-def _is_secret_loc(loc: str) -> bool:
-    flat = re.sub(r"\.\d+", "[]", loc)
+def _is_secret_key(key: str) -> bool:
+    """`fleet:users[1].githubToken` and the like: values never echoed in a message."""
+    flat = re.sub(r"\[\d+\]", "[]", key.removeprefix(f"{NAMESPACE}:"))
     return flat in SECRET_PATHS or flat.endswith(("Token", "apiKey", "url"))
 
 
 def load_spec(raw: RawConfig) -> FleetSpec:
     """Validate stack config into a FleetSpec, or raise ConfigError naming every offending key."""
-    problems = _unknown_key_problems(raw.values)
+    problems = config_messages.foreign_key_problems(FleetSpec, raw.other_keys, raw.project)
+    problems += _unknown_key_problems(raw.values)
     for path in SECRET_PATHS:
         top = path.partition(".")[0].removesuffix("[]")
         if _present(raw.values, path) and top not in raw.secret_keys:
@@ -737,7 +718,7 @@ def load_spec(raw: RawConfig) -> FleetSpec:
         try:
             spec = FleetSpec.model_validate(dict(raw.values))
         except ValidationError as exc:
-            problems.extend(_format_pydantic(exc))
+            problems.extend(config_messages.format_errors(FleetSpec, exc.errors(), _is_secret_key))
         else:
             return spec.model_copy(update={"stack": raw.stack})
     raise ConfigError(problems, stack=raw.stack or None)

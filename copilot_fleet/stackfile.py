@@ -91,6 +91,12 @@ def read_stack_config(project_dir: Path, stack: str) -> tuple[dict[str, Any], se
     return values, secret
 
 
+def project_name(project_dir: Path) -> str:
+    """`name` from Pulumi.yaml: the namespace `pulumi config set KEY` writes when KEY has none."""
+    meta = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    return str(meta.get("name", ""))
+
+
 def raw_config_from_stack(project_dir: Path, stack: str) -> RawConfig:
     values, secret = read_stack_config(project_dir, stack)
     prefix = f"{NAMESPACE}:"
@@ -98,6 +104,8 @@ def raw_config_from_stack(project_dir: Path, stack: str) -> RawConfig:
         values=namespace_values(values),
         secret_keys=frozenset(k[len(prefix):] for k in secret if k.startswith(prefix)),
         stack=stack,
+        other_keys=frozenset(k for k in values if not k.startswith(prefix)),
+        project=project_name(project_dir),
     )
 
 

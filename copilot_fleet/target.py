@@ -23,6 +23,10 @@ class TargetError(FleetError, ValueError):
     """A target file or document that cannot be used; the message names what is wrong."""
 
 
+# What stands for a secret in a redacted target (`copilot-fleet target` without --show-secrets, as Pulumi prints it).
+REDACTED = "[secret]"
+
+
 class ProviderTarget(BaseModel):
     """The BYOK model endpoint sessions use; re-supplied on every resume (the CLI does not store it)."""
 
@@ -51,7 +55,7 @@ def _check_address(value: str) -> str:
 
 
 class Target(BaseModel):
-    """What a deployment hands to verification (docs/architecture.md, "The target")."""
+    """What a deployment hands to verification: the fields and which are secrets are in docs/target.md."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -103,8 +107,26 @@ class Target(BaseModel):
             values["provider api_key"] = self.provider.api_key.get_secret_value()
         return {k: v for k, v in values.items() if len(v) >= min_length}
 
+    def redacted_json_dict(self) -> dict[str, object]:
+        """The target with every secret replaced by `[secret]` (the Redis URL keeps its host, loses its password):
+        what `copilot-fleet target` prints unless asked to show secrets, as `pulumi stack output` does."""
+        out = self.to_json_dict()
+        if "connection_token" in out:
+            out["connection_token"] = REDACTED
+        if "user_tokens" in out:
+            out["user_tokens"] = {user: REDACTED for user in self.user_tokens}
+        if self.redis_url is not None:
+            parts = urlsplit(self.redis_url.get_secret_value())
+            if parts.password is not None:
+                host = parts.netloc.rpartition("@")[2]
+                out["redis_url"] = parts._replace(netloc=f"{parts.username or ''}:{REDACTED}@{host}").geturl()
+        provider = out.get("provider")
+        if isinstance(provider, dict) and "api_key" in provider:
+            provider["api_key"] = REDACTED
+        return out
+
     def to_json_dict(self) -> dict[str, object]:
-        """The target with secrets revealed: for the state file and `copilot-fleet target` only."""
+        """The target with secrets revealed: for the state file and `copilot-fleet target --show-secrets` only."""
         out = self.model_dump(mode="python", exclude_none=True)
         for key in ("connection_token", "redis_url"):
             if getattr(self, key) is not None:
@@ -128,6 +150,9 @@ def parse_target(document: str | bytes, source: str = "target") -> Target:
     # `pulumi stack output --json` wraps nothing, but be tolerant of {"target": {...}} exports.
     if set(raw) == {"target"} and isinstance(raw["target"], dict):
         raw = raw["target"]
+    if redacted := _redacted_fields(raw):
+        raise TargetError(f"{source}: {', '.join(redacted)} redacted ({REDACTED}), so no server would accept it; "
+                          "write the target with `copilot-fleet target --stack NAME --show-secrets > FILE`")
     try:
         return Target.model_validate(raw)
     except ValidationError as exc:
@@ -136,6 +161,20 @@ def parse_target(document: str | bytes, source: str = "target") -> Target:
             for err in exc.errors()
         )
         raise TargetError(f"{source}: {problems}") from exc
+
+
+def _redacted_fields(raw: dict[str, object]) -> list[str]:
+    """The secret fields of a target document that hold the redaction mark instead of the secret."""
+    found = [key for key in ("connection_token",) if raw.get(key) == REDACTED]
+    tokens = raw.get("user_tokens")
+    if isinstance(tokens, dict):
+        found += [f"user_tokens.{u}" for u, t in tokens.items() if t == REDACTED]
+    if isinstance(raw.get("redis_url"), str) and f":{REDACTED}@" in str(raw["redis_url"]):
+        found.append("redis_url")
+    provider = raw.get("provider")
+    if isinstance(provider, dict) and provider.get("api_key") == REDACTED:
+        found.append("provider.api_key")
+    return found
 
 
 def load_target(path: str | Path) -> Target:

@@ -180,27 +180,33 @@ def run_smoke_tests(
                 raise VerifyError(f"cannot start pytest ({argv[0]} -m pytest): {exc.strerror}") from exc
             reader = _ResultReader(results_path)
             deadline = started + timeout
-            while True:
-                try:
-                    report.pytest_exit = child.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                finally:
-                    for result in reader.read_new():
-                        report.checks.append(result)
-                        if on_result is not None:
-                            on_result(result)
-                if time.monotonic() > deadline:
-                    report.timed_out = True
-                    _stop_group(child)
-                    report.problem = (f"the run was stopped after {timeout:g} s (checks still running are not "
-                                      "reported); raise --timeout or look for a hung server")
-                    break
-            for result in reader.read_new():  # anything written between the last poll and the exit
-                report.checks.append(result)
-                if on_result is not None:
-                    on_result(result)
+            try:
+                while True:
+                    try:
+                        report.pytest_exit = child.wait(timeout=0.2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    finally:
+                        for result in reader.read_new():
+                            report.checks.append(result)
+                            if on_result is not None:
+                                on_result(result)
+                    if time.monotonic() > deadline:
+                        report.timed_out = True
+                        _stop_group(child)
+                        report.problem = (f"the run was stopped after {timeout:g} s (checks still running are "
+                                          "not reported); raise --timeout or look for a hung server")
+                        break
+                for result in reader.read_new():  # anything written between the last poll and the exit
+                    report.checks.append(result)
+                    if on_result is not None:
+                        on_result(result)
+            except BaseException:
+                # Ctrl-C here, or a progress line that could not be written (`verify | head`): the child is in a
+                # session of its own, so nothing else stops it. SIGINT first: its checks delete their sessions.
+                _stop_group(child)
+                raise
         report.seconds = time.monotonic() - started
         report.output = "" if stream_output else log_path.read_text(errors="replace")
     if report.problem is None and report.pytest_exit not in (0, 1):

@@ -85,7 +85,7 @@ CASES: tuple[ConfigCase, ...] = (
     ConfigCase("provider-key-typo", "unknown key", {"provider": {**PROVIDER, "apikey": "x"}},
                "fleet:provider.apikey", engine=True),
     ConfigCase("user-item-unknown-key", "unknown key", {"users": [{"id": "alice", "name": "Alice"}]},
-               "fleet:users.0.name", base="per-user"),
+               "fleet:users[0].name", base="per-user"),
     # -- values outside an enumeration --------------------------------------------------------------------------
     ConfigCase("isolation-capitalised", "enum", {"isolation": "Shared-CLI"}, "fleet:isolation"),
     ConfigCase("provider-type-unknown", "enum", {"provider": {**PROVIDER, "type": "gemini"}}, "fleet:provider.type",

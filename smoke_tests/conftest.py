@@ -39,7 +39,7 @@ SHARED_FLEET_USERS = ("verify-alice", "verify-bob-smith")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("copilot-fleet", "copilot-fleet post-deploy smoke tests")
     group.addoption("--target", metavar="FILE", default=None,
-                    help="the target JSON of the deployment (copilot-fleet target --stack NAME, or "
+                    help="the target JSON of the deployment (copilot-fleet target --stack NAME --show-secrets, or "
                          "pulumi stack output --json --show-secrets)")
     group.addoption("--fleet-state", metavar="DIR", default=None,
                     help="a local fleet's state directory (<project>/.fleet/<stack>): enables host checks on "
@@ -48,8 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="upper bound for any single wait: a model turn, a connect, a lease (default 30)")
     group.addoption("--kube-context", metavar="NAME", default=None,
                     help="kubectl context for the in-pod checks (default: the current context)")
-    group.addoption("--kube-namespace", metavar="NS", default="copilot-fleet",
-                    help="namespace of the CLI pods (default copilot-fleet, the fleet:namespace default)")
+    group.addoption("--kube-namespace", metavar="NS", default=None,
+                    help="namespace of the CLI pods (default: the target's namespace, else the one in its cluster "
+                         "DNS names, else copilot-fleet)")
     group.addoption("--kube-selector", metavar="LABELS", default=None,
                     help="label selector of the CLI pods (default app.kubernetes.io/name=copilot-cli,"
                          "app.kubernetes.io/instance=<the target's stack>)")
@@ -60,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if path is None:
         raise pytest.UsageError(
             "the smoke tests need --target FILE: the deployment's target JSON (for a local stack: "
-            "copilot-fleet target --stack NAME > target.json; for Pulumi: "
+            "copilot-fleet target --stack NAME --show-secrets > target.json; for Pulumi: "
             "pulumi stack output --json --show-secrets > target.json)"
         )
     try:
@@ -416,6 +417,26 @@ def raw_sdk(aio: Aio, timeout: float) -> Iterator[RawSdk]:
 
 def is_auth_failure(exc: BaseException | None) -> bool:
     return exc is not None and getattr(exc, "code", None) == AUTH_FAILED
+
+
+def why_refused(address: str, exc: BaseException) -> str:
+    """What turned a client away, in words that tell a refused token from a server that cannot be reached."""
+    if is_auth_failure(exc):
+        return f"the server at {address} refused the token (AUTHENTICATION_FAILED, -32002)"
+    text = str(exc)
+    if isinstance(exc, OSError) or "failed to connect to cli server" in text.lower():
+        hint = ""
+        if "name or service not known" in text.lower() or "name resolution" in text.lower():
+            hint = (" (a cluster DNS name seen from outside the cluster? `copilot-fleet verify --stack NAME` "
+                    "reaches Kubernetes fleets through port-forwards)")
+        return f"no connection to {address}: {text}{hint}; the token was never checked"
+    return f"{type(exc).__name__}: {text}"
+
+
+@pytest.fixture(scope="session")
+def refusal_text() -> Callable[[str, BaseException], str]:
+    """`refusal_text(address, exc)`: a refused token and an unreachable server, told apart."""
+    return why_refused
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Check 8 for Kubernetes and Azure (AKS) fleets: inside the CLI pods, through pytest-testinfra's `kubectl://`.
 
 Skipped, saying why, when no cluster is configured (no kubectl, or no current context). The pods are found by
-`--kube-namespace` and `--kube-selector` (defaults: the fleet:namespace default, and the CLI pods' name label plus
-the stack's instance label).
+`--kube-namespace` and `--kube-selector` (defaults: the target's namespace, and the CLI pods' name label plus the
+stack's instance label).
 Each `kubectl` call made here is bounded; the commands testinfra runs through `kubectl exec` are bounded by the
 run's overall deadline (`copilot-fleet verify --timeout`).
 """
@@ -38,6 +38,18 @@ def default_selector(stack: str) -> str:
     return f"app.kubernetes.io/name=copilot-cli,app.kubernetes.io/instance={instance}"
 
 
+def pods_namespace(target) -> str:
+    """The target's namespace, else the one its cluster DNS names share (`<service>.<namespace>.svc...`), else the
+    fleet:namespace default."""
+    from copilot_fleet.clusterdns import DEFAULT_NAMESPACE, namespaces
+    from copilot_fleet.portforward import cluster_addresses
+
+    if target.namespace:
+        return target.namespace
+    found = namespaces(cluster_addresses(target))
+    return found[0] if len(found) == 1 else DEFAULT_NAMESPACE
+
+
 @pytest.fixture(scope="module")
 def cluster(pytestconfig: pytest.Config, target) -> dict[str, Any]:
     """The kubectl context, namespace and Running CLI pods; skip when no cluster is configured."""
@@ -52,7 +64,7 @@ def cluster(pytestconfig: pytest.Config, target) -> dict[str, Any]:
             pytest.skip("no cluster configured: kubectl has no current context (kubectl config use-context NAME, "
                         "or pass --kube-context)")
         context = current.stdout.strip()
-    namespace = pytestconfig.getoption("--kube-namespace")
+    namespace = pytestconfig.getoption("--kube-namespace") or pods_namespace(target)
     selector = pytestconfig.getoption("--kube-selector") or default_selector(target.stack)
     listed = _kubectl(kubectl, context, "get", "pods", "-n", namespace, "-l", selector, "-o", "json")
     assert listed.returncode == 0, (f"kubectl (context {context}) cannot list pods in {namespace}: "

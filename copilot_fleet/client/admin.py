@@ -238,10 +238,25 @@ class FleetAdmin:
 
     async def delete(self, session_id: str, *, dry_run: bool = False, allow_unleased: bool = False) -> DeleteResult:
         """Delete one session, unless it is attached."""
-        for row in await self.list_sessions():
-            if row.session_id == session_id:
-                return await self._delete_row(row, dry_run=dry_run, allow_unleased=allow_unleased)
-        return DeleteResult(session_id, "not-found", "no such session on the fleet")
+        (result,) = await self.delete_sessions([session_id], dry_run=dry_run, allow_unleased=allow_unleased)
+        return result
+
+    async def delete_sessions(self, session_ids: list[str], *, owner: str | None = None, dry_run: bool = False,
+                              allow_unleased: bool = False) -> list[DeleteResult]:
+        """Delete the sessions named, each under its lease and unless attached, as `delete_older_than` does; with
+        `owner`, a session of anyone else is refused (one listing for all of them)."""
+        rows = {r.session_id: r for r in await self.list_sessions()}
+        results = []
+        for sid in dict.fromkeys(session_ids):
+            row = rows.get(sid)
+            if row is None:
+                results.append(DeleteResult(sid, "not-found", "no such session on the fleet"))
+            elif owner is not None and row.owner != owner:
+                results.append(DeleteResult(sid, "refused", f"belongs to {row.owner or 'no known owner'}, not "
+                                                            f"{owner}"))
+            else:
+                results.append(await self._delete_row(row, dry_run=dry_run, allow_unleased=allow_unleased))
+        return results
 
     async def _delete_row(self, row: SessionRow, *, dry_run: bool, allow_unleased: bool) -> DeleteResult:
         sid = row.session_id

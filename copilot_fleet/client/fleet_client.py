@@ -162,10 +162,15 @@ class FleetClient:
         creates = CreateRequests(session_id)
 
         async def resume_or_create(client: CopilotClient) -> CopilotSession:
+            # We hold the lease, so nobody else can be creating or deleting it at this moment. Ask first: the SDK
+            # logs a failed resume as a warning with two tracebacks, which every first join would print although
+            # nothing is wrong; the lookup answers "none" without an error.
+            if create and await client.get_session_metadata(session_id) is None:
+                return await creates.send(client, **create_kwargs)
             try:
                 return await client.resume_session(session_id, **kwargs)
             except Exception as exc:
-                # We hold the lease, so nobody else can be creating it at this moment.
+                # Listed but not resumable (a session whose first event never reached disk): start it afresh.
                 if create and isinstance(translate_sdk_error(exc, session_id), SessionNotFound):
                     return await creates.send(client, **create_kwargs)
                 raise

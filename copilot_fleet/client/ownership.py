@@ -53,6 +53,9 @@ class InMemoryMembership:
     async def members(self, name: str) -> set[str]:
         return set(self._members.get(name, set()))
 
+    async def names(self) -> list[str]:
+        return sorted(name for name, users in self._members.items() if users)
+
 
 class RedisMembership:
     """One Redis set per shared session (`copilot-fleet:members:<name>`). Any Redis failure fails closed."""
@@ -98,6 +101,14 @@ class RedisMembership:
         except redis.exceptions.RedisError as exc:
             raise MembershipUnavailable(f"cannot list members of {name!r}: Redis failed: {exc}") from exc
         return {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
+
+    async def names(self) -> list[str]:
+        """Every shared session that has members (an empty set does not exist in Redis), sorted."""
+        try:
+            keys = [key async for key in self._redis.scan_iter(match=f"{self._prefix}*", count=500)]
+        except redis.exceptions.RedisError as exc:
+            raise MembershipUnavailable(f"cannot list shared sessions: Redis failed: {exc}") from exc
+        return sorted((k.decode() if isinstance(k, bytes) else str(k))[len(self._prefix):] for k in keys)
 
 
 def check_owner(session_id: str, user: str) -> SessionIdParts:

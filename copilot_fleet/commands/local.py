@@ -40,11 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("target", help="print the target JSON of a stack (local state file or Pulumi outputs)",
                        description="Local stacks: the fleet's state file. Kubernetes and Azure stacks: `pulumi "
-                                   "stack output --json --show-secrets`. Either way validated as a target. The "
-                                   "output holds secrets.")
+                                   "stack output --json --show-secrets`. Either way validated as a target. Secrets "
+                                   "(connection tokens, the Redis password, the provider's API key) are shown as "
+                                   "[secret] unless --show-secrets is given.")
     _stack_arg(p)
     p.add_argument("--from", dest="from_file", metavar="FILE",
                    help="validate and print this target file instead ('-' for standard input)")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="print the secrets too: a target file for `verify --target`, pytest or the fleet client")
     p.set_defaults(func=cmd_target)
 
 
@@ -92,5 +95,5 @@ def cmd_target(args: argparse.Namespace) -> int:
         target, warning = targets.read_target(_project_dir(args), args.stack)
         if warning:
             print(f"copilot-fleet target: warning: {warning}", file=sys.stderr)
-    print(json.dumps(target.to_json_dict(), indent=2))
+    print(json.dumps(target.to_json_dict() if args.show_secrets else target.redacted_json_dict(), indent=2))
     return 0

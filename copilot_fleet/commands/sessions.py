@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from copilot_fleet.commands.access import add_fleet_arguments, reachable_target
 from copilot_fleet.errors import CommandError
-from copilot_fleet.stacknames import DEFAULT_STACK, add_stack_argument
 
 if TYPE_CHECKING:
     from copilot_fleet.client.admin import DeleteResult, SessionRow
@@ -22,40 +20,39 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "sessions", help="list the sessions on a fleet, or delete idle ones (never an attached one)",
+        "sessions", help="list the sessions on a fleet, or delete some (never an attached one)",
         description="Operator access to every session of a fleet (all users): list them with owner, times and "
-                    "whether a client has them attached; delete the ones idle for longer than a duration. A "
-                    "session whose lease a client holds, or that a CLI reports in use, is refused, never deleted.")
+                    "whether a client has them attached; delete one by id, or the ones idle for longer than a "
+                    "duration. A session whose lease a client holds, or that a CLI reports in use, is refused, "
+                    "never deleted.")
     actions = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
 
     ls = actions.add_parser("list", help="every session on the fleet: id, owner, created, modified, attached")
-    _where(ls)
+    add_fleet_arguments(ls)
     ls.add_argument("--owner", help="only this user's sessions (or shared:<name>)")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=cmd_list)
 
     rm = actions.add_parser(
-        "delete", help="delete sessions idle for longer than --older-than; attached ones are refused",
-        description="Delete every session not modified for longer than DURATION. Each is deleted under its lease "
-                    "(the key a fleet client holds while attached), so a session in use is refused and nobody can "
-                    "attach it while it goes. Exit status 1 if any delete failed (refusals are not failures).")
-    _where(rm)
-    rm.add_argument("--older-than", required=True, type=_duration, metavar="DURATION",
-                    help="idle for longer than this: 90s, 30m, 24h, 7d (0s: every idle session)")
-    rm.add_argument("--owner", help="only this user's sessions (or shared:<name>)")
+        "delete", help="delete sessions by id, or those idle for longer than --older-than; attached ones are refused",
+        description="Delete the sessions named by id, or every session not modified for longer than DURATION. "
+                    "Each is deleted under its lease (the key a fleet client holds while attached), so a session "
+                    "in use is refused and nobody can attach it while it goes. Exit status 1 if a delete failed, "
+                    "or if a session named by id was not deleted (refused, not found, another owner's); with "
+                    "--older-than, refusals are not failures.")
+    add_fleet_arguments(rm)
+    rm.add_argument("session_ids", nargs="*", metavar="SESSION_ID", type=_session_id,
+                    help="the sessions to delete (as `sessions list` shows them)")
+    rm.add_argument("--older-than", type=_duration, metavar="DURATION",
+                    help="instead of ids: every session idle for longer than this: 90s, 30m, 24h, 7d (0s: every "
+                         "idle session)")
+    rm.add_argument("--owner", help="only this user's sessions (or shared:<name>); with ids, a session of another "
+                                    "owner is refused")
     rm.add_argument("--dry-run", action="store_true", help="show what would be deleted; delete nothing")
     rm.add_argument("--unleased", action="store_true",
                     help="per-user fleets (no lease store): delete even though attachment cannot be verified")
     rm.add_argument("--json", action="store_true", help="print JSON instead of text")
     rm.set_defaults(func=cmd_delete)
-
-
-def _where(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    add_stack_argument(where, default=None, help=f"stack name; its target comes from the local fleet or Pulumi "
-                                                 f"outputs (default {DEFAULT_STACK})")
-    where.add_argument("--target", metavar="FILE", dest="target_file",
-                       help="a target JSON file instead of a stack")
 
 
 def _duration(value: str) -> int:
@@ -67,27 +64,14 @@ def _duration(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def resolve_target(args: argparse.Namespace) -> Target:
-    """The target from --target FILE, or of --stack (the local fleet's state, or Pulumi stack outputs)."""
-    from copilot_fleet.target import TargetError, load_target
+def _session_id(value: str) -> str:
+    from copilot_fleet.client.errors import FleetClientError
+    from copilot_fleet.client.ids import validate_session_id
 
-    if args.target_file:
-        try:
-            return load_target(args.target_file)
-        except TargetError as exc:
-            raise CommandError(str(exc)) from exc
-    stack = args.stack or DEFAULT_STACK
     try:
-        from copilot_fleet.local.targets import read_target
-    except ImportError as exc:  # a partial install without the local fleet
-        raise CommandError(f"cannot resolve stack {stack} here ({exc}); pass --target FILE") from exc
-    from copilot_fleet.stackfile import find_project_dir
-
-    project = find_project_dir(Path(args.project_dir) if getattr(args, "project_dir", None) else None)
-    target, warning = read_target(project, stack)
-    if warning:
-        print(f"copilot-fleet sessions: warning: {warning}", file=sys.stderr)
-    return target
+        return validate_session_id(value)
+    except FleetClientError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _age(seconds: float) -> str:
@@ -144,8 +128,8 @@ async def _list(target: Target, owner: str | None) -> list[SessionRow]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
-    rows = _run(_list(target, args.owner))
+    with reachable_target(args, "sessions") as target:
+        rows = _run(_list(target, args.owner))
     if args.json:
         print(json.dumps([_row_json(r) for r in rows], indent=2))
     else:
@@ -157,13 +141,18 @@ async def _delete(target: Target, args: argparse.Namespace) -> list[DeleteResult
     from copilot_fleet.client.admin import FleetAdmin
 
     async with FleetAdmin(target) as admin:
+        if args.session_ids:
+            return await admin.delete_sessions(args.session_ids, owner=args.owner, dry_run=args.dry_run,
+                                               allow_unleased=args.unleased)
         return await admin.delete_older_than(args.older_than, owner=args.owner, dry_run=args.dry_run,
                                              allow_unleased=args.unleased)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
-    results = _run(_delete(target, args))
+    if bool(args.session_ids) == (args.older_than is not None):
+        raise CommandError("say which sessions: one or more SESSION_IDs, or --older-than DURATION (not both)")
+    with reachable_target(args, "sessions") as target:
+        results = _run(_delete(target, args))
     counts = {k: sum(1 for r in results if r.outcome == k)
               for k in ("deleted", "would-delete", "refused", "not-found", "error")}
     if args.json:
@@ -172,6 +161,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
         for r in results:
             print(f"{r.outcome:12} {r.session_id}: {r.reason}")
         done = f"would delete {counts['would-delete']}" if args.dry_run else f"deleted {counts['deleted']}"
-        print(f"{done} session(s) idle longer than {_age(args.older_than)}; refused {counts['refused']} "
-              f"(attached or unverifiable); {counts['not-found']} already gone; {counts['error']} error(s)")
-    return 1 if counts["error"] else 0
+        which = (f"of {len(args.session_ids)} named" if args.session_ids
+                 else f"idle longer than {_age(args.older_than)}")
+        print(f"{done} session(s) {which}; refused {counts['refused']} (attached, unverifiable or another "
+              f"owner's); {counts['not-found']} not found; {counts['error']} error(s)")
+    if counts["error"]:
+        return 1
+    # Sessions named one by one that were not deleted are the user's to know about: not a silent success.
+    return 1 if args.session_ids and (counts["refused"] or counts["not-found"]) else 0

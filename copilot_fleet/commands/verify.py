@@ -6,6 +6,7 @@ Cheap to import: pytest, the SDK and the local fleet are imported when the comma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,10 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from copilot_fleet.argtypes import seconds_between
+from copilot_fleet.commands.access import VIA_CHOICES
 from copilot_fleet.errors import CommandError
 from copilot_fleet.stacknames import DEFAULT_STACK, add_stack_argument
+
+if TYPE_CHECKING:
+    from copilot_fleet.portforward import PortForwards
+    from copilot_fleet.target import Target
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,8 +40,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="a target JSON file instead of a stack (e.g. pulumi stack output --json --show-secrets)")
     p.add_argument("--fleet-state", metavar="DIR",
                    help="a local fleet's state directory for host checks (set automatically for local stacks)")
-    p.add_argument("--kube-context", metavar="NAME", help="kubectl context for the pod checks (default: current)")
-    p.add_argument("--kube-namespace", metavar="NS", help="namespace of the CLI pods (default copilot-fleet)")
+    p.add_argument("--via", choices=VIA_CHOICES, default="auto",
+                   help="how to reach a Kubernetes/Azure fleet: port-forward (kubectl port-forward to each server "
+                        "and Redis, through the API server with your kubeconfig: from a laptop or CI runner), "
+                        "direct (the target's addresses as they are: inside the cluster), or auto (default: "
+                        "port-forward when the target's cluster DNS names do not resolve here)")
+    p.add_argument("--kube-context", metavar="NAME",
+                   help="kubectl context for port-forwards and pod checks (default: the current context)")
+    p.add_argument("--kube-namespace", metavar="NS",
+                   help="namespace of the CLI pods (default: the target's namespace, else the stack's "
+                        "fleet:namespace, else the one in the target's cluster DNS names)")
     p.add_argument("--kube-selector", metavar="LABELS",
                    help="label selector of the CLI pods (default app.kubernetes.io/name=copilot-cli,"
                         "app.kubernetes.io/instance=STACK)")
@@ -57,6 +72,8 @@ class ResolvedTarget:
     label: str
     fleet_state: Path | None
     temporary: bool
+    kube_namespace: str | None = None  # where the pods are, for the pod checks (Kubernetes and Azure)
+    forwards: PortForwards | None = None  # when the fleet is reached through kubectl port-forward
 
 
 def _project_dir(args: argparse.Namespace) -> Path | None:
@@ -81,7 +98,9 @@ def write_private_target(document: dict[str, object]) -> Path:
 
 
 def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarget:
-    """The target to verify, validated before anything runs; errors name the problem."""
+    """The target to verify, validated before anything runs; errors name the problem. For a cluster's fleet seen
+    from outside it, the forwards are started here and the file is a copy with local addresses."""
+    from copilot_fleet.portforward import choose_route
     from copilot_fleet.target import TargetError, load_target
 
     state = Path(args.fleet_state).resolve() if args.fleet_state else None
@@ -92,19 +111,68 @@ def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarge
             target = load_target(args.target_file)
         except TargetError as exc:
             raise CommandError(f"the target file cannot be used: {exc}") from exc
-        return ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state, False)
+        resolved = ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state, False,
+                                  kube_namespace(args, target, None))
+    else:
+        from copilot_fleet.local import targets
+        from copilot_fleet.local.paths import StatePaths
 
-    from copilot_fleet.local import targets
-    from copilot_fleet.local.paths import StatePaths
+        stack = args.stack or DEFAULT_STACK
+        assert project_dir is not None  # only --target FILE runs without a project
+        target, warning = targets.read_target(project_dir, stack, "--target")  # as `copilot-fleet target` does
+        if warning:
+            raise CommandError(f"{warning}; nothing was verified")
+        if target.platform == "local" and state is None:
+            state = StatePaths(project_dir, stack).root
+        resolved = ResolvedTarget(Path(), _label(target, f"stack {stack}"), state, False,
+                                  kube_namespace(args, target, _stack_namespace(project_dir, stack)))
+    if choose_route(target, args.via) == "port-forward":
+        return _forwarded(args, target, resolved)
+    if args.target_file:
+        return resolved
+    return dataclasses.replace(resolved, path=write_private_target(target.to_json_dict()), temporary=True)
 
-    stack = args.stack or DEFAULT_STACK
-    assert project_dir is not None  # only --target FILE runs without a project
-    target, warning = targets.read_target(project_dir, stack)  # the same resolution as `copilot-fleet target`
-    if warning:
-        raise CommandError(f"{warning}; nothing was verified")
-    if target.platform == "local" and state is None:
-        state = StatePaths(project_dir, stack).root
-    return ResolvedTarget(write_private_target(target.to_json_dict()), _label(target, f"stack {stack}"), state, True)
+
+def kube_namespace(args: argparse.Namespace, target: Target, stack_namespace: str | None) -> str | None:
+    """Where the CLI pods are: --kube-namespace, the target's `namespace`, the stack's fleet:namespace, or the one
+    namespace the target's cluster DNS names share. None for local fleets (no pods)."""
+    from copilot_fleet.clusterdns import DEFAULT_NAMESPACE, namespaces
+    from copilot_fleet.portforward import cluster_addresses
+
+    if args.kube_namespace:
+        return str(args.kube_namespace)
+    if target.platform == "local":
+        return None
+    if target.namespace:
+        return target.namespace
+    if stack_namespace:
+        return stack_namespace
+    found = namespaces(cluster_addresses(target))
+    return found[0] if len(found) == 1 else DEFAULT_NAMESPACE
+
+
+def _stack_namespace(project_dir: Path, stack: str) -> str | None:
+    from copilot_fleet.stackfile import read_stack_config
+
+    value = read_stack_config(project_dir, stack)[0].get("fleet:namespace")
+    return str(value) if value else None
+
+
+def _forwarded(args: argparse.Namespace, target: Target, resolved: ResolvedTarget) -> ResolvedTarget:
+    """Forwards to every cluster address of the target, and a private copy of it that points at them."""
+    from copilot_fleet.portforward import PortForwards, cluster_addresses, current_context, find_kubectl, localize
+
+    kubectl = find_kubectl()
+    forwards = PortForwards(kubectl, current_context(kubectl, args.kube_context),
+                            ready_timeout=min(args.timeout, 120.0))
+    local = forwards.start(cluster_addresses(target))
+    try:
+        path = write_private_target(localize(target, local).to_json_dict())
+    except BaseException:
+        forwards.close()
+        raise
+    label = f"{resolved.label}, through kubectl port-forward (context {forwards.context})"
+    return dataclasses.replace(resolved, path=path, label=label, temporary=True, forwards=forwards)
 
 
 def _label(target: object, source: str) -> str:
@@ -118,8 +186,12 @@ def _resolved(args: argparse.Namespace, project_dir: Path | None) -> Iterator[Re
     try:
         yield resolved
     finally:
-        if resolved.temporary:
-            resolved.path.unlink(missing_ok=True)
+        try:
+            if resolved.forwards is not None:
+                resolved.forwards.close()  # after the checks' own cleanup, which went through them
+        finally:
+            if resolved.temporary:
+                resolved.path.unlink(missing_ok=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -128,13 +200,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     project_dir = _project_dir(args)
     with _resolved(args, project_dir) as resolved:
         print(f"copilot-fleet verify: {resolved.label}", flush=True)
+        if resolved.forwards is not None:
+            print("\n".join(f"  forward  {line}" for line in resolved.forwards.describe()), flush=True)
 
         def progress(result: CheckResult) -> None:
             print(result.line(), flush=True)
 
-        passed_on = [f"--{name.replace('_', '-')}={value}" for name in ("kube_context", "kube_namespace",
-                                                                         "kube_selector")
-                     if (value := getattr(args, name)) is not None]
+        options = {"kube_context": args.kube_context, "kube_namespace": resolved.kube_namespace,
+                   "kube_selector": args.kube_selector}
+        if resolved.forwards is not None:
+            options["kube_context"] = resolved.forwards.context  # the pod checks use the cluster forwarded to
+        passed_on = [f"--{name.replace('_', '-')}={value}" for name, value in options.items() if value is not None]
         try:
             report = run_smoke_tests(resolved.path, project_dir=project_dir, target_label=resolved.label,
                                      fleet_state=resolved.fleet_state, timeout=args.timeout, select=args.select,
@@ -142,6 +218,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                      on_result=None if args.verbose else progress)
         except VerifyError as exc:
             raise CommandError(str(exc)) from exc
+        if resolved.forwards is not None and (ended := resolved.forwards.ended()):
+            # Checks that failed after this failed for that reason: say so, and never pass such a run.
+            lost = "; ".join(ended)
+            report.problem = f"{report.problem}; {lost}" if report.problem else lost
     if args.verbose:
         print("\n".join(c.line() for c in report.checks))
     if report.problem and not report.timed_out and report.output and not args.verbose:

@@ -34,6 +34,7 @@ from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.pod import procfs
 from copilot_fleet.pod.ports import port_holder, port_is_free
 from copilot_fleet.spec import FleetSpec
+from copilot_fleet.stackfile import stack_file
 from copilot_fleet.topology import Topology, build_topology
 
 DEFAULT_TIMEOUT = 60.0
@@ -386,6 +387,7 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
                               f"stacks only. Remove its resources with `pulumi destroy --stack {stack}`")
     paths = StatePaths(project_dir, stack)
     if not paths.root.exists():
+        stack_file(project_dir, stack)  # `down --stack typo` is an error naming the stacks there are, not a no-op
         _say(out, f"fleet {stack} is not running here (no {paths.display(paths.root)}); nothing to stop")
         return DownResult(was_running=False, stopped_pids=[], purged=False)
     with stack_lock(paths, on_wait=lambda: _say(out, f"waiting for another copilot-fleet command on stack {stack} "

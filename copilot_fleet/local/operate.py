@@ -35,7 +35,7 @@ from copilot_fleet.client.draining import clear_draining, mark_draining
 from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.paths import StatePaths, stack_lock, write_private
+from copilot_fleet.local.paths import StatePaths, stack_lock, started_state, write_private
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HAPROXY_PROGRAM, Service, load_manifest
 from copilot_fleet.pod import procfs
 from copilot_fleet.pod.drain import turn_in_flight, wait_idle
@@ -155,7 +155,7 @@ def _say(out: Callable[[str], None] | None, text: str) -> None:
 
 def drain(project_dir: Path, stack: str, server: str, *, timeout: float = DEFAULT_DRAIN_TIMEOUT,
           out: Callable[[str], None] | None = None) -> DrainResult:
-    paths = StatePaths(project_dir, stack)
+    paths = started_state(project_dir, stack)  # before the lock: a stack that never ran gets no lock file
     with stack_lock(paths):
         return _drain(paths, stack, server, timeout, out)
 
@@ -203,7 +203,7 @@ def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
 def undrain(project_dir: Path, stack: str, server: str, *, timeout: float = 60.0,
             out: Callable[[str], None] | None = None) -> float:
     """Start a drained (or stopped) server, wait until it answers, and put it back in rotation. Returns seconds."""
-    paths = StatePaths(project_dir, stack)
+    paths = started_state(project_dir, stack)
     with stack_lock(paths):
         return _undrain(paths, stack, server, timeout, out)
 
@@ -319,7 +319,7 @@ def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sess
     if max_rss_mb is None and max_sessions is None:
         raise LocalFleetError("no recycle bound: pass --max-rss-mb and/or --max-sessions, or set fleet:recycle "
                               "(maxRssMb, maxSessions) in the stack file")
-    paths = StatePaths(project_dir, stack)
+    paths = started_state(project_dir, stack)
     with stack_lock(paths, on_wait=None if wait_for_lock else _busy):
         services = _services(paths, stack)
         supervisor = _running_supervisor(paths, stack)

@@ -16,7 +16,7 @@
     servers/<name>/           0700  each server's own COPILOT_HOME (config, logs, session-store.db)
       session-state -> ../../session-state     shared patterns: only session-state/ is shared
     session-state/            0700  shared patterns: the one session-state/ every replica sees
-    work/<group>/             0700  the servers' working directory (a session's cwd), one per group
+    work/<server>/            0700  each server's own working directory (a session's cwd), as in a pod
     redis/                    0700  Redis append-only files
 ```
 """
@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.stacknames import check_stack_name
 
 FLEET_DIR = ".fleet"
@@ -142,8 +143,10 @@ class StatePaths:
     def server_home(self, name: str) -> Path:
         return self.servers_dir / name
 
-    def group_work_dir(self, group: str) -> Path:
-        return self.work_dir / group
+    def server_work_dir(self, name: str) -> Path:
+        """A CLI server's working directory: its own, as each pod's is (files a session's tools write stay with
+        the server that ran the turn; only session-state/ moves with a session)."""
+        return self.work_dir / name
 
     @property
     def otel_dir(self) -> Path:
@@ -190,18 +193,61 @@ def write_private(path: Path, text: str) -> None:
 @contextmanager
 def stack_lock(paths: StatePaths, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Serialise commands that change one stack's fleet (two `up`s at once would start two supervisords).
-    `on_wait` is called once if another command holds the lock."""
+    `on_wait` is called once if another command holds the lock.
+
+    The lock file lives only as long as the stack's state directory: a command that ends with no state directory
+    (`down --purge`, an `up` refused before it wrote anything) removes it while still holding it. A command that
+    was waiting on that file then holds a lock on a file no longer at the path, which excludes nobody: so after
+    every acquisition the locked file is compared with the one at the path (device and inode), and on a mismatch
+    the lock is taken again on the file that is there now."""
     make_private_dir(paths.fleet_dir)
     make_private_dir(paths.lock_file.parent)
-    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    waited = False
+    while True:
+        fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_file_at(fd, paths.lock_file):
+            break
+        os.close(fd)  # closing releases the flock
+    try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        try:
+            if not paths.root.exists():
+                # Nothing of the stack is left: neither is its lock. Removed while held, so no command can be
+                # inside the lock on this file; those waiting on it will see it is gone and lock afresh.
+                paths.lock_file.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        at_path = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+
+def started_state(project_dir: Path, stack: str) -> StatePaths:
+    """The state of a fleet that was started here, for commands that act on one (status, drain, ...). A stack that
+    does not exist gets the error that lists the stacks there are; one never started, the hint to start it."""
+    from copilot_fleet.stackfile import stack_file
+
+    paths = StatePaths(project_dir, stack)
+    if paths.root.is_dir():
+        return paths  # its stack file may be gone: the fleet can still be looked at and stopped
+    stack_file(project_dir, stack)  # StackNotFound, naming the stacks there are
+    raise LocalFleetError(f"fleet {stack} has never been started here (no {paths.display(paths.root)}); start it "
+                          f"with `copilot-fleet up --stack {stack}`")

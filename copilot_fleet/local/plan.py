@@ -294,7 +294,7 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
                       log=str(paths.log_file(name)), token_secret=token_secret, home=str(home),
                       session_state=str(session_state), shared_session_state=shared, group=group.name,
                       user=group.user)
-    return Program(service=service, command=tuple(command), directory=paths.group_work_dir(group.name), env=env)
+    return Program(service=service, command=tuple(command), directory=paths.server_work_dir(name), env=env)
 
 
 def _model_program(paths: StatePaths, tools: Tools, port: int) -> Program:

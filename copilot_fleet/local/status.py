@@ -19,7 +19,7 @@ from pathlib import Path
 from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.paths import StatePaths
+from copilot_fleet.local.paths import StatePaths, started_state
 from copilot_fleet.local.plan import Service, load_manifest
 from copilot_fleet.local.stack import not_local_message, stack_platform
 from copilot_fleet.pod import procfs
@@ -80,7 +80,7 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
     platform = stack_platform(project_dir, stack)
     if platform is not None and platform != "local":
         raise LocalFleetError(not_local_message(stack, platform))
-    paths = StatePaths(project_dir, stack)
+    paths = started_state(project_dir, stack)
     try:
         manifest, services = load_manifest(paths.manifest.read_text())
     except FileNotFoundError:

@@ -49,14 +49,15 @@ def local_target(project_dir: Path, stack: str) -> tuple[Target, bool]:
     return _parse(paths.target_file.read_text(), str(paths.target_file)), record is not None and record.alive()
 
 
-def pulumi_target(project_dir: Path, stack: str) -> Target:
-    """`pulumi stack output --json --show-secrets` of a deployed stack, validated."""
+def pulumi_target(project_dir: Path, stack: str, file_option: str = "--from") -> Target:
+    """`pulumi stack output --json --show-secrets` of a deployed stack, validated. `file_option`: the calling
+    command's own option for a target file, named in the hint when Pulumi is missing."""
     pulumi = shutil.which("pulumi")
     if pulumi is None:
         raise LocalFleetError(
             f"stack {stack} is deployed with Pulumi, and its target is its stack outputs, but the Pulumi CLI is not "
             "on PATH: install it (https://www.pulumi.com/docs/install/) and log in to the stack's backend, or pass "
-            f"the outputs with --from FILE (pulumi stack output --json --show-secrets --stack {stack} > FILE)")
+            f"the outputs with {file_option} FILE (pulumi stack output --json --show-secrets --stack {stack} > FILE)")
     try:
         proc = subprocess.run([pulumi, "stack", "output", "--json", "--show-secrets", "--stack", stack],
                               cwd=project_dir, capture_output=True, text=True, timeout=PULUMI_TIMEOUT, check=False)
@@ -68,8 +69,9 @@ def pulumi_target(project_dir: Path, stack: str) -> Target:
     return _parse(proc.stdout, f"pulumi stack output --stack {stack}")
 
 
-def read_target(project_dir: Path, stack: str) -> tuple[Target, str | None]:
-    """The target of any stack, and a warning to print (a local fleet that is not running), if any."""
+def read_target(project_dir: Path, stack: str, file_option: str = "--from") -> tuple[Target, str | None]:
+    """The target of any stack, and a warning to print (a local fleet that is not running), if any.
+    `file_option`: how the calling command takes a target file instead (`target --from`, `verify --target`)."""
     stack_file(project_dir, stack)  # a clear error for an unknown stack name
     platform = stack_platform(project_dir, stack)
     if platform == "local":
@@ -79,4 +81,4 @@ def read_target(project_dir: Path, stack: str) -> tuple[Target, str | None]:
         return target, warning
     if platform not in ("kubernetes", "azure"):
         raise LocalFleetError(f"stack {stack} sets fleet:platform to {platform!r}; allowed: local, kubernetes, azure")
-    return pulumi_target(project_dir, stack), None
+    return pulumi_target(project_dir, stack, file_option), None

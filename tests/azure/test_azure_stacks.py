@@ -357,22 +357,14 @@ def test_monitoring_goes_to_log_analytics_and_the_configured_otlp_endpoint(stack
         assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == spec.otlp_endpoint
 
 
-def _azure_stacks() -> list[str]:
-    from copilot_fleet.stackfile import list_stacks, read_stack_config
-
-    project = Path(__file__).resolve().parents[2]
-    return [s for s in list_stacks(project) if read_stack_config(project, s)[0].get("fleet:platform") == "azure"]
-
-
-@pytest.mark.parametrize("stack", _azure_stacks())
-def test_offline_render_covers_azure_stacks(stack: str) -> None:
+@pytest.mark.example_stacks("azure")
+def test_offline_render_covers_azure_stacks(example_project: Path, example_stack: str) -> None:
     """`copilot-fleet render` runs the Azure program too: the Kubernetes side validates strictly, the one custom
     resource it creates on purpose (SecretProviderClass) is the only kind without a schema, no secret leaks."""
     from copilot_fleet import render
     from copilot_fleet.spec import OFFLINE_SECRET
 
-    project = Path(__file__).resolve().parents[2]
-    result = render.render_stack(project, stack)
+    result = render.render_stack(example_project, example_stack)
     assert result.errors == []
     kinds = result.counts()
     assert kinds.get("StatefulSet") and kinds.get("NetworkPolicy") and kinds.get("SecretProviderClass")

@@ -91,7 +91,7 @@ class FakeClient:
         if self.behaviour == "disk-full" and op == "create":
             raise JsonRpcError(-32603, "Request session.create failed with message: ENOSPC: no space left on "
                                        "device, write '/state/x/workspace.yaml'")
-        if self.behaviour == "not-found" and op == "resume":
+        if self.behaviour in ("not-found", "ghost") and op == "resume":
             raise JsonRpcError(-32603, "Request session.resume failed with message: Session not found")
         session = FakeSession(session_id or "generated-uuid", self)
         self.sessions.append(session)
@@ -107,6 +107,14 @@ class FakeClient:
 
     async def resume_session(self, session_id: str, **kwargs: Any) -> FakeSession:
         return await self._act("resume", session_id, kwargs)
+
+    async def get_session_metadata(self, session_id: str) -> object | None:
+        """"not-found": no such session yet (the CLI answers None, without an error); "ghost": listed, but its
+        resume fails as not found."""
+        self.calls.append(("metadata", session_id, {}))
+        if self.behaviour == "dies":
+            raise ProcessExitedError("CLI process exited unexpectedly")
+        return None if self.behaviour == "not-found" else {"sessionId": session_id}
 
 
 class FakePool(ClientPool):
@@ -279,7 +287,7 @@ async def test_sessions_with_possible_history_are_never_deleted_on_close(redis_s
 
 async def test_join_deletes_only_what_its_create_path_made(redis_server: RedisServer) -> None:
     members = InMemoryMembership({"team": ["alice"]})
-    for behaviour, deleted in (("not-found", True), ("works", False)):  # created / resumed
+    for behaviour, deleted in (("not-found", True), ("ghost", True), ("works", False)):  # created / resumed
         pool = FakePool({A: behaviour})
         fake = pool.fakes[A]
         async with FleetClient(target(redis_server, [A], isolation="shared-session"), user="alice", pool=pool,

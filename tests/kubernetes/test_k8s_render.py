@@ -15,28 +15,21 @@ import yaml
 
 from copilot_fleet import cli, render
 from copilot_fleet.spec import OFFLINE_SECRET
-from copilot_fleet.stackfile import list_stacks, read_stack_config
+from copilot_fleet.stackfile import read_stack_config
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
-def kubernetes_stacks() -> list[str]:
-    out = []
-    for stack in list_stacks(PROJECT_DIR):
-        values, _ = read_stack_config(PROJECT_DIR, stack)
-        if values.get("fleet:platform") == "kubernetes":
-            out.append(stack)
-    return out
-
-
-def test_there_is_a_kubernetes_stack_per_pattern() -> None:
-    patterns = {read_stack_config(PROJECT_DIR, s)[0]["fleet:isolation"] for s in kubernetes_stacks()}
+def test_there_is_a_kubernetes_stack_per_pattern(example_project: Path,
+                                                 example_stack_kinds: dict[str, tuple[str, str]]) -> None:
+    patterns = {read_stack_config(example_project, s)[0]["fleet:isolation"]
+                for s, (platform, _) in example_stack_kinds.items() if platform == "kubernetes"}
     assert patterns == {"per-user", "shared-cli", "shared-session"}
 
 
-@pytest.mark.parametrize("stack", kubernetes_stacks())
-def test_every_kubernetes_stack_renders_and_validates(stack: str) -> None:
-    result = render.render_stack(PROJECT_DIR, stack)
+@pytest.mark.example_stacks("kubernetes")
+def test_every_kubernetes_stack_renders_and_validates(example_project: Path, example_stack: str) -> None:
+    result = render.render_stack(example_project, example_stack)
     assert result.errors == []
     kinds = result.counts()
     assert kinds.get("StatefulSet") and kinds.get("Service") and kinds.get("NetworkPolicy") and kinds.get("CronJob")

@@ -17,19 +17,17 @@ import pytest
 
 from copilot_fleet import render
 from copilot_fleet.render import schema_check
-from copilot_fleet.stackfile import list_stacks
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 VALUES: list[Any] = [None, 0, 1, -3, 1.0, 2.5, True, False, "", "x", "RuntimeDefault", "ClusterIP", "Retain", [],
                      [1], ["a"], {}, {"a": 1}, {"name": "x"}]
 
 
 @pytest.fixture(scope="module")
-def objects() -> list[dict[str, Any]]:
+def objects(example_project: Path, example_stack_kinds: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for stack in list_stacks(PROJECT_DIR):
-        if stack.startswith(("k8s-", "azure-")):
-            out += render.render_stack(PROJECT_DIR, stack).objects
+    for stack, (platform, _) in example_stack_kinds.items():
+        if platform in ("kubernetes", "azure"):
+            out += render.render_stack(example_project, stack).objects
     return out
 
 

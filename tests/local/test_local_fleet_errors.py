@@ -87,7 +87,13 @@ def test_target_of_a_deployed_stack_needs_pulumi_or_a_file(project: h.Project, t
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["replicas"] == doc["replicas"]
     proc = project.run("target", "--from", "-", env=env, stdin=json.dumps(doc))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["connection_token"] == "[secret]"
+    proc = project.run("target", "--from", "-", "--show-secrets", env=env, stdin=json.dumps(doc))
     assert proc.returncode == 0 and json.loads(proc.stdout)["connection_token"] == "t0k"
+    redacted = tmp_path / "redacted.json"
+    redacted.write_text(project.run("target", "--from", str(good), env=env).stdout)
+    proc = project.run("target", "--from", str(redacted), env=env)  # a redacted copy is not a usable target
+    assert proc.returncode == 1 and "connection_token redacted" in proc.stderr and "--show-secrets" in proc.stderr
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**doc, "endpoint": "no-port"}))

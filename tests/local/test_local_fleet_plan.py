@@ -192,15 +192,15 @@ def test_encrypted_stack_secret_without_pulumi_says_what_to_do(tmp_path: Path,
         resolve_stack_secret(tmp_path, "t", "provider.apiKey", SecretStr(OFFLINE_SECRET))
 
 
-def test_the_projects_local_stacks_can_run_side_by_side(tmp_path: Path) -> None:
-    from copilot_fleet.stackfile import list_stacks, load_stack_spec
+def test_the_projects_local_stacks_can_run_side_by_side(tmp_path: Path, example_project: Path,
+                                                        example_stack_kinds: dict[str, tuple[str, str]]) -> None:
+    from copilot_fleet.stackfile import load_stack_spec
 
-    root = Path(__file__).resolve().parents[2]
-    local = [s for s in list_stacks(root) if load_stack_spec(root, s).platform == "local"]
+    local = [s for s, (platform, _) in example_stack_kinds.items() if platform == "local"]
     assert {"local", "local-shared-session", "local-per-user"} <= set(local)
     used: dict[int, str] = {}
     for stack in local:
-        topology = build_topology(load_stack_spec(root, stack))
+        topology = build_topology(load_stack_spec(example_project, stack))
         secrets = FleetSecrets(values={n: generate() for n in secret_names(topology)})
         tools = Tools(copilot=Path("/c"), copilot_version="x", cache_home=Path("/cache"),
                       redis_server=Path("/r"), haproxy=Path("/h"), python=Path("/p"))

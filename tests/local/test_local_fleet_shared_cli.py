@@ -47,9 +47,13 @@ def _healthy(project: h.Project) -> dict[str, Any]:
 
 
 def test_target_describes_the_fleet(project: h.Project) -> None:
-    target_out = project.run_ok("target", "--stack", STACK)
+    target_out = project.run_ok("target", "--stack", STACK, "--show-secrets")
     target = project.target(STACK)
     assert f'"connection_token": "{target.token_for()}"' in target_out.stdout
+    redacted = project.run_ok("target", "--stack", STACK).stdout  # what is printed unless asked: no secret
+    assert '"connection_token": "[secret]"' in redacted and ":[secret]@127.0.0.1:" in redacted
+    assert not [name for name, value in target.secret_values().items() if value in redacted]
+    assert json.loads(redacted)["replicas"] == target.replicas
     assert target.platform == "local" and target.isolation == "shared-cli"
     assert len(target.replicas) == 2 and target.endpoint not in target.replicas
     assert target.provider is not None and target.provider.base_url.endswith("/v1")
@@ -250,7 +254,7 @@ def test_up_restarts_a_program_that_was_stopped(project: h.Project) -> None:
     up = project.run_ok("up", "--stack", STACK)
     assert "start  copilot-cli-1 (was STOPPED)" in up.stdout and "ready  copilot-cli-1" in up.stdout
     status = project.status(STACK)
-    assert status["healthy"]
+    assert status["healthy"], [s for s in status["services"] if not s["healthy"]]
     assert {s["name"]: s["pid"] for s in status["services"] if s["name"] != "copilot-cli-1"} == others
 
 
@@ -274,3 +278,38 @@ def test_log_files_exist_per_process(project: h.Project) -> None:
             "supervisord.log"} <= names
     assert "CLI server listening on port" in (logs / "copilot-cli-0.log").read_text()
     assert Path(logs / "model.log").read_text().count("POST /v1/chat/completions") >= 1
+
+
+def test_each_server_works_in_a_directory_of_its_own_and_a_session_keeps_its_creators(project: h.Project) -> None:
+    """The working directory (a session's cwd, where its tools write files) is per server, as each pod's is, and
+    never COPILOT_HOME or session-state/. CLI 1.0.102 records it in the session at create and keeps it on resume
+    elsewhere (workspace.yaml `cwd`, the session's context), which is what docs/local-fleet.md, "Working
+    directory", builds on."""
+    paths = project.paths(STACK)
+    target = project.target(STACK)
+    supervisor = Supervisor(paths)
+    infos = supervisor.processes()
+    for name in ("copilot-cli-0", "copilot-cli-1"):
+        pid = int(infos[name]["pid"])
+        assert Path(os.readlink(f"/proc/{pid}/cwd")) == paths.work_dir / name
+    assert {p.name for p in paths.work_dir.iterdir()} == {"copilot-cli-0", "copilot-cli-1"}
+
+    token = target.token_for()
+    sid, _ = h.run(h.create_session(target.replicas[0], token, target, "remember: fig"))
+
+    async def recorded_cwd(address: str) -> str:
+        client = h._client(address, token)
+        await client.start()
+        try:
+            meta = await client.get_session_metadata(sid)
+            assert meta is not None and meta.context is not None
+            return str(meta.context.working_directory)
+        finally:
+            await h._close(client)
+
+    creator = str(paths.work_dir / "copilot-cli-0")
+    assert h.run(recorded_cwd(target.replicas[0])) == creator
+    assert "recalled: fig" in h.run(h.resume_session(target.replicas[1], token, target, sid, "recall"))
+    assert h.run(recorded_cwd(target.replicas[1])) == creator  # resumed on replica 1: still its creator's
+    assert f"cwd: {creator}\n" in (paths.shared_session_state / sid / "workspace.yaml").read_text()
+    h.run(h.delete_session(target.replicas[1], token, sid))

@@ -84,7 +84,7 @@ def test_delete_refuses_a_session_another_client_holds(ops_fleet: OpsFleet,
     assert code == 0
     assert f"deleted      {free_id}" in out
     assert f"refused      {held_id}: attached: a client holds its lease" in out
-    assert "refused 1 (attached or unverifiable)" in out
+    assert "refused 1 (attached, unverifiable or another owner's)" in out
     assert "recalled: erin0" in reply, "the attached session kept working, history intact"
 
     remaining = {r["session_id"] for r in json.loads(run(capsys, "sessions", "list", "--target",
@@ -153,3 +153,43 @@ def test_delete_refuses_a_session_a_cli_has_attached_without_a_lease(ops_fleet: 
     code, out, _ = asyncio.run(scenario())
     assert code == 0
     assert f"refused      {sid}: attached: a CLI process other than {ops_fleet.b.address} holds its in-use lock" in out
+
+
+def test_delete_by_id_under_the_same_checks(ops_fleet: OpsFleet, capsys: pytest.CaptureFixture[str]) -> None:
+    """One session by id: deleted when free; refused when attached or another owner's (with --owner); an id the
+    fleet does not have is reported; each of those last three makes the exit status 1: the operator named them."""
+    made = asyncio.run(_make_sessions(ops_fleet, {"ivy": 3, "jon": 1}, ops_fleet.small))
+    free_id, held_id, other_id = made["ivy"][0], made["ivy"][1], made["jon"][0]
+    target = ops_fleet.target()
+    target_file = ops_fleet.target_file(target, "by-id-target.json")
+    missing = "u-3-ivy-gone-1700000000-0badcafe"
+
+    async def scenario() -> tuple[tuple[int, str, str], ...]:
+        async with FleetClient(target, user="ivy") as holder:
+            held = await holder.resume_session(held_id, **ops_fleet.small)
+            one = await asyncio.to_thread(run, capsys, "sessions", "delete", "--target", str(target_file), free_id)
+            many = await asyncio.to_thread(run, capsys, "sessions", "delete", "--target", str(target_file),
+                                           "--owner", "ivy", held_id, other_id, missing)
+            await held.close()
+        return one, many
+
+    (code, out, _), (many_code, many_out, _) = asyncio.run(scenario())
+    assert code == 0 and f"deleted      {free_id}" in out and "deleted 1 session(s) of 1 named" in out, out
+    assert many_code == 1, many_out
+    assert f"refused      {held_id}: attached: a client holds its lease" in many_out
+    assert f"refused      {other_id}: belongs to jon, not ivy" in many_out
+    assert f"not-found    {missing}: no such session on the fleet" in many_out
+    remaining = {r["session_id"] for r in json.loads(run(capsys, "sessions", "list", "--target",
+                                                         str(target_file), "--json")[1])}
+    assert free_id not in remaining and {held_id, other_id} <= remaining
+
+
+def test_delete_needs_ids_or_a_duration_and_valid_ids(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "sessions", "delete", "--target", str(tmp_path / "t.json"))
+    assert code == 1 and "one or more SESSION_IDs, or --older-than" in err
+    code, _, err = run(capsys, "sessions", "delete", "--target", str(tmp_path / "t.json"), "--older-than", "1d",
+                       "u-1-a-x-1700000000-0badcafe")
+    assert code == 1 and "(not both)" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["sessions", "delete", "--target", "t.json", "../../etc/passwd"])
+    assert exc.value.code == 2 and "session id '../../etc/passwd' contains '.'" in capsys.readouterr().err

@@ -26,13 +26,25 @@ def spec_of(secret_keys: set[str] | None = None, /, **values: object):
     return load_spec(RawConfig(values=values, secret_keys=frozenset(secret_keys or ()), stack="t"))
 
 
-def test_every_stack_in_stacks_dir_validates() -> None:
-    stacks = list_stacks(PROJECT)
-    assert {"local", "local-per-user", "local-shared-session"} <= set(stacks)
-    for stack in stacks:
-        spec = load_stack_spec(PROJECT, stack)
-        assert spec.stack == stack
-        assert spec.cli_version == CLI_VERSION
+@pytest.mark.example_stacks()
+def test_every_example_stack_validates(example_project: Path, example_stack: str,
+                                      example_stack_kinds: dict[str, tuple[str, str]]) -> None:
+    spec = load_stack_spec(example_project, example_stack)
+    assert spec.stack == example_stack
+    assert spec.cli_version == CLI_VERSION
+    assert (spec.platform, spec.isolation) == example_stack_kinds[example_stack]
+
+
+def test_the_examples_are_every_stack_the_repository_ships(example_project: Path) -> None:
+    """The list the tests use is the set of files the repository tracks (a user's own files are not in git)."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "stacks"], cwd=PROJECT, capture_output=True, text=True,
+                             check=False)
+    if tracked.returncode != 0:
+        pytest.skip(f"not a git checkout: {tracked.stderr.strip()}")
+    shipped = {Path(f).name.removeprefix("Pulumi.").removesuffix(".yaml") for f in tracked.stdout.split()}
+    assert set(list_stacks(example_project)) == shipped
 
 
 def test_defaults() -> None:

@@ -9,6 +9,9 @@ then starts the next.
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,3 +61,36 @@ def running_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         yield RunningFleet(project, stack, isolation)
     finally:
         project.teardown(stack)
+
+
+@dataclass
+class KubectlStandin:
+    """`kubectl` on PATH is tests/verify/kubectl_standin.py, configured by `configure` (see that file)."""
+
+    config_file: Path
+    pids_dir: Path
+
+    def configure(self, *, context: str | None = "standin", forwards: dict[str, str] | None = None,
+                  die_after: dict[str, int] | None = None) -> None:
+        self.config_file.write_text(json.dumps({"context": context, "forwards": forwards or {},
+                                                "die_after": die_after or {}, "pids": str(self.pids_dir)}))
+
+    def pids(self) -> list[int]:
+        """Every forward the stand-in started (each leaves its pid)."""
+        return [int(p.name) for p in self.pids_dir.iterdir()]
+
+
+@pytest.fixture
+def kubectl_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubectlStandin:
+    bin_dir = tmp_path / "standin-bin"
+    bin_dir.mkdir()
+    script = Path(__file__).resolve().parent / "kubectl_standin.py"
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
+    made = KubectlStandin(tmp_path / "standin.json", tmp_path / "standin-pids")
+    made.pids_dir.mkdir()
+    made.configure()
+    monkeypatch.setenv("KUBECTL_STANDIN", str(made.config_file))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return made

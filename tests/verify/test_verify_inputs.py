@@ -180,7 +180,7 @@ def test_history_check_finds_damage(events, sent, says) -> None:
 def test_target_secret_values_name_every_secret_it_carries() -> None:
     from copilot_fleet.target import parse_target
 
-    doc = {**GOOD, "isolation": "per-user", "replicas": [], "users": {"alice": "127.0.0.1:4501"},
+    doc: dict[str, Any] = {**GOOD, "isolation": "per-user", "replicas": [], "users": {"alice": "127.0.0.1:4501"},
            "user_tokens": {"alice": "a" * 20}, "redis_url": "redis://:hunter2hunter2@127.0.0.1:6390/0",
            "provider": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-" + "k" * 20}}
     values = parse_target(json.dumps(doc), "t.json").secret_values()
@@ -188,3 +188,59 @@ def test_target_secret_values_name_every_secret_it_carries() -> None:
                       "redis password": "hunter2hunter2", "provider api_key": "sk-" + "k" * 20}
     assert "redis password" not in parse_target(json.dumps({**doc, "redis_url": "redis://:short@h:1/0"}),
                                                 "t.json").secret_values()
+
+
+def test_a_redacted_target_shows_no_secret_and_is_refused_as_a_target() -> None:
+    """`copilot-fleet target` prints this unless --show-secrets: every secret of secret_values() replaced, the rest
+    (addresses, the Redis host) kept; read back as a target, it is refused naming the fields, not sent to a server
+    as a token."""
+    from copilot_fleet.target import REDACTED, TargetError, parse_target
+
+    doc: dict[str, Any] = {**GOOD, "isolation": "per-user", "replicas": [], "users": {"alice": "127.0.0.1:4501"},
+           "user_tokens": {"alice": "a" * 20}, "redis_url": "redis://:hunter2hunter2@127.0.0.1:6390/0",
+           "provider": {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-" + "k" * 20}}
+    target = parse_target(json.dumps(doc), "t.json")
+    shown = json.dumps(target.redacted_json_dict())
+    assert not [name for name, value in target.secret_values(min_length=1).items() if value in shown]
+    redacted = json.loads(shown)
+    assert redacted["users"] == doc["users"] and redacted["redis_url"] == f"redis://:{REDACTED}@127.0.0.1:6390/0"
+    assert redacted["provider"]["base_url"] == doc["provider"]["base_url"]
+    with pytest.raises(TargetError, match=r"connection_token, user_tokens.alice, redis_url, provider.api_key "
+                                          r"redacted .*--show-secrets"):
+        parse_target(shown, "copy.json")
+
+
+def test_a_deployed_stack_without_pulumi_names_verifys_own_option(tmp_path, capsys, monkeypatch) -> None:
+    """verify takes a target file as --target (only `copilot-fleet target` has --from)."""
+    from tests.helpers.local_fleet import Project
+
+    project = Project.create(tmp_path / "project")
+    project.write_stack("prod", {"isolation": "shared-cli", "platform": "kubernetes"})
+    (tmp_path / "empty-bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    code = main(["--project-dir", str(project.dir), "verify", "--stack", "prod"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "Pulumi CLI is not on PATH" in err
+    assert "--target FILE" in err and "--from" not in err, err
+
+
+def test_a_server_that_cannot_be_reached_is_not_called_a_token_refusal(tmp_path, capsys) -> None:
+    """Nothing listens at the replica's address: the token check says the connection failed and that the token was
+    never checked, not that the server refused its own token."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening, closed before use)
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    doc = {**GOOD, "endpoint": None, "replicas": [dead]}
+    target = tmp_path / "t.json"
+    target.write_text(json.dumps(doc))
+    report = tmp_path / "r.json"
+    code = main(["--project-dir", str(ROOT), "verify", "--target", str(target), "-k", "connection_token",
+                 "--json", str(report)])
+    out, err = capsys.readouterr()
+    checks = json.loads(report.read_text())["checks"]
+    (check,) = [c for c in checks if c["outcome"] != "skipped"] or [out + err]
+    assert code == 1 and check["outcome"] == "failed"
+    assert f"no connection to {dead}" in check["message"] and "Connection refused" in check["message"]
+    assert "the token was never checked" in check["message"] and "refused its own token" not in check["message"]

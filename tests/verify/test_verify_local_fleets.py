@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet.cli import main
+from copilot_fleet.pod import procfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +166,82 @@ def test_verify_deadline(running_fleet, capsys, tmp_path) -> None:
     assert "stopped after 5 s" in out
     assert report["seconds"] < 5 + 25, "stopping the run took longer than its grace periods"
     assert not fleet.session_dirs(), "the stopped run left sessions on disk"
+
+
+CLUSTER_NS = "fleet-ns"
+
+
+def as_cluster_target(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The local fleet's target as a Kubernetes stack would export it (cluster DNS names, as
+    components/kubernetes names them), and where each object's forward leads: the local fleet's own port."""
+    suffix = f"{CLUSTER_NS}.svc.cluster.local"
+    doc = {**document, "platform": "kubernetes"}
+    forwards: dict[str, str] = {}
+    if "endpoint" in document:
+        doc["endpoint"] = f"copilot-cli.{suffix}:4321"
+        forwards[f"{CLUSTER_NS}/svc/copilot-cli:4321"] = document["endpoint"]
+    doc["replicas"] = []
+    for i, address in enumerate(document.get("replicas", [])):
+        doc["replicas"].append(f"copilot-cli-{i}.copilot-cli-headless.{suffix}:4321")
+        forwards[f"{CLUSTER_NS}/pod/copilot-cli-{i}:4321"] = address
+    doc["users"] = {}
+    for user, address in document.get("users", {}).items():
+        doc["users"][user] = f"copilot-user-{user}.{suffix}:4321"
+        forwards[f"{CLUSTER_NS}/svc/copilot-user-{user}:4321"] = address
+    if "redis_url" in document:
+        local_redis = document["redis_url"].split("@", 1)[1].split("/", 1)[0]
+        doc["redis_url"] = document["redis_url"].replace(local_redis, f"copilot-redis.{suffix}:6379")
+        forwards[f"{CLUSTER_NS}/svc/copilot-redis:6379"] = local_redis
+    return doc, forwards
+
+
+@pytest.mark.parametrize("running_fleet", ["shared-session", "per-user"], indirect=True)
+def test_verify_from_outside_the_cluster_through_port_forwards(running_fleet, kubectl_standin, capsys,
+                                                               tmp_path) -> None:
+    """A Kubernetes target names its servers by cluster DNS, which does not resolve outside the cluster: verify
+    sees that, forwards each pod, Service and Redis with `kubectl port-forward` (here the stand-in, leading to the
+    local fleet's ports: no API server runs here) and every session check passes through the forwards."""
+    fleet = running_fleet
+    doc, forwards = as_cluster_target(fleet.target_document)
+    kubectl_standin.configure(forwards=forwards)
+    target = tmp_path / "cluster-target.json"
+    target.write_text(json.dumps(doc))
+    code, report, out, err = verify(capsys, tmp_path, fleet.project.dir, "--target", str(target),
+                                    "-k", "not test_host_kubernetes")
+    assert report is not None, err
+    failed = [(c["label"], c["message"]) for c in report["checks"] if c["outcome"] == "failed"]
+    assert code == 0 and not failed, f"{failed}\n{out}\n{err}"
+    assert "through kubectl port-forward (context standin)" in out.splitlines()[0]
+    forwarded = [line for line in out.splitlines() if line.startswith("  forward  ")]
+    assert len(forwarded) == len(forwards), out
+    assert all(f"({CLUSTER_NS}) -> 127.0.0.1:" in line for line in forwarded), forwarded
+    passed = {_function(c["nodeid"]) for c in report["checks"] if c["outcome"] == "passed"}
+    assert {"test_persistent_session_lifecycle", "test_ephemeral_session", "test_connection_token_required",
+            *ONLY[fleet.isolation]} - {"test_redis_requires_auth"} <= passed, passed
+    pids = kubectl_standin.pids()
+    assert len(pids) == len(forwards) and not any(procfs.is_alive(p) for p in pids), "forwards left running"
+    assert not fleet.session_dirs()
+
+
+@pytest.mark.parametrize("running_fleet", ["shared-session"], indirect=True)
+def test_a_forward_that_dies_fails_the_run_and_says_which(running_fleet, kubectl_standin, capsys,
+                                                          tmp_path) -> None:
+    """The endpoint's forward ends after its first connection, as kubectl does when its stream to the pod breaks:
+    the checks that needed it fail, and the report names the forward and kubectl's last words."""
+    fleet = running_fleet
+    doc, forwards = as_cluster_target(fleet.target_document)
+    endpoint = f"{CLUSTER_NS}/svc/copilot-cli:4321"
+    kubectl_standin.configure(forwards=forwards, die_after={endpoint: 1})
+    target = tmp_path / "cluster-target.json"
+    target.write_text(json.dumps(doc))
+    code, report, out, err = verify(capsys, tmp_path, fleet.project.dir, "--target", str(target),
+                                    "-k", "ephemeral or connection_token")
+    assert code == 1 and report is not None and not report["ok"], out
+    assert "kubectl port-forward svc/copilot-cli:4321 in namespace fleet-ns" in report["problem"], report["problem"]
+    assert "lost connection to pod" in report["problem"]
+    assert "problem: kubectl port-forward svc/copilot-cli:4321" in out
+    endpoint_token_check = [c for c in report["checks"] if "connection_token" in c["nodeid"] and "endpoint" in
+                            c["nodeid"]]
+    assert endpoint_token_check and endpoint_token_check[0]["outcome"] == "failed"
+    assert "no connection to 127.0.0.1:" in endpoint_token_check[0]["message"], endpoint_token_check
+    assert not fleet.session_dirs()
