@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,12 +50,13 @@ _seconds = seconds_between(5, 3600)
 
 @dataclass(frozen=True)
 class ResolvedTarget:
-    """What to verify: a target file (ours to delete or the user's), a label, and a local state dir if any."""
+    """What to verify: a target file (the user's, or `/dev/fd/N` of an anonymous one of ours), a label, and a local
+    state dir if any."""
 
     path: Path
     label: str
     fleet_state: Path | None
-    temporary: bool
+    fd: int | None = None  # ours: the memory file behind `path`, passed on to the smoke tests, closed at the end
 
 
 def _project_dir(args: argparse.Namespace) -> Path:
@@ -65,12 +65,18 @@ def _project_dir(args: argparse.Namespace) -> Path:
     return find_project_dir(Path(args.project_dir) if args.project_dir else None)
 
 
-def write_private_target(document: dict[str, object]) -> Path:
-    """The target (with its secrets) in a new file only its owner can read: mkstemp creates it 0600."""
-    fd, name = tempfile.mkstemp(prefix="copilot-fleet-target-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f)
-    return Path(name)
+def write_private_target(document: dict[str, object]) -> int:
+    """The target (with its secrets) in an anonymous memory file: a file descriptor, no name on any file system.
+    Whatever way `verify` ends (SIGKILL included) nothing is left behind: the memory is freed once the last
+    process holding the descriptor (`verify`, the smoke tests it passed it to) is gone. The smoke tests read it
+    as `/dev/fd/N`."""
+    fd = os.memfd_create("copilot-fleet-target", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, json.dumps(document).encode())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
@@ -85,7 +91,7 @@ def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
             target = load_target(args.target_file)
         except TargetError as exc:
             raise CommandError(f"the target file cannot be used: {exc}") from exc
-        return ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state, False)
+        return ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state)
 
     from copilot_fleet.local import targets
     from copilot_fleet.local.paths import StatePaths
@@ -96,7 +102,8 @@ def resolve(args: argparse.Namespace, project_dir: Path) -> ResolvedTarget:
         raise CommandError(f"{warning}; nothing was verified")
     if target.platform == "local" and state is None:
         state = StatePaths(project_dir, stack).root
-    return ResolvedTarget(write_private_target(target.to_json_dict()), _label(target, f"stack {stack}"), state, True)
+    fd = write_private_target(target.to_json_dict())
+    return ResolvedTarget(Path(f"/dev/fd/{fd}"), _label(target, f"stack {stack}"), state, fd)
 
 
 def _label(target: object, source: str) -> str:
@@ -110,8 +117,8 @@ def _resolved(args: argparse.Namespace, project_dir: Path) -> Iterator[ResolvedT
     try:
         yield resolved
     finally:
-        if resolved.temporary:
-            resolved.path.unlink(missing_ok=True)
+        if resolved.fd is not None:
+            os.close(resolved.fd)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -131,6 +138,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = run_smoke_tests(resolved.path, project_dir=project_dir, target_label=resolved.label,
                                      fleet_state=resolved.fleet_state, timeout=args.timeout, select=args.select,
                                      stream_output=args.verbose, extra_args=passed_on,
+                                     pass_fds=() if resolved.fd is None else (resolved.fd,),
                                      on_result=None if args.verbose else progress)
         except VerifyError as exc:
             raise CommandError(str(exc)) from exc

@@ -142,9 +142,12 @@ def test_a_killed_verify_leaves_no_secret_behind(project: h.Project, tmp_path: P
     assert proc.stdout is not None
     child_session: list[int] = []
     try:
+        seen = []
         for line in proc.stdout:  # the first check result: the smoke tests are running against the target
+            seen.append(line)
             if line.startswith(("  PASS", "  FAIL", "  SKIP")):
                 break
+        assert seen and seen[-1].startswith(("  PASS", "  FAIL", "  SKIP")), f"verify ran no check: {seen}"
         # The smoke tests' child pytest (`-p copilot_fleet.verify`), in a session of its own.
         child_session = [p for p in procfs.all_pids() if "copilot_fleet.verify" in (procfs.cmdline(p) or [])]
         os.kill(proc.pid, signal.SIGKILL)
