@@ -341,15 +341,16 @@ def _not_ready(plan: FleetPlan, names: list[str], reasons: dict[str, str], infos
 
 
 def _clear_stale(paths: StatePaths, record: sv.SupervisorRecord, out: TextIO) -> None:
-    """supervisord of an earlier run is gone (killed, machine restarted): stop whatever it left behind."""
-    ours = procfs.start_time(record.pid) in (None, record.start_time)  # else the PID was reused: nothing is ours
-    members = procfs.session_members(record.pid) if ours else []
+    """supervisord of an earlier run is gone (killed, machine restarted): stop whatever it left behind, so that
+    the fleet starts again under a new supervisord. (A running program cannot be handed to another supervisord.)"""
+    members = sv.orphans(record)
     survivors = sv.stop(record)
     if survivors:
         raise LocalFleetError("processes of an earlier run of this fleet could not be stopped: "
                               + ", ".join(procfs.describe(p) for p in survivors))
     if members:
-        _say(out, f"stopped {len(members)} leftover process(es) of an earlier run whose supervisord had died")
+        _say(out, f"restoring supervision: supervisord (pid {record.pid}) had died and left {len(members)} "
+                  "process(es) running unsupervised; stopped them, starting the fleet under a new supervisord")
     paths.supervisor_record.unlink(missing_ok=True)
 
 
@@ -419,8 +420,10 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
         record = sv.read_record(paths)
         was_running = record is not None and record.alive()
         stopped: list[int] = []
+        orphaned = False
         if record is not None:
-            stopped = procfs.session_members(record.pid) if was_running else []
+            stopped = procfs.session_members(record.pid) if was_running else sv.orphans(record)
+            orphaned = not was_running and bool(stopped)
             survivors = sv.stop(record)
             if survivors:
                 raise LocalFleetError("could not stop " + ", ".join(procfs.describe(p) for p in survivors))
@@ -433,10 +436,13 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
                 shutil.rmtree(run_dir)
     if was_running:
         _say(out, f"fleet {stack} stopped ({len(stopped)} processes, none left)")
+    elif orphaned:
+        _say(out, f"fleet {stack}: supervisord had died; stopped {len(stopped)} process(es) it had left running "
+                  "unsupervised (none left)")
     else:
         _say(out, f"fleet {stack} was not running")
     if purge:
         _say(out, f"removed {paths.display(paths.root)} (sessions, secrets, logs)")
     else:
         _say(out, f"session data kept in {paths.display(paths.root)} (remove it with --purge)")
-    return DownResult(was_running=was_running, stopped_pids=stopped, purged=purge)
+    return DownResult(was_running=was_running or orphaned, stopped_pids=stopped, purged=purge)

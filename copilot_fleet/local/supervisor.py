@@ -41,6 +41,15 @@ class SupervisorRecord:
         return procfs.start_time(self.pid) == self.start_time and procfs.is_alive(self.pid)
 
 
+def orphans(record: SupervisorRecord) -> list[int]:
+    """Processes a dead supervisord left running: the live members of its session (programs keep serving
+    without supervision when supervisord is killed). Empty while supervisord runs, and when its PID now belongs to
+    another process: Linux reuses a PID only once no session carries it, so nothing of the fleet is left then."""
+    if record.alive() or procfs.start_time(record.pid) not in (None, record.start_time):
+        return []
+    return procfs.session_members(record.pid)
+
+
 def read_record(paths: StatePaths) -> SupervisorRecord | None:
     try:
         return SupervisorRecord(**json.loads(paths.supervisor_record.read_text()))

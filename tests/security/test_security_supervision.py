@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 
@@ -49,7 +50,7 @@ def test_status_sees_the_orphans_and_says_supervision_is_gone(project: h.Project
     rows = {s["name"]: s for s in status["services"]}
     for name, pid in orphans.items():
         assert rows[name]["pid"] == pid and rows[name]["state"] == "UNSUPERVISED", rows[name]
-    assert rows["copilot-cli-0"]["health"].startswith("ok") or "status" in rows["copilot-cli-0"]["health"]
+    assert rows["copilot-cli-0"]["latency_ms"] is not None, "the orphaned server is still probed"
 
     table = project.run("status", "--stack", STACK)
     assert table.returncode == 1
@@ -72,8 +73,14 @@ def test_up_brings_supervision_back(project: h.Project) -> None:
     h.wait_for(lambda: (p := supervisor.processes()["copilot-cli-0"])["statename"] == "RUNNING" and p["pid"] != cli,
                60, "copilot-cli-0 restarted by the new supervisord")
     target = project.target(STACK)
-    h.wait_for(lambda: probes.jsonrpc_status(h.endpoint(target), target.token_for()).get("version"), 60,
-               "the endpoint answers again")
+    h.wait_for(lambda: _answers(h.endpoint(target), target.token_for()), 60, "the endpoint answers again")
+
+
+def _answers(address: str, token: str | None) -> bool:
+    try:
+        return bool(probes.jsonrpc_status(address, token).get("version"))
+    except (probes.JsonRpcError, OSError):
+        return False
 
 
 def test_down_stops_the_orphans_and_says_so(project: h.Project) -> None:
@@ -81,4 +88,5 @@ def test_down_stops_the_orphans_and_says_so(project: h.Project) -> None:
     down = project.run_ok("down", "--stack", STACK)
     assert not any(procfs.is_alive(p) for p in orphans.values())
     assert "was not running" not in down.stdout
-    assert f"stopped {len(orphans)}" in down.stdout and "supervisord" in down.stdout, down.stdout
+    stopped = re.search(r"supervisord had died; stopped (\d+) process", down.stdout)
+    assert stopped and int(stopped.group(1)) >= len(orphans), down.stdout  # the janitor too
