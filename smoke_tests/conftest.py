@@ -107,8 +107,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # The report reads top-down like the life of a deployment: sessions work, users are kept apart, the servers
 # demand their tokens, then the host (or pods) underneath.
-MODULE_ORDER = ("test_sessions", "test_isolation", "test_shared_session", "test_connection_tokens",
-                "test_host_local", "test_host_kubernetes")
+MODULE_ORDER = ("test_sessions", "test_isolation", "test_shared_session", "test_tool_policy",
+                "test_connection_tokens", "test_host_local", "test_host_kubernetes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
