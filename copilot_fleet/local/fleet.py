@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import time
 import xmlrpc.client
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from copilot_fleet.local import lbstats, probes, procfs
+from copilot_fleet import cli_logs
+from copilot_fleet.local import accounts, confine, lbstats, probes, procfs, sealed_cli
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
-from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
+from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, fleet_accounts, secret_names
 from copilot_fleet.local.ports import port_holder, port_is_free
 from copilot_fleet.local.render import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
@@ -109,7 +111,18 @@ def up(project_dir: Path, stack: str, *, timeout: float = DEFAULT_TIMEOUT, env: 
 
 
 def _tools_for(project_dir: Path, topology: Topology, env: Mapping[str, str]) -> Tools:
-    return locate_tools(project_dir, env, redis=topology.lease_store is not None, haproxy=topology.load_balanced)
+    tools = locate_tools(project_dir, env, redis=topology.lease_store is not None, haproxy=topology.load_balanced)
+    if accounts.privileged():  # the servers run as other users: the CLI's execute-only copy and a cache they read
+        sealed = sealed_cli.seal(tools.copilot, tools.copilot_version)
+        tools = replace(tools, copilot=sealed.copilot, cache_home=sealed.cache_home)
+    return tools
+
+
+def _plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: FleetSecrets,
+          creds: StackCredentials) -> FleetPlan:
+    """The fleet's plan; started as root, each program gets a Unix user of its own (accounts.py)."""
+    users = fleet_accounts(topology, paths) if accounts.privileged() else None
+    return build_plan(topology, paths, tools, secrets, creds, users)
 
 
 def _stack_credentials(project_dir: Path, spec: FleetSpec) -> StackCredentials:
@@ -179,7 +192,17 @@ def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecret
                 link.symlink_to(os.path.relpath(shared, home))
         else:
             make_private_dir(Path(svc.session_state))
+    if plan.accounts is not None:
+        confine.apply(plan, accounts.ensure(plan.accounts))
     write_private(paths.manifest, json.dumps(plan.manifest(), indent=2) + "\n")
+    _prune_cli_logs(plan)
+
+
+def _prune_cli_logs(plan: FleetPlan) -> None:
+    """Each start of a CLI leaves a log in its home; keep the newest few (the janitor does it between `up`s)."""
+    for program in plan.cli_programs:
+        if program.service.home is not None:
+            cli_logs.prune(Path(program.service.home) / "logs")
 
 
 def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mapping[str, str], timeout: float,
@@ -190,7 +213,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     tools = _tools_for(project_dir, topology, env)
     creds = _stack_credentials(project_dir, spec)
     secrets = load_or_generate(paths, secret_names(topology))
-    plan = build_plan(topology, paths, tools, secrets, creds)
+    plan = _plan(topology, paths, tools, secrets, creds)
     _check_ports(plan)
     configs = _render(plan, tools, secrets)
     # 2. State, then supervisord, which starts every program.
@@ -236,7 +259,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
     spec = topology.spec
     tools = _tools_for(project_dir, topology, env)
     secrets = load_existing(paths, secret_names(topology))
-    plan = build_plan(topology, paths, tools, secrets, _stack_credentials(project_dir, spec))
+    plan = _plan(topology, paths, tools, secrets, _stack_credentials(project_dir, spec))
     changed = [paths.display(path) for path, text in _render(plan, tools, secrets).items()
                if not path.is_file() or path.read_text() != text]
     if changed:
@@ -244,6 +267,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
                               f"file and the programs found now ({', '.join(changed)} would change); nothing was "
                               f"changed. Apply it with `copilot-fleet down --stack {spec.stack}` then "
                               f"`copilot-fleet up --stack {spec.stack}`")
+    _prune_cli_logs(plan)
     supervisor = sv.Supervisor(paths)
     infos = supervisor.processes()
     to_start = [p.name for p in plan.programs
@@ -391,7 +415,24 @@ def _print_endpoints(result: UpResult, out: TextIO) -> None:
         lines.append(f"  model     {target.provider.base_url}  ({kind}, model {target.model})")
     lines.append(f"  target    {paths.display(paths.target_file)}  (copilot-fleet target --stack {plan.stack})")
     lines.append(f"  logs      {paths.display(paths.logs_dir)}/")
+    lines.append(isolation_line(plan))
     _say(out, "\n".join(lines))
+
+
+def isolation_line(plan: FleetPlan) -> str:
+    """What keeps the fleet's programs (and every session's tool runs) apart, said plainly (docs/security.md)."""
+    if plan.accounts is not None:
+        line = (f"  users     each server runs as an unprivileged Unix user of its own "
+                f"({', '.join(sorted(plan.accounts.all()))}); secrets and configs are root's")
+        cli = Path(plan.cli_programs[0].command[0])
+        if not sealed_cli.is_execute_only(cli):
+            line += (f"; but {cli} is a script, not the CLI binary, so it cannot be made execute-only: a session's "
+                     "tool run can read its server's connection token from /proc/<pid>/environ")
+        return line
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    return (f"  users     NOT ISOLATED: `up` did not run as root, so every program and every session's tool runs "
+            f"run as {me} and can read the fleet's secrets and every session (run `up` as root to give each "
+            "server a user of its own; docs/security.md)")
 
 
 # --- down -------------------------------------------------------------------------------------------------------
@@ -403,6 +444,15 @@ def _check_purgeable(paths: StatePaths) -> None:
     if root.is_symlink() or not root.is_dir() or root.resolve().parent != paths.fleet_dir.resolve():
         raise LocalFleetError(f"refusing to purge {root}: it is not a directory of its own inside "
                               f"{paths.fleet_dir} (a link or something else is in its place); nothing was removed")
+
+
+def _fleet_users(paths: StatePaths) -> tuple[list[str], str | None]:
+    """The Unix users a root-run fleet made, as its manifest records them (none for a fleet run without root)."""
+    try:
+        manifest = json.loads(paths.manifest.read_text())
+    except (OSError, ValueError):
+        return [], None
+    return list(manifest.get("unix_users") or []), manifest.get("fleet_id")
 
 
 def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | None = None) -> DownResult:
@@ -428,12 +478,19 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
             if survivors:
                 raise LocalFleetError("could not stop " + ", ".join(procfs.describe(p) for p in survivors))
             paths.supervisor_record.unlink(missing_ok=True)
+        removed_users: list[str] = []
         if purge:
             run_dir = paths.run_dir
             _check_purgeable(paths)
-            shutil.rmtree(paths.root)
+            unix_users, fleet_id = _fleet_users(paths)
+            data_root = paths.data_root
+            shutil.rmtree(paths.root)  # links to the data directory go, never what they point to
             if run_dir.exists() and not run_dir.is_relative_to(paths.root):
                 shutil.rmtree(run_dir)
+            if data_root != paths.root and data_root.is_dir() and not data_root.is_symlink():
+                shutil.rmtree(data_root)  # fd-based on Linux: a link a server made inside is removed, not followed
+            if unix_users and fleet_id:
+                removed_users = accounts.remove(unix_users, fleet_id)
     if was_running:
         _say(out, f"fleet {stack} stopped ({len(stopped)} processes, none left)")
     elif orphaned:
@@ -443,6 +500,8 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
         _say(out, f"fleet {stack} was not running")
     if purge:
         _say(out, f"removed {paths.display(paths.root)} (sessions, secrets, logs)")
+        if removed_users:
+            _say(out, f"deleted the fleet's Unix users: {', '.join(removed_users)}")
     else:
         _say(out, f"session data kept in {paths.display(paths.root)} (remove it with --purge)")
     return DownResult(was_running=was_running or orphaned, stopped_pids=stopped, purged=purge)

@@ -48,7 +48,7 @@ class ServiceStatus:
     attached: int | None = None
     rss_mib: float | None = None
     user: str | None = None
-
+    run_as: str | None = None  # the Unix user the process runs as
 
 @dataclass
 class FleetStatus:
@@ -59,6 +59,7 @@ class FleetStatus:
     services: list[ServiceStatus] = field(default_factory=list)
     shared_sessions_on_disk: int | None = None
     supervision: Supervision = "stopped"
+    isolated: bool = False  # started as root: each server runs as an unprivileged user of its own
     dead_supervisord_pid: int | None = None  # supervision lost: the supervisord that died
     unsupervised_pids: list[int] = field(default_factory=list)  # supervision lost: every process still running
 
@@ -70,6 +71,7 @@ class FleetStatus:
         return {"stack": self.stack, "isolation": self.isolation, "running": self.running,
                 "healthy": self.healthy, "supervisord_pid": self.supervisord_pid,
                 "supervision": self.supervision, "dead_supervisord_pid": self.dead_supervisord_pid,
+                "isolated": self.isolated,
                 "unsupervised_pids": self.unsupervised_pids,
                 "shared_sessions_on_disk": self.shared_sessions_on_disk,
                 "services": [asdict(s) for s in self.services]}
@@ -115,7 +117,8 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
     status = FleetStatus(stack=stack, isolation=str(manifest["isolation"]), running=running,
                          supervisord_pid=record.pid if running and record else None,
                          supervision="running" if running else "lost" if left else "stopped",
-                         dead_supervisord_pid=record.pid if left and record else None, unsupervised_pids=left)
+                         dead_supervisord_pid=record.pid if left and record else None, unsupervised_pids=left,
+                         isolated=bool(manifest.get("isolated")))
     shared_dirs = {s.session_state for s in services if s.shared_session_state and s.session_state}
     if shared_dirs:
         status.shared_sessions_on_disk = sum(len(session_dirs(Path(d))) for d in shared_dirs)
@@ -135,7 +138,7 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
     for svc in services:
         info = infos.get(svc.name, {})
         row = ServiceStatus(name=svc.name, kind=svc.kind, address=svc.address, user=svc.user,
-                            state=str(info.get("statename", unknown_state)))
+                            state=str(info.get("statename", unknown_state)), run_as=svc.run_as)
         pid = int(info.get("pid") or 0)  # type: ignore[call-overload]
         if left:  # no supervisord to ask: the fleet's process that holds the service's port
             holder = port_holder_pid(svc.port)
@@ -143,6 +146,7 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
             row.state = UNSUPERVISED if pid else "not running"
         if pid and procfs.is_alive(pid):
             row.pid = pid
+            row.run_as = procfs.user_name(pid) or row.run_as  # what the kernel says, not what was planned
             now, start = info.get("now"), info.get("start")
             row.uptime_seconds = float(now) - float(start) if now and start else procfs.age_seconds(pid)  # type: ignore[arg-type]
             rss = procfs.rss_kib(pid)
@@ -191,7 +195,7 @@ def _duration(seconds: float | None) -> str:
 
 def format_table(status: FleetStatus) -> str:
     header = ["NAME", "KIND", "STATE", "PID", "ADDRESS", "HEALTH", "LATENCY", "UPTIME", "RSS", "LB", "CHK FAIL",
-              "ON DISK", "ATTACHED"]
+              "ON DISK", "ATTACHED", "RUNS AS"]
     rows = [header]
     for s in status.services:
         health = "ok" if s.healthy else f"FAIL: {s.health}"
@@ -203,7 +207,7 @@ def format_table(status: FleetStatus) -> str:
             "-" if s.latency_ms is None else f"{s.latency_ms:.0f} ms", _duration(s.uptime_seconds),
             "-" if s.rss_mib is None else f"{s.rss_mib:.0f} MiB", s.balancer or "-",
             "-" if s.check_failures is None else str(s.check_failures), on_disk,
-            "-" if s.attached is None else str(s.attached),
+            "-" if s.attached is None else str(s.attached), s.run_as or "-",
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -221,6 +225,9 @@ def format_table(status: FleetStatus) -> str:
         summary = f"fleet {status.stack} ({status.isolation}): UNHEALTHY: {', '.join(bad)}"
     if status.shared_sessions_on_disk is not None:
         summary += f"; {status.shared_sessions_on_disk} session(s) in the shared session-state/"
+    if (status.running or status.supervision == "lost") and not status.isolated:
+        summary += ("; NOT ISOLATED: started without root, every process and every session's tool runs run as one "
+                    "user, who can read the fleet's secrets")
     return summary + "\n" + "\n".join(lines)
 
 

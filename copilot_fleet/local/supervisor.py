@@ -26,9 +26,11 @@ from copilot_fleet.local.tools import Tools
 STOP_TIMEOUT = 30.0  # supervisord stops each program within its stopwaitsecs (10 s), in priority order
 # Longer than a program's stopwaitsecs (10 s): stopProcess(wait=True) answers only once the program is gone.
 RPC_TIMEOUT = 30.0
-# Inherited variables that would change what the servers do (credentials, a provider, telemetry): the fleet gets
-# what its stack says, not what the shell that ran `up` happens to hold.
-_DROPPED_ENV_PREFIXES = ("COPILOT_", "OTEL_", "GH_", "GITHUB_", "TESTMODEL_", "PYTHONPATH", "SUPERVISOR_")
+# The only variables the fleet inherits from the shell that ran `up`: whatever else it holds (credentials, a
+# provider, telemetry settings, cloud keys) would reach every program, and through the CLI every session's tool
+# runs. The fleet gets what its stack says, and each program what plan.py gives it.
+_KEPT_ENV = frozenset({"PATH", "LANG", "LANGUAGE", "TZ"})
+_KEPT_ENV_PREFIXES = ("LC_",)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def read_record(paths: StatePaths) -> SupervisorRecord | None:
 
 
 def supervisor_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith(_DROPPED_ENV_PREFIXES)}
+    return {k: v for k, v in env.items() if k in _KEPT_ENV or k.startswith(_KEPT_ENV_PREFIXES)}
 
 
 def start(paths: StatePaths, tools: Tools, env: Mapping[str, str]) -> subprocess.Popen[bytes]:

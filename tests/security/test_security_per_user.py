@@ -43,8 +43,10 @@ def _secrets(project: h.Project) -> dict[str, str]:
 
 
 def _roots(project: h.Project) -> list[Path]:
+    """Where the fleet keeps anything, and alice's own home (so that the sweep always finds something)."""
     paths = project.paths(STACK)
-    roots = [project.dir, paths.run_dir, paths.servers_dir.resolve()]
+    roots = [project.dir, paths.run_dir, paths.servers_dir.resolve(),
+             paths.server_home("copilot-user-alice-0").resolve()]
     machine = Path("/var/lib/copilot-fleet")
     return [*roots, machine] if machine.exists() else roots
 

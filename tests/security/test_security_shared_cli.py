@@ -183,4 +183,4 @@ def test_cli_per_start_logs_are_bounded(project: h.Project) -> None:
     h.wait_for(lambda: project.status(STACK)["healthy"], 60, "fleet healthy again")
     project.run_ok("up", "--stack", STACK)  # a running fleet: changes nothing, tidies the servers' logs
     kept = sorted(p.name for p in logs.glob("process-*.log"))
-    assert 1 <= len(kept) <= 3, f"{len(kept)} per-start logs kept in {logs}: {kept}"
+    assert 1 <= len(kept) <= 5, f"{len(kept)} per-start logs kept in {logs}: {kept}"
