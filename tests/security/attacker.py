@@ -37,7 +37,8 @@ class ToolRun:
         return self.reply[len(RAN):]
 
 
-async def _turn(address: str, token: str | None, target: Target, prompt: str, **options: Any) -> str:
+async def _turn(address: str, token: str | None, target: Target, prompt: str, timeout: float = 90,
+                **options: Any) -> str:
     from copilot import CopilotClient
     from copilot.client import RuntimeConnection
     from copilot.session import PermissionHandler
@@ -49,7 +50,7 @@ async def _turn(address: str, token: str | None, target: Target, prompt: str, **
         session = await client.create_session(provider=target.provider.to_sdk(), model=target.model,
                                               on_permission_request=PermissionHandler.approve_all, **options)
         try:
-            event = await session.send_and_wait(prompt, timeout=90)
+            event = await session.send_and_wait(prompt, timeout=timeout)
             assert event is not None, f"no reply to {prompt!r}"
             return str(event.data.content)
         finally:
@@ -59,10 +60,11 @@ async def _turn(address: str, token: str | None, target: Target, prompt: str, **
         await client.force_stop()
 
 
-def tool_run(address: str, token: str | None, target: Target, command: str, **options: Any) -> ToolRun:
+def tool_run(address: str, token: str | None, target: Target, command: str, timeout: float = 90,
+             **options: Any) -> ToolRun:
     """One session on `address` whose model asks for `command` in the shell tool; the application approves every
     tool call (what an application that trusts its model does)."""
-    return ToolRun(asyncio.run(_turn(address, token, target, f"run: {command}", **options)))
+    return ToolRun(asyncio.run(_turn(address, token, target, f"run: {command}", timeout, **options)))
 
 
 def say_with(address: str, token: str | None, target: Target, prompt: str, **options: Any) -> str:

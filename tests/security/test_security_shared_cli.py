@@ -108,6 +108,25 @@ async def _keep_session(address: str, token: str | None, target: object, prompt:
     return sid
 
 
+def test_listed_exposure_a_tool_run_can_kill_its_own_server_which_comes_back(project: h.Project) -> None:
+    """docs/security.md: a tool run runs as its CLI server's user, so it can signal that server (and only the
+    servers of that user). supervisord restarts it; the turn that did it is lost."""
+    from copilot_fleet.local.supervisor import Supervisor
+
+    target = project.target(STACK)
+    replica = target.replicas[0]
+    supervisor = Supervisor(project.paths(STACK))
+    before = supervisor.processes()["copilot-cli-0"]["pid"]
+    with pytest.raises(Exception):  # noqa: B017 - the server dies mid-turn: whatever the SDK raises for that
+        # (CLI 1.0.102 refuses `kill $PPID` itself: "must specify at least one numeric PID"; a program is not parsed)
+        a.tool_run(replica, target.token_for(), target, "python3 -c 'import os, signal; os.kill(os.getppid(), "
+                   "signal.SIGKILL)'", timeout=15)
+    after = h.wait_for(lambda: (p := supervisor.processes()["copilot-cli-0"])["statename"] == "RUNNING"
+                       and p["pid"] != before and p["pid"], 60, "copilot-cli-0 restarted by supervisord")
+    assert not procfs.is_alive(before) and procfs.is_alive(after)
+    h.wait_for(lambda: project.status(STACK)["healthy"], 60, "fleet healthy again")
+
+
 def test_the_token_alone_starts_mcp_commands_only_as_the_cli_user(project: h.Project) -> None:
     """docs/security.md: the connection token is a command-execution credential. CLI 1.0.102 starts the command
     of a client-sent `mcp_servers` entry after the session's first turn, and no server setting refuses it. What
