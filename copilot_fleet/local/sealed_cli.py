@@ -44,7 +44,11 @@ class SealedCli:
     cache_home: Path
 
 
-def _build_key(source: Path) -> str:
+def _build_key(source: Path, binary: bool) -> str:
+    """The binary's identity on disk (hashing 190 MB would cost a second per `up`); a script's content (small, and
+    the same script made again is the same copy)."""
+    if not binary:
+        return "script-" + hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     st = source.stat()
     return hashlib.sha256(f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
 
@@ -76,11 +80,11 @@ def seal(source: Path, version: str) -> SealedCli:
     """The execute-only copy of `source` and its unpacked cache, made once (concurrent `up`s wait for each other)."""
     _traversable(MACHINE_DIR)
     _traversable(CLI_DIR)
-    home = CLI_DIR / f"{version}-{_build_key(source)}"
+    binary = _is_binary(source)
+    home = CLI_DIR / f"{version}-{_build_key(source, binary)}"
     sealed = SealedCli(copilot=home / "copilot", cache_home=home / "cache")
     with open(CLI_DIR / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        binary = _is_binary(source)
         if sealed.copilot.is_file() and (_unpacked(sealed.cache_home) or not binary):
             return sealed
         _traversable(home)
