@@ -319,10 +319,13 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
                 why = info.get("spawnerr") or f"it kept exiting (last exit status {info.get('exitstatus')})"
                 raise _not_ready(plan, [name], {name: f"supervisord gave up on it: {why}"}, infos)
         results = probes.probe_all(list(pending.values()), secrets, timeout=_PROBE_TIMEOUT)
+        # HAProxy's view counts only once every CLI answers: until then its last check may predate a restart.
+        clis_pending = any(s.kind == "cli" for s in pending.values())
         for name, result in results.items():
             svc = pending[name]
             if result.ok and svc.kind == "haproxy":
-                result = _all_backends_up(plan, result)
+                result = (probes.ProbeResult(False, result.latency_ms, "waiting for the CLI servers first")
+                          if clis_pending else _all_backends_up(plan, result))
             state = infos.get(name, {}).get("statename")
             if result.ok and state != "RUNNING":
                 # A warm CLI answers within supervisord's startsecs; until supervisord counts it RUNNING, `status`
@@ -346,7 +349,9 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
 def _all_backends_up(plan: FleetPlan, result: probes.ProbeResult) -> probes.ProbeResult:
     """HAProxy is ready once it routes to every replica, not just to one."""
     states = lbstats.backend_states(plan.paths.haproxy_socket)
-    down = [name for name in (p.name for p in plan.cli_programs) if not states.get(name, "").startswith("UP")]
+    # "UP 1/2": a check failed and the next failure takes it out (a replica that was restarted a moment ago).
+    down = [name for name in (p.name for p in plan.cli_programs)
+            if not states.get(name, "").startswith("UP") or "/" in states.get(name, "")]
     if down:
         return probes.ProbeResult(False, result.latency_ms, f"HAProxy does not route to {', '.join(down)} yet")
     return probes.ProbeResult(True, result.latency_ms, f"{result.detail}, {len(states)} replicas UP")

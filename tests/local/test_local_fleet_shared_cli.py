@@ -259,7 +259,8 @@ def test_up_restarts_a_program_that_was_stopped(project: h.Project) -> None:
     up = project.run_ok("up", "--stack", STACK)
     assert "start  copilot-cli-1 (was STOPPED)" in up.stdout and "ready  copilot-cli-1" in up.stdout
     status = project.status(STACK)
-    assert status["healthy"], status
+    assert status["healthy"], [(s["name"], s["state"], s["health"], s["balancer"]) for s in status["services"]
+                               if not s["healthy"]]
     assert {s["name"]: s["pid"] for s in status["services"] if s["name"] != "copilot-cli-1"} == others
 
 

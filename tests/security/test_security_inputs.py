@@ -15,15 +15,16 @@ from copilot_fleet.target import MAX_TARGET_BYTES, TargetError, load_target
 
 PROJECT = Path(__file__).resolve().parents[2]
 
-# Python itself, measured with `resource` in the child: the peak resident memory of the command must stay far
-# below the size of the file it refused.
+# The command's own peak resident memory (VmHWM: this process image only; getrusage's maxrss would carry over the
+# size of the pytest process it was forked from) must stay far below the size of the file it refused.
 _MEASURED = """
-import resource, runpy, sys
+import runpy, sys
 sys.argv = ["copilot-fleet", *sys.argv[1:]]
 try:
     runpy.run_module("copilot_fleet.cli", run_name="__main__")
 finally:
-    print(f"maxrss-kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(f"maxrss-kib={hwm}", file=sys.stderr)
 """
 
 
