@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?", re.ASCII)
+_WHOLE = re.compile(r"[0-9]{1,12}", re.ASCII)
 
 
 def seconds_between(low: float, high: float) -> Callable[[str], float]:
     """A number of seconds from `low` to `high`, both included."""
 
     def parse(value: str) -> float:
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+        # ASCII only: float() also takes other scripts' digits, exponents, "nan" and "inf".
+        if not _DECIMAL.fullmatch(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds (ASCII digits, e.g. 30 or 2.5)")
+        seconds = float(value)
         if not low <= seconds <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range: {low:g} to {high:g} seconds")
         return seconds
@@ -30,10 +34,10 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     what = "whole number" if kind is int else "number"
 
     def parse(value: str) -> int | float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a {what}") from None
+        pattern = _WHOLE if kind is int else _DECIMAL
+        if not pattern.fullmatch(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what} (ASCII digits)")
+        number = kind(value)
         if number <= 0:
             raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
         return number

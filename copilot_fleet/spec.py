@@ -56,24 +56,29 @@ class ConfigError(FleetError, ValueError):
 
 # --- scalar types -----------------------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
+# ASCII digits and a unit letter, nothing between them: `re`'s \d would also take other scripts' digits ("٣h").
+_DURATION = re.compile(r"([0-9]{1,12})([smhd]?)", re.ASCII)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 3650 * 86400  # ten years: anything longer is a typo, and would overflow some timers
+_DURATION_HINT = "a duration such as 1800, '90s', '30m', '24h' or '7d' (ASCII digits, then s, m, h or d)"
 
 
 def parse_duration(value: object) -> int:
-    """Seconds from an int or a string like '90s', '30m', '24h', '7d'."""
+    """Seconds from an int or a string like '90s', '30m', '24h', '7d', at most MAX_DURATION_SECONDS."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 1800, '30m', '24h' or '7d', not a boolean")
+        raise ValueError(f"expected {_DURATION_HINT}, not a boolean")
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, float) and value.is_integer():
         seconds = int(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
-        raise ValueError(f"expected a duration such as 1800, '30m', '24h' or '7d', got {value!r}")
+        raise ValueError(f"expected {_DURATION_HINT}, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"a duration of at most 3650 days is allowed, got {value!r}")
     return seconds
 
 

@@ -7,14 +7,19 @@ to a state file. The smoke tests and the fleet client read nothing else.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from copilot_fleet.errors import FleetError
 from copilot_fleet.isolation import Isolation
+
+# A target lists addresses and tokens: a few kilobytes, a few hundred for thousands of per-user servers. Anything
+# larger is not a target, and is refused before it is read.
+MAX_TARGET_BYTES = 4 * 1024 * 1024
 
 Platform = Literal["kubernetes", "azure", "local"]
 
@@ -141,10 +146,14 @@ class Target(BaseModel):
 
 def parse_target(document: str | bytes, source: str = "target") -> Target:
     """Parse a target JSON document; any defect raises TargetError naming the field."""
+    text = decode_target(document, source) if isinstance(document, bytes) else document
     try:
-        raw = json.loads(document)
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TargetError(f"{source}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from exc
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise TargetError(f"{source}: not valid JSON for a target (arrays or objects nested too deeply); a target "
+                          "is an object of a few levels") from None
     if not isinstance(raw, dict):
         raise TargetError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     # `pulumi stack output --json` wraps nothing, but be tolerant of {"target": {...}} exports.
@@ -177,11 +186,38 @@ def _redacted_fields(raw: dict[str, object]) -> list[str]:
     return found
 
 
+def decode_target(data: bytes, source: str) -> str:
+    """The text of a target document: UTF-8, or a TargetError naming the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{source}: not UTF-8 (byte 0x{data[exc.start]:02x} at position {exc.start}); a target "
+                          "is JSON text in UTF-8") from None
+
+
+def read_target_bytes(stream: BinaryIO, source: str) -> bytes:
+    """At most MAX_TARGET_BYTES from an open file: its size is checked before anything is read, and a stream
+    that cannot tell its size (a pipe) is read only one byte past the limit."""
+    try:
+        size = os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError):
+        size = 0
+    if size > MAX_TARGET_BYTES:
+        raise TargetError(f"{source}: {size} bytes, larger than the limit of {MAX_TARGET_BYTES} bytes for a target "
+                          "file (a target is a few kilobytes)")
+    data = stream.read(MAX_TARGET_BYTES + 1)
+    if len(data) > MAX_TARGET_BYTES:
+        raise TargetError(f"{source}: more than {MAX_TARGET_BYTES} bytes, larger than the limit for a target file "
+                          "(a target is a few kilobytes)")
+    return data
+
+
 def load_target(path: str | Path) -> Target:
-    """Read and parse a target file."""
+    """Read and parse a target file; its size is checked before it is read."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            data = read_target_bytes(f, str(p))
     except OSError as exc:
         raise TargetError(f"cannot read target file {p}: {exc.strerror}") from exc
-    return parse_target(text, source=str(p))
+    return parse_target(data, source=str(p))

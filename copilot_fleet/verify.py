@@ -142,12 +142,14 @@ def run_smoke_tests(
     stream_output: bool = False,
     extra_args: Sequence[str] = (),
     on_result: Callable[[CheckResult], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> VerifyReport:
     """Run the smoke suite against `target_file` in a child pytest; return the report when it ends.
 
     `timeout` bounds the whole run: the child (and anything it started in its process group) is killed then, and
     the report says so. `on_result` is called as each check finishes (for live progress). `stream_output` passes
-    pytest's own output through instead of keeping it for the report.
+    pytest's own output through instead of keeping it for the report. `pass_fds`: descriptors the child inherits
+    (a `target_file` of the form /dev/fd/N).
     """
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -175,7 +177,7 @@ def run_smoke_tests(
             try:
                 # A new session (process group) so that a timeout can stop the child and what it started.
                 child = subprocess.Popen(argv, cwd=suite.parent, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=tuple(pass_fds))
             except OSError as exc:
                 raise VerifyError(f"cannot start pytest ({argv[0]} -m pytest): {exc.strerror}") from exc
             reader = _ResultReader(results_path)

@@ -1,14 +1,15 @@
 """Secrets audit: no token, password or API key in plain text where it does not belong.
 
 Where secrets may be: the 0600 files under `secrets/`, and the 0600 files that must carry them to a program
-(target.json, config/supervisord.conf - the CLI servers' environment -, config/redis.conf - requirepass -,
+(target.json, config/supervisord.conf - the CLI servers' environment -, redis/redis.conf - requirepass -,
 config/haproxy.cfg - the health check's connection token -, config/janitor-redis-url - the janitor's lease store).
 Everything else is searched for every secret value
 (byte for byte, binary files included): the rest of the state directory (fleet.json, supervisord.json, every
 log: supervisord, each program, each CLI's own logs, the session-state files, each replica's SQLite session store,
 Redis' append-only files), the command line of every process on the machine (`/proc/*/cmdline`, what `ps` shows),
 and the offline render of Kubernetes stacks (with known secret values, masked). Modes: secret-holding files 0600,
-every directory of the state 0700.
+every directory of the state 0700; a root-run fleet's data directory (/var/lib/copilot-fleet/fleets/<id>) is searched
+too, where root's passages to the servers' own directories are 0711.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from faults.bad_input import secret_values
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
 
-ALLOWED_HOLDERS = ("target.json", "config/supervisord.conf", "config/redis.conf", "config/haproxy.cfg",
+ALLOWED_HOLDERS = ("target.json", "config/supervisord.conf", "redis/redis.conf", "config/haproxy.cfg",
                    "config/janitor-redis-url")
 
 # Known values for the render check: none of them may appear in a rendered manifest.
@@ -34,8 +35,9 @@ RENDER_SECRETS = {
 }
 
 
-def _holders(root: Path) -> set[Path]:
-    return {root / rel for rel in ALLOWED_HOLDERS} | set((root / "secrets").glob("*"))
+def _holders(root: Path, data_root: Path) -> set[Path]:
+    return ({root / rel for rel in ALLOWED_HOLDERS} | {data_root / rel for rel in ALLOWED_HOLDERS}
+            | set((root / "secrets").glob("*")))
 
 
 def secrets_audit(fleet: FleetUnderTest, *, render: bool = True,
@@ -47,10 +49,14 @@ def secrets_audit(fleet: FleetUnderTest, *, render: bool = True,
     secrets = [s.encode() for s in secret_values(fleet)]
     r.counts["secret values searched for"] = len(secrets)
     root = fleet.paths.root
-    holders = _holders(root)
+    data_root = fleet.paths.data_root
+    holders = _holders(root, data_root)
+    # A root-run fleet's data directory: root's passages to each server's own directories, enter-only (0711).
+    passages = ({data_root, fleet.paths.servers_dir, fleet.paths.work_dir, fleet.paths.otel_dir}
+                if data_root != root else set())
 
-    # -- the state directory --------------------------------------------------------------------------------------
-    trees = [root]
+    # -- the state directory (and the data directory) ------------------------------------------------------------
+    trees = [root] + ([data_root] if data_root != root else [])
     if not fleet.paths.run_dir.is_relative_to(root):
         trees.append(fleet.paths.run_dir)
     for tree in trees:
@@ -58,9 +64,9 @@ def secrets_audit(fleet: FleetUnderTest, *, render: bool = True,
             d = Path(dirpath)
             mode = stat.S_IMODE(d.stat().st_mode)
             r.bump("directories checked")
-            if mode != 0o700:
+            if mode != (0o711 if d in passages else 0o700):
                 r.bump("bad_modes")
-                r.check(f"{d} is 0700", False, f"{mode:04o}")
+                r.check(f"{d} is {'0711' if d in passages else '0700'}", False, f"{mode:04o}")
             for name in filenames:
                 path = d / name
                 try:

@@ -151,7 +151,9 @@ async def _read_only(fleet: FleetUnderTest, fc: FleetClient, state: Path, reply_
 
 async def _full(fleet: FleetUnderTest, fc: FleetClient, state: Path, free_pages: tuple[int, ...],
                 reply_timeout: float, r: ScenarioResult, progress: Progress) -> None:
-    fleet.in_namespace("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "copilot-fleet-faults", str(state))
+    owner = state.stat()  # the replicas' own user when the fleet was started as root
+    fleet.in_namespace("mount", "-t", "tmpfs", "-o", f"size=1m,mode=0700,uid={owner.st_uid},gid={owner.st_gid}",
+                       "copilot-fleet-faults", str(state))
     view = fleet.view(state)
     old = await fc.create_session("before-full", **SMALL)
     old_sid = old.session_id

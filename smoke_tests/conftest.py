@@ -108,8 +108,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # The report reads top-down like the life of a deployment: sessions work, users are kept apart, the servers
 # demand their tokens, then the host (or pods) underneath.
-MODULE_ORDER = ("test_sessions", "test_isolation", "test_shared_session", "test_connection_tokens",
-                "test_host_local", "test_host_kubernetes")
+MODULE_ORDER = ("test_sessions", "test_isolation", "test_shared_session", "test_tool_policy",
+                "test_connection_tokens", "test_host_local", "test_host_kubernetes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -129,7 +129,20 @@ def target(pytestconfig: pytest.Config) -> Target:
 
 @pytest.fixture(scope="session")
 def target_file(pytestconfig: pytest.Config) -> Path:
-    return Path(pytestconfig.getoption("--target")).resolve()
+    """The target file's path for child processes; `/dev/fd/N` (what `copilot-fleet verify` passes: a memory file
+    with no name) stays as it is, and a child needs `pass_fds=target_fds`."""
+    given = Path(pytestconfig.getoption("--target"))
+    return given if _descriptor(given) else given.resolve()
+
+
+@pytest.fixture(scope="session")
+def target_fds(target_file: Path) -> tuple[int, ...]:
+    """The descriptors a child process must inherit to read `target_file`: `(N,)` for `/dev/fd/N`, else none."""
+    return _descriptor(target_file)
+
+
+def _descriptor(path: Path) -> tuple[int, ...]:
+    return (int(path.name),) if path.parent == Path("/dev/fd") and path.name.isdigit() else ()
 
 
 @pytest.fixture(scope="session")

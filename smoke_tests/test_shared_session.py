@@ -75,7 +75,8 @@ def _event_dicts(sdk_events: list[Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.applies(isolation=("shared-session",))
-def test_shared_session_one_writer(target, target_file, fleet, users, unique, fleet_state, timeout) -> None:
+def test_shared_session_one_writer(target, target_file, target_fds, fleet, users, unique, fleet_state,
+                                   timeout) -> None:
     """shared session: one writer, hand-over, takeover from a dead holder, one history"""
     alice, bob = users
     carol = "verify-carol"  # the member that dies holding the lease
@@ -141,6 +142,7 @@ def test_shared_session_one_writer(target, target_file, fleet, users, unique, fl
              "--prompt", f"remember: {holder_word}", "--ttl", str(HOLDER_TTL), "--timeout", str(timeout),
              "--hold", str(timeout * 2)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+            pass_fds=target_fds,
         )
         try:
             _read_line(holder, "HOLDING", timeout)

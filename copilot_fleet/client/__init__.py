@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .fleet_client import FleetClient
     from .handle import FleetSession
     from .options import InfiniteSessions, InvalidSessionOption
+    from .permissions import UnsafeSessionOption, allow_kinds, approve_all, deny_all
     from .pool import ClientPool
 
 # Names from modules that import the SDK: loaded by __getattr__ when first used.
@@ -61,6 +62,10 @@ _LAZY = {
     "InfiniteSessions": "options",
     "InvalidSessionOption": "options",
     "ClientPool": "pool",
+    "UnsafeSessionOption": "permissions",
+    "allow_kinds": "permissions",
+    "approve_all": "permissions",
+    "deny_all": "permissions",
 }
 
 
@@ -104,8 +109,12 @@ __all__ = [
     "SessionInUse",
     "SessionNotFound",
     "SessionStateUnwritable",
+    "UnsafeSessionOption",
+    "allow_kinds",
+    "approve_all",
     "check_access",
     "check_owner",
+    "deny_all",
     "is_fleet_session_id",
     "is_storage_error",
     "new_session_id",

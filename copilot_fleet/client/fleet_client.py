@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from copilot import CopilotClient, CopilotSession, PermissionHandler, SessionListFilter, SessionMetadata
+from copilot import CopilotClient, CopilotSession, SessionListFilter, SessionMetadata
 
 from copilot_fleet.isolation import shares_session_state
 from copilot_fleet.target import Target
@@ -30,6 +30,7 @@ from .ids import SessionIdParts, new_session_id, parse_session_id, shared_sessio
 from .lease import DEFAULT_TTL_SECONDS, Lease, LeaseManager
 from .options import InfiniteSessions, infinite_sessions_option
 from .ownership import MembershipStore, RedisMembership, check_access
+from .permissions import SERVER_EXECUTION_OPTIONS, PermissionPolicy, check_session_options, deny_all
 from .pool import ClientPool, is_transport_failure
 from .routing import Route, Router
 
@@ -48,7 +49,12 @@ class FleetClient:
     - `leases`: defaults to a LeaseManager on `target.redis_url`; required (fail closed) for shared-cli and
       shared-session fleets, optional for per-user.
     - `members`: shared-session membership; defaults to Redis sets in the same Redis.
-    - `on_permission_request`: default for every session (approve-all); a per-call value wins.
+    - `on_permission_request`: the permission policy of every session: which tool calls (shell commands, file
+      writes, URL fetches, MCP tools) run. The default, `deny_all`, refuses every one; pass `allow_kinds(...)`, a
+      handler of your own, or `approve_all` (client/permissions.py, docs/security.md). A per-call value wins.
+    - `allow_options`: session options that make the CLI start processes or load code from its own file system
+      (`mcp_servers`, `custom_agents`, hook, plugin and config directories: `SERVER_EXECUTION_OPTIONS`) are refused
+      unless named here.
     - `session_cap`: a SessionCap shared by the process: at most N sessions attached per replica, LRU eviction.
     - `infinite_sessions`: default infinite-session settings (InfiniteSessions, the stack's InfiniteSessionsSpec
       or a dict) for every create and resume; validated, as is a per-call `infinite_sessions=`.
@@ -64,7 +70,8 @@ class FleetClient:
         members: MembershipStore | None = None,
         lease_ttl: float = DEFAULT_TTL_SECONDS,
         lease_wait: float = 0.0,
-        on_permission_request: Callable[..., Any] | None = PermissionHandler.approve_all,
+        on_permission_request: PermissionPolicy | None = deny_all,
+        allow_options: frozenset[str] | set[str] = frozenset(),
         connect_timeout: float = 5.0,
         call_timeout: float = 60.0,
         session_cap: SessionCap | None = None,
@@ -78,6 +85,11 @@ class FleetClient:
         self.lease_wait = lease_wait
         self.call_timeout = call_timeout
         self._on_permission_request = on_permission_request
+        unknown = sorted(set(allow_options) - SERVER_EXECUTION_OPTIONS)
+        if unknown:
+            raise ValueError(f"allow_options: {unknown} need no allowing; the options it takes are "
+                             f"{sorted(SERVER_EXECUTION_OPTIONS)}")
+        self.allow_options = frozenset(allow_options)
         self._owns_pool = pool is None
         self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
         self._owns_leases = False
@@ -142,9 +154,9 @@ class FleetClient:
         Raises InvalidSessionId / AccessDenied before any server call, SessionInUse / LeaseUnavailable before
         attaching, SessionNotFound when the fleet has no such session. `wait`: seconds to wait for the lease.
         """
+        kwargs = self._session_options(opts)
         parts = await self._authorize(session_id)
         route = self._route(parts, session_id)
-        kwargs = self._session_options(opts)
         return await self._attach(
             session_id, route, wait, lambda client: client.resume_session(session_id, **kwargs)
         )
@@ -154,9 +166,9 @@ class FleetClient:
     ) -> FleetSession:
         """Attach the named shared session `s-<name>` as its one writer, creating it if missing (`create`)."""
         session_id = shared_session_id(name)
+        kwargs = self._session_options(opts)
         parts = await self._authorize(session_id)
         route = self._route(parts, session_id)
-        kwargs = self._session_options(opts)
         create_kwargs = {**kwargs, "name": kwargs.get("name", name[:NAME_MAX_LENGTH])}
 
         creates = CreateRequests(session_id)
@@ -181,8 +193,8 @@ class FleetClient:
         """A throw-away session (CLI-generated id, no lease): deleted from disk when closed."""
         if "session_id" in opts:
             raise TypeError("ephemeral sessions get their id from the CLI; do not pass session_id=")
-        route = await self._avoid_draining(self.router.route(self.user))
         kwargs = self._session_options(opts)
+        route = await self._avoid_draining(self.router.route(self.user))
         slot = await self._reserve(route)
         try:
             client, address, sdk = await self._on_replicas(route, None, lambda c: c.create_session(**kwargs))
@@ -241,6 +253,7 @@ class FleetClient:
         return self.router.route(self.user, key=session_id if parts.kind == "shared" else None)
 
     def _session_options(self, opts: dict[str, Any]) -> dict[str, Any]:
+        check_session_options(opts, self.allow_options)
         kwargs = dict(opts)
         if kwargs.get("infinite_sessions") is not None:
             kwargs["infinite_sessions"] = infinite_sessions_option(kwargs["infinite_sessions"])

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,12 +65,13 @@ _seconds = seconds_between(5, 3600)
 
 @dataclass(frozen=True)
 class ResolvedTarget:
-    """What to verify: a target file (ours to delete or the user's), a label, and a local state dir if any."""
+    """What to verify: a target file (the user's, or `/dev/fd/N` of an anonymous one of ours), a label, and a local
+    state dir if any."""
 
     path: Path
     label: str
     fleet_state: Path | None
-    temporary: bool
+    fd: int | None = None  # ours: the memory file behind `path`, passed on to the smoke tests, closed at the end
     kube_namespace: str | None = None  # where the pods are, for the pod checks (Kubernetes and Azure)
     forwards: PortForwards | None = None  # when the fleet is reached through kubectl port-forward
 
@@ -89,17 +89,28 @@ def _project_dir(args: argparse.Namespace) -> Path | None:
     return find_project_dir(Path(args.project_dir) if args.project_dir else None)
 
 
-def write_private_target(document: dict[str, object]) -> Path:
-    """The target (with its secrets) in a new file only its owner can read: mkstemp creates it 0600."""
-    fd, name = tempfile.mkstemp(prefix="copilot-fleet-target-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f)
-    return Path(name)
+def write_private_target(document: dict[str, object]) -> int:
+    """The target (with its secrets) in an anonymous memory file: a file descriptor, no name on any file system.
+    Whatever way `verify` ends (SIGKILL included) nothing is left behind: the memory is freed once the last
+    process holding the descriptor (`verify`, the smoke tests it passed it to) is gone. The smoke tests read it
+    as `/dev/fd/N`."""
+    fd = os.memfd_create("copilot-fleet-target", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, json.dumps(document).encode())
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _in_memory(resolved: ResolvedTarget, document: dict[str, object], **changes: object) -> ResolvedTarget:
+    fd = write_private_target(document)
+    return dataclasses.replace(resolved, path=Path(f"/dev/fd/{fd}"), fd=fd, **changes)  # type: ignore[arg-type]
 
 
 def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarget:
     """The target to verify, validated before anything runs; errors name the problem. For a cluster's fleet seen
-    from outside it, the forwards are started here and the file is a copy with local addresses."""
+    from outside it, the forwards are started here and the target handed on is a copy with local addresses."""
     from copilot_fleet.portforward import choose_route
     from copilot_fleet.target import TargetError, load_target
 
@@ -111,8 +122,8 @@ def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarge
             target = load_target(args.target_file)
         except TargetError as exc:
             raise CommandError(f"the target file cannot be used: {exc}") from exc
-        resolved = ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state, False,
-                                  kube_namespace(args, target, None))
+        resolved = ResolvedTarget(Path(args.target_file).resolve(), _label(target, args.target_file), state,
+                                  kube_namespace=kube_namespace(args, target, None))
     else:
         from copilot_fleet.local import targets
         from copilot_fleet.local.paths import StatePaths
@@ -124,13 +135,13 @@ def resolve(args: argparse.Namespace, project_dir: Path | None) -> ResolvedTarge
             raise CommandError(f"{warning}; nothing was verified")
         if target.platform == "local" and state is None:
             state = StatePaths(project_dir, stack).root
-        resolved = ResolvedTarget(Path(), _label(target, f"stack {stack}"), state, False,
-                                  kube_namespace(args, target, _stack_namespace(project_dir, stack)))
+        resolved = ResolvedTarget(Path(), _label(target, f"stack {stack}"), state,
+                                  kube_namespace=kube_namespace(args, target, _stack_namespace(project_dir, stack)))
     if choose_route(target, args.via) == "port-forward":
         return _forwarded(args, target, resolved)
     if args.target_file:
         return resolved
-    return dataclasses.replace(resolved, path=write_private_target(target.to_json_dict()), temporary=True)
+    return _in_memory(resolved, target.to_json_dict())
 
 
 def kube_namespace(args: argparse.Namespace, target: Target, stack_namespace: str | None) -> str | None:
@@ -167,12 +178,11 @@ def _forwarded(args: argparse.Namespace, target: Target, resolved: ResolvedTarge
                             ready_timeout=min(args.timeout, 120.0))
     local = forwards.start(cluster_addresses(target))
     try:
-        path = write_private_target(localize(target, local).to_json_dict())
+        label = f"{resolved.label}, through kubectl port-forward (context {forwards.context})"
+        return _in_memory(resolved, localize(target, local).to_json_dict(), label=label, forwards=forwards)
     except BaseException:
         forwards.close()
         raise
-    label = f"{resolved.label}, through kubectl port-forward (context {forwards.context})"
-    return dataclasses.replace(resolved, path=path, label=label, temporary=True, forwards=forwards)
 
 
 def _label(target: object, source: str) -> str:
@@ -190,8 +200,8 @@ def _resolved(args: argparse.Namespace, project_dir: Path | None) -> Iterator[Re
             if resolved.forwards is not None:
                 resolved.forwards.close()  # after the checks' own cleanup, which went through them
         finally:
-            if resolved.temporary:
-                resolved.path.unlink(missing_ok=True)
+            if resolved.fd is not None:
+                os.close(resolved.fd)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -215,6 +225,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             report = run_smoke_tests(resolved.path, project_dir=project_dir, target_label=resolved.label,
                                      fleet_state=resolved.fleet_state, timeout=args.timeout, select=args.select,
                                      stream_output=args.verbose, extra_args=passed_on,
+                                     pass_fds=() if resolved.fd is None else (resolved.fd,),
                                      on_result=None if args.verbose else progress)
         except VerifyError as exc:
             raise CommandError(str(exc)) from exc

@@ -41,7 +41,8 @@ def _environment(env: Mapping[str, str], what: str) -> str:
 
 def _program_section(program: Program) -> str:
     svc = program.service
-    return _section(svc.name, program.command, program.directory, program.priority, svc.log, program.env)
+    return _section(svc.name, program.command, program.directory, program.priority, svc.log, program.env,
+                    program.supervisor_user)
 
 
 def _task_section(task: Task) -> str:
@@ -49,7 +50,7 @@ def _task_section(task: Task) -> str:
 
 
 def _section(name: str, command: Sequence[str], directory: Path, priority: int, log: str | Path,
-             env: Mapping[str, str] | None) -> str:
+             env: Mapping[str, str] | None, user: str | None = None) -> str:
     """One supervised program: restarted when it exits, stopped with its whole process group."""
     lines = [
         f"[program:{name}]",
@@ -70,6 +71,8 @@ def _section(name: str, command: Sequence[str], directory: Path, priority: int, 
         "stdout_logfile_maxbytes=10MB",
         "stdout_logfile_backups=3",
     ]
+    if user is not None:  # supervisord (root) switches to this user before it executes the command
+        lines.append(f"user={_supervisor_value(user, f'the user of {name}')}")
     if env:
         lines.append(f"environment={_environment(env, name)}")
     return "\n".join(lines)
@@ -154,11 +157,13 @@ def haproxy_cfg(plan: FleetPlan, secrets: FleetSecrets) -> str:
     balance = "balance source\n    hash-type consistent" if plan.balance == "source" else "balance roundrobin"
     servers = "\n".join(f"    server {p.name} {p.service.address}" for p in plan.cli_programs)
     check = health_check_request(secrets.get(CONNECTION_TOKEN)).hex()
+    # Started as root to read this file; with a user of its own, it switches to it once its sockets are open.
+    drop = f"\n    user {haproxy.service.run_as}\n    group {haproxy.service.run_as}" if haproxy.service.run_as else ""
     return f"""# copilot-fleet: the endpoint of stack {plan.stack}. Holds the connection token (health check): mode 0600.
 global
     log stdout format raw local0 info
     stats socket {_quoted(str(plan.paths.haproxy_socket))} mode 600 level admin
-    maxconn 4096
+    maxconn 4096{drop}
 
 defaults
     mode tcp

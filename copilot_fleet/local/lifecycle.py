@@ -11,23 +11,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import time
 import xmlrpc.client
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from copilot_fleet.local import lbstats, probes
+from copilot_fleet import cli_logs
+from copilot_fleet.local import accounts, confine, lbstats, probes, sealed_cli
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.operate import drained_servers, restore_rotation
 from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
-from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, secret_names
+from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, fleet_accounts, secret_names
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
@@ -86,7 +88,18 @@ def up(project_dir: Path, stack: str, *, timeout: float = DEFAULT_TIMEOUT, env: 
 
 
 def _tools_for(project_dir: Path, topology: Topology, env: Mapping[str, str]) -> Tools:
-    return locate_tools(project_dir, env, redis=topology.lease_store is not None, haproxy=topology.load_balanced)
+    tools = locate_tools(project_dir, env, redis=topology.lease_store is not None, haproxy=topology.load_balanced)
+    if accounts.privileged():  # the servers run as other users: the CLI's execute-only copy and a cache they read
+        sealed = sealed_cli.seal(tools.copilot, tools.copilot_version)
+        tools = replace(tools, copilot=sealed.copilot, cache_home=sealed.cache_home)
+    return tools
+
+
+def _plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: FleetSecrets,
+          creds: StackCredentials) -> FleetPlan:
+    """The fleet's plan; started as root, each program gets a Unix user of its own (accounts.py)."""
+    users = fleet_accounts(topology, paths) if accounts.privileged() else None
+    return build_plan(topology, paths, tools, secrets, creds, users)
 
 
 def _stack_credentials(project_dir: Path, spec: FleetSpec) -> StackCredentials:
@@ -156,7 +169,17 @@ def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecret
                 link.symlink_to(os.path.relpath(shared, home))
         else:
             make_private_dir(Path(svc.session_state))
+    if plan.accounts is not None:
+        confine.apply(plan, accounts.ensure(plan.accounts))
     write_private(paths.manifest, json.dumps(plan.manifest(), indent=2) + "\n")
+    _prune_cli_logs(plan)
+
+
+def _prune_cli_logs(plan: FleetPlan) -> None:
+    """Each start of a CLI leaves a log in its home; keep the newest few (the janitor does it between `up`s)."""
+    for program in plan.cli_programs:
+        if program.service.home is not None:
+            cli_logs.prune(Path(program.service.home) / "logs")
 
 
 def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mapping[str, str], timeout: float,
@@ -167,7 +190,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     tools = _tools_for(project_dir, topology, env)
     creds = _stack_credentials(project_dir, spec)
     secrets = load_or_generate(paths, secret_names(topology))
-    plan = build_plan(topology, paths, tools, secrets, creds)
+    plan = _plan(topology, paths, tools, secrets, creds)
     _check_ports(plan)
     configs = _render(plan, tools, secrets)
     # 2. State, then supervisord, which starts every program.
@@ -211,7 +234,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
     spec = topology.spec
     tools = _tools_for(project_dir, topology, env)
     secrets = load_existing(paths, secret_names(topology))
-    plan = build_plan(topology, paths, tools, secrets, _stack_credentials(project_dir, spec))
+    plan = _plan(topology, paths, tools, secrets, _stack_credentials(project_dir, spec))
     changed = [paths.display(path) for path, text in _render(plan, tools, secrets).items()
                if not path.is_file() or path.read_text() != text]
     if changed:
@@ -219,6 +242,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
                               f"file and the programs found now ({', '.join(changed)} would change); nothing was "
                               f"changed. Apply it with `copilot-fleet down --stack {spec.stack}` then "
                               f"`copilot-fleet up --stack {spec.stack}`")
+    _prune_cli_logs(plan)
     supervisor = sv.Supervisor(paths)
     infos = supervisor.processes()
     to_start = [p.name for p in plan.programs
@@ -267,10 +291,13 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
                 why = info.get("spawnerr") or f"it kept exiting (last exit status {info.get('exitstatus')})"
                 raise _not_ready(plan, [name], {name: f"supervisord gave up on it: {why}"}, infos)
         results = probes.probe_all(list(pending.values()), secrets, timeout=_PROBE_TIMEOUT)
+        # HAProxy's view counts only once every CLI answers: until then its last check may predate a restart.
+        clis_pending = any(s.kind == "cli" for s in pending.values())
         for name, result in results.items():
             svc = pending[name]
             if result.ok and svc.kind == "haproxy":
-                result = _all_backends_up(plan, result)
+                result = (probes.ProbeResult(False, result.latency_ms, "waiting for the CLI servers first")
+                          if clis_pending else _all_backends_up(plan, result))
             state = infos.get(name, {}).get("statename")
             if result.ok and state != "RUNNING":
                 # A warm CLI answers within supervisord's startsecs; until supervisord counts it RUNNING, `status`
@@ -316,15 +343,16 @@ def _not_ready(plan: FleetPlan, names: list[str], reasons: dict[str, str], infos
 
 
 def _clear_stale(paths: StatePaths, record: sv.SupervisorRecord, out: TextIO) -> None:
-    """supervisord of an earlier run is gone (killed, machine restarted): stop whatever it left behind."""
-    ours = procfs.start_time(record.pid) in (None, record.start_time)  # else the PID was reused: nothing is ours
-    members = procfs.session_members(record.pid) if ours else []
+    """supervisord of an earlier run is gone (killed, machine restarted): stop whatever it left behind, so that
+    the fleet starts again under a new supervisord. (A running program cannot be handed to another supervisord.)"""
+    members = sv.orphans(record)
     survivors = sv.stop(record)
     if survivors:
         raise LocalFleetError("processes of an earlier run of this fleet could not be stopped: "
                               + ", ".join(procfs.describe(p) for p in survivors))
     if members:
-        _say(out, f"stopped {len(members)} leftover process(es) of an earlier run whose supervisord had died")
+        _say(out, f"restoring supervision: supervisord (pid {record.pid}) had died and left {len(members)} "
+                  "process(es) running unsupervised; stopped them, starting the fleet under a new supervisord")
     paths.supervisor_record.unlink(missing_ok=True)
 
 
@@ -365,7 +393,24 @@ def _print_endpoints(result: UpResult, out: TextIO) -> None:
         lines.append(f"  model     {target.provider.base_url}  ({kind}, model {target.model})")
     lines.append(f"  target    {paths.display(paths.target_file)}  (copilot-fleet target --stack {plan.stack})")
     lines.append(f"  logs      {paths.display(paths.logs_dir)}/")
+    lines.append(isolation_line(plan))
     _say(out, "\n".join(lines))
+
+
+def isolation_line(plan: FleetPlan) -> str:
+    """What keeps the fleet's programs (and every session's tool runs) apart, said plainly (docs/security.md)."""
+    if plan.accounts is not None:
+        line = (f"  users     each server runs as an unprivileged Unix user of its own "
+                f"({', '.join(sorted(plan.accounts.all()))}); secrets and configs are root's")
+        cli = Path(plan.cli_programs[0].command[0])
+        if not sealed_cli.is_execute_only(cli):
+            line += (f"; but {cli} is a script, not the CLI binary, so it cannot be made execute-only: a session's "
+                     "tool run can read its server's connection token from /proc/<pid>/environ")
+        return line
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    return (f"  users     NOT ISOLATED: `up` did not run as root, so every program and every session's tool runs "
+            f"run as {me} and can read the fleet's secrets and every session (run `up` as root to give each "
+            "server a user of its own; docs/security.md)")
 
 
 # --- down -------------------------------------------------------------------------------------------------------
@@ -377,6 +422,15 @@ def _check_purgeable(paths: StatePaths) -> None:
     if root.is_symlink() or not root.is_dir() or root.resolve().parent != paths.fleet_dir.resolve():
         raise LocalFleetError(f"refusing to purge {root}: it is not a directory of its own inside "
                               f"{paths.fleet_dir} (a link or something else is in its place); nothing was removed")
+
+
+def _fleet_users(paths: StatePaths) -> tuple[list[str], str | None]:
+    """The Unix users a root-run fleet made, as its manifest records them (none for a fleet run without root)."""
+    try:
+        manifest = json.loads(paths.manifest.read_text())
+    except (OSError, ValueError):
+        return [], None
+    return list(manifest.get("unix_users") or []), manifest.get("fleet_id")
 
 
 def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | None = None) -> DownResult:
@@ -395,24 +449,38 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
         record = sv.read_record(paths)
         was_running = record is not None and record.alive()
         stopped: list[int] = []
+        orphaned = False
         if record is not None:
-            stopped = procfs.session_members(record.pid) if was_running else []
+            stopped = procfs.session_members(record.pid) if was_running else sv.orphans(record)
+            orphaned = not was_running and bool(stopped)
             survivors = sv.stop(record)
             if survivors:
                 raise LocalFleetError("could not stop " + ", ".join(procfs.describe(p) for p in survivors))
             paths.supervisor_record.unlink(missing_ok=True)
+        removed_users: list[str] = []
         if purge:
             run_dir = paths.run_dir
             _check_purgeable(paths)
-            shutil.rmtree(paths.root)
+            unix_users, fleet_id = _fleet_users(paths)
+            data_root = paths.data_root
+            shutil.rmtree(paths.root)  # links to the data directory go, never what they point to
             if run_dir.exists() and not run_dir.is_relative_to(paths.root):
                 shutil.rmtree(run_dir)
+            if data_root != paths.root and data_root.is_dir() and not data_root.is_symlink():
+                shutil.rmtree(data_root)  # fd-based on Linux: a link a server made inside is removed, not followed
+            if unix_users and fleet_id:
+                removed_users = accounts.remove(unix_users, fleet_id)
     if was_running:
         _say(out, f"fleet {stack} stopped ({len(stopped)} processes, none left)")
+    elif orphaned:
+        _say(out, f"fleet {stack}: supervisord had died; stopped {len(stopped)} process(es) it had left running "
+                  "unsupervised (none left)")
     else:
         _say(out, f"fleet {stack} was not running")
     if purge:
         _say(out, f"removed {paths.display(paths.root)} (sessions, secrets, logs)")
+        if removed_users:
+            _say(out, f"deleted the fleet's Unix users: {', '.join(removed_users)}")
     else:
         _say(out, f"session data kept in {paths.display(paths.root)} (remove it with --purge)")
-    return DownResult(was_running=was_running, stopped_pids=stopped, purged=purge)
+    return DownResult(was_running=was_running or orphaned, stopped_pids=stopped, purged=purge)

@@ -4,21 +4,28 @@
 .fleet/                       0700  (gitignored)
   .locks/<stack>.lock               flock: one up/down/status-changing command per stack at a time
   <stack>/                    0700
-    fleet.json                0600  what runs: names, kinds, ports, homes (status reads it, no stack file needed)
+    fleet.json                0600  what runs: names, kinds, ports, homes, users (status reads it, no secrets)
     target.json               0600  the target (secrets included), written once the fleet is ready
     supervisord.json          0600  PID and start time of supervisord: how `down` finds the fleet
     secrets/                  0700  connection-token, token-<user>, redis-password, model-api-key (0600 each)
-    config/                   0700  supervisord.conf, redis.conf, haproxy.cfg (0600: they hold secrets)
+    config/                   0700  supervisord.conf, haproxy.cfg, janitor-redis-url (0600: they hold secrets)
     logs/                     0700  one log per process, supervisord.log
-    otel/                     0700  <server>.jsonl: each CLI server's OpenTelemetry spans and metrics
     drain/                          <server>: a drained server (out of HAProxy's rotation and target.json)
     run/                      0700  supervisor.sock, haproxy.sock (moved under /tmp when the path is too long)
     servers/<name>/           0700  each server's own COPILOT_HOME (config, logs, session-store.db)
       session-state -> ../../session-state     shared patterns: only session-state/ is shared
     session-state/            0700  shared patterns: the one session-state/ every replica sees
     work/<server>/            0700  each server's own working directory (a session's cwd), as in a pod
-    redis/                    0700  Redis append-only files
+    otel/                     0700  <server>.jsonl: each CLI server's OpenTelemetry spans and metrics
+    redis/                    0700  redis.conf (0600, holds the password) and Redis' append-only files
 ```
+
+The last five (`servers`, `session-state`, `work`, `otel`, `redis`) are what the servers themselves use. When `up`
+runs as root, the servers run as unprivileged users (accounts.py), which must reach them although the project may
+sit below a directory they cannot enter (root's home is 0700): they then live in the fleet's data directory,
+`/var/lib/copilot-fleet/fleets/<fleet id>/`, and the state directory holds links of the same names to them. There
+the directories they pass through are 0711 (root's, enter but not list) and each server's own directories belong
+to its user, 0700.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.stacknames import check_stack_name
 
 FLEET_DIR = ".fleet"
+# Root-run fleets: what their unprivileged servers must reach (data directories, the CLI's execute-only copy).
+MACHINE_DIR = Path("/var/lib/copilot-fleet")
+# What the servers use, in the data root: linked from the state directory when the data root is elsewhere.
+DATA_DIRS = ("servers", "session-state", "work", "otel", "redis")
 # sun_path holds 108 bytes; keep socket paths well below it.
 _MAX_SOCKET_PATH = 100
 
@@ -87,20 +98,31 @@ class StatePaths:
         return self.root / "logs"
 
     @property
+    def fleet_id(self) -> str:
+        """8 hex digits naming this fleet on the machine (its data directory, its Unix users)."""
+        return hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+
+    @property
+    def data_root(self) -> Path:
+        """Where the servers' own directories live: the state directory, or for a fleet started as root (whose
+        servers run as unprivileged users) its data directory under /var/lib/copilot-fleet/fleets/."""
+        return MACHINE_DIR / "fleets" / self.fleet_id if os.geteuid() == 0 else self.root
+
+    @property
     def servers_dir(self) -> Path:
-        return self.root / "servers"
+        return self.data_root / "servers"
 
     @property
     def shared_session_state(self) -> Path:
-        return self.root / "session-state"
+        return self.data_root / "session-state"
 
     @property
     def work_dir(self) -> Path:
-        return self.root / "work"
+        return self.data_root / "work"
 
     @property
     def redis_dir(self) -> Path:
-        return self.root / "redis"
+        return self.data_root / "redis"
 
     @property
     def supervisord_conf(self) -> Path:
@@ -112,7 +134,8 @@ class StatePaths:
 
     @property
     def redis_conf(self) -> Path:
-        return self.config_dir / "redis.conf"
+        """In Redis' own directory: Redis reads it as its own user, who may read nothing else of the fleet."""
+        return self.redis_dir / "redis.conf"
 
     @property
     def haproxy_cfg(self) -> Path:
@@ -150,7 +173,7 @@ class StatePaths:
 
     @property
     def otel_dir(self) -> Path:
-        return self.root / "otel"
+        return self.data_root / "otel"
 
     def otel_file(self, name: str) -> Path:
         """A CLI server's OpenTelemetry file exporter output (JSON lines)."""

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 import copilot_fleet
+from copilot_fleet.local.accounts import FleetAccounts, plan_accounts
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.secrets import (
     CONNECTION_TOKEN,
@@ -57,6 +58,7 @@ class Service:
     shared_session_state: bool = False
     group: str | None = None
     user: str | None = None
+    run_as: str | None = None  # the Unix user it runs as; None: the user who ran `up` (not root)
 
     @property
     def address(self) -> str:
@@ -71,6 +73,9 @@ class Program:
     command: tuple[str, ...]
     directory: Path
     env: dict[str, str] = field(default_factory=dict)
+    # supervisord starts it as this user (`user=`). Programs that must read a root-only file or bind first
+    # (HAProxy, the test model) start as root and drop to `service.run_as` themselves.
+    supervisor_user: str | None = None
 
     @property
     def name(self) -> str:
@@ -105,6 +110,7 @@ class FleetPlan:
     balance: Literal["roundrobin", "source"] | None  # None: no load balancer (per-user)
     uses_test_model: bool
     tasks: tuple[Task, ...] = ()
+    accounts: FleetAccounts | None = None  # None: every program runs as the user who ran `up` (not root)
 
     @property
     def redis_url_file(self) -> Path:
@@ -128,6 +134,9 @@ class FleetPlan:
             "isolation": self.isolation,
             "balance": self.balance,
             "uses_test_model": self.uses_test_model,
+            "isolated": self.accounts is not None,
+            "unix_users": sorted(self.accounts.all()) if self.accounts is not None else [],
+            "fleet_id": self.accounts.fleet_id if self.accounts is not None else None,
             "services": [asdict(s) for s in self.services],
         }
 
@@ -165,9 +174,17 @@ def _secret(value: str | None) -> SecretStr | None:
     return None if value is None else SecretStr(value)
 
 
+def fleet_accounts(topology: Topology, paths: StatePaths) -> FleetAccounts:
+    """The Unix users this fleet's programs run as when `up` runs as root (accounts.py)."""
+    return plan_accounts(paths.fleet_id, topology.spec.stack, [(g.name, g.user) for g in topology.groups],
+                         redis=topology.lease_store is not None, lb=topology.load_balanced,
+                         model=topology.spec.provider is None)
+
+
 def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: FleetSecrets,
-               creds: StackCredentials | None = None) -> FleetPlan:
-    """Every program of the fleet with its command, environment and port, and the target."""
+               creds: StackCredentials | None = None, accounts: FleetAccounts | None = None) -> FleetPlan:
+    """Every program of the fleet with its command, environment, port and Unix user, and the target. `accounts`:
+    the users to run as (`up` as root); None runs everything as the current user."""
     creds = creds or StackCredentials()
     spec = topology.spec
     local = spec.local
@@ -178,7 +195,7 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     if uses_test_model:
         provider = ProviderTarget(type="openai", base_url=f"http://{HOST}:{local.model_port}/v1",
                                   api_key=SecretStr(secrets.get(MODEL_API_KEY)))
-        programs.append(_model_program(paths, tools, local.model_port))
+        programs.append(_model_program(paths, tools, local.model_port, accounts.model if accounts else None))
     else:
         assert spec.provider is not None
         provider = ProviderTarget(type=spec.provider.type, base_url=spec.provider.base_url,
@@ -189,13 +206,14 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
         for replica in group.replica_names():
             port = local.replica_base_port + index
             key = "fleet:local.replicaBasePort" + (f" (+{index})" if index else "")
-            programs.append(_cli_program(topology, group, replica, port, key, paths, tools, secrets, creds))
+            run_as = accounts.cli[group.name] if accounts else None
+            programs.append(_cli_program(topology, group, replica, port, key, paths, tools, secrets, creds, run_as))
             index += 1
 
     if topology.lease_store is not None:
-        programs.append(_redis_program(paths, tools, local.redis_port))
+        programs.append(_redis_program(paths, tools, local.redis_port, accounts.redis if accounts else None))
     if topology.load_balanced:
-        programs.append(_haproxy_program(paths, tools, local.endpoint_port))
+        programs.append(_haproxy_program(paths, tools, local.endpoint_port, accounts.lb if accounts else None))
 
     clis = [p.service for p in programs if p.service.kind == "cli"]
     target = Target(
@@ -217,24 +235,29 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
         balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
     tasks = _janitor_tasks(topology, paths, tools, programs) + _recycler_tasks(topology, paths, tools)
     return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
-                     target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks)
+                     target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks, accounts=accounts)
 
 
 def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs: list[Program]) -> tuple[Task, ...]:
     """The same janitor as the Kubernetes CronJob, every 15 minutes under supervisord: one for the shared
-    session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there)."""
+    session-state/ (with the lease store, required), one per server of a per-user fleet (no leases there). Each also
+    keeps its servers' per-start CLI logs to the newest few (cli_logs.py)."""
     env = _python_task_env()
     base = (str(tools.python), "-m", "copilot_fleet.pod.janitor", "--ttl", f"{topology.spec.session_ttl}s",
             "--every", str(JANITOR_EVERY_SECONDS))
+    clis = [p for p in programs if p.service.kind == "cli"]
     if topology.shares_session_state:
         leases: tuple[str, ...] = ()
         if topology.lease_store is not None:
             leases = ("--redis-url-file", str(paths.config_dir / "janitor-redis-url"), "--require-leases")
-        return (Task(name="janitor", command=(*base, "--session-state", str(paths.shared_session_state), *leases),
+        logs = tuple(arg for p in clis for arg in ("--cli-logs", str(Path(str(p.service.home)) / "logs")))
+        return (Task(name="janitor", command=(*base, "--session-state", str(paths.shared_session_state), *leases,
+                                              *logs),
                      directory=paths.root, log=str(paths.log_file("janitor")), env=env),)
     return tuple(Task(name=f"janitor-{p.name}", directory=paths.root, log=str(paths.log_file(f"janitor-{p.name}")),
-                      command=(*base, "--session-state", str(p.service.session_state)), env=env)
-                 for p in programs if p.service.kind == "cli")
+                      command=(*base, "--session-state", str(p.service.session_state),
+                               "--cli-logs", str(Path(str(p.service.home)) / "logs")), env=env)
+                 for p in clis)
 
 
 def _recycler_tasks(topology: Topology, paths: StatePaths, tools: Tools) -> tuple[Task, ...]:
@@ -255,7 +278,7 @@ def _python_task_env() -> dict[str, str]:
 
 
 def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths,
-                 tools: Tools, secrets: FleetSecrets, creds: StackCredentials) -> Program:
+                 tools: Tools, secrets: FleetSecrets, creds: StackCredentials, run_as: str | None) -> Program:
     spec = topology.spec
     home = paths.server_home(name)
     shared = group.user is None
@@ -279,6 +302,8 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
         "OTEL_RESOURCE_ATTRIBUTES": f"copilot_fleet.stack={spec.stack},copilot_fleet.server={name}",
         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false",
     }
+    if run_as is not None:
+        env["HOME"] = str(home)  # the account has none; tool runs see this as their home
     if group.credential == "provider" and spec.provider is not None:
         # Server-wide BYOK: sessions that name no provider use it. Clients still re-supply it on resume.
         env.update(COPILOT_PROVIDER_BASE_URL=spec.provider.base_url, COPILOT_PROVIDER_TYPE=spec.provider.type,
@@ -293,34 +318,39 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
     service = Service(name=name, kind="cli", port=port, port_key=port_key, probe="jsonrpc",
                       log=str(paths.log_file(name)), token_secret=token_secret, home=str(home),
                       session_state=str(session_state), shared_session_state=shared, group=group.name,
-                      user=group.user)
-    return Program(service=service, command=tuple(command), directory=paths.server_work_dir(name), env=env)
+                      user=group.user, run_as=run_as)
+    return Program(service=service, command=tuple(command), directory=paths.server_work_dir(name), env=env,
+                   supervisor_user=run_as)
 
 
-def _model_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+def _model_program(paths: StatePaths, tools: Tools, port: int, run_as: str | None) -> Program:
     package_root = Path(copilot_fleet.__file__).resolve().parents[1]
-    command = (str(tools.python), "-m", "copilot_fleet.testmodel", "--host", HOST, "--port", str(port),
-               "--api-key-file", str(paths.secret_file(MODEL_API_KEY)))
+    command: tuple[str, ...] = (str(tools.python), "-m", "copilot_fleet.testmodel", "--host", HOST, "--port",
+                                str(port), "--api-key-file", str(paths.secret_file(MODEL_API_KEY)))
+    if run_as is not None:  # reads its root-only key and binds first, then drops to its own user
+        command += ("--run-as", run_as)
     service = Service(name=MODEL_PROGRAM, kind="model", port=port, port_key="fleet:local.modelPort", probe="http",
-                      log=str(paths.log_file(MODEL_PROGRAM)))
+                      log=str(paths.log_file(MODEL_PROGRAM)), run_as=run_as)
     # The package may not be installed in the interpreter's site-packages (a checkout): make it importable.
     env = {"PYTHONPATH": str(package_root), "PYTHONUNBUFFERED": "1"}
     return Program(service=service, command=command, directory=paths.root, env=env)
 
 
-def _redis_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+def _redis_program(paths: StatePaths, tools: Tools, port: int, run_as: str | None) -> Program:
     assert tools.redis_server is not None
     service = Service(name=REDIS_PROGRAM, kind="redis", port=port, port_key="fleet:local.redisPort", probe="redis",
-                      log=str(paths.log_file(REDIS_PROGRAM)), password_secret=REDIS_PASSWORD)
-    # The password lives in redis.conf (0600), never on the command line.
+                      log=str(paths.log_file(REDIS_PROGRAM)), password_secret=REDIS_PASSWORD, run_as=run_as)
+    # The password lives in redis.conf (0600, Redis' own), never on the command line.
     return Program(service=service, command=(str(tools.redis_server), str(paths.redis_conf)),
-                   directory=paths.redis_dir)
+                   directory=paths.redis_dir, supervisor_user=run_as)
 
 
-def _haproxy_program(paths: StatePaths, tools: Tools, port: int) -> Program:
+def _haproxy_program(paths: StatePaths, tools: Tools, port: int, run_as: str | None) -> Program:
     assert tools.haproxy is not None
+    # It reads haproxy.cfg (the health check's token) and binds as root, then drops to `run_as` (its `user`).
     service = Service(name=HAPROXY_PROGRAM, kind="haproxy", port=port, port_key="fleet:local.endpointPort",
-                      probe="jsonrpc", log=str(paths.log_file(HAPROXY_PROGRAM)), token_secret=CONNECTION_TOKEN)
+                      probe="jsonrpc", log=str(paths.log_file(HAPROXY_PROGRAM)), token_secret=CONNECTION_TOKEN,
+                      run_as=run_as)
     # -db: stay in the foreground under supervisord.
     return Program(service=service, command=(str(tools.haproxy), "-db", "-f", str(paths.haproxy_cfg)),
                    directory=paths.root)

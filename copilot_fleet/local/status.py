@@ -15,6 +15,7 @@ import json
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
@@ -23,7 +24,13 @@ from copilot_fleet.local.paths import StatePaths, started_state
 from copilot_fleet.local.plan import Service, load_manifest
 from copilot_fleet.local.stack import not_local_message, stack_platform
 from copilot_fleet.pod import procfs
+from copilot_fleet.pod.ports import port_holder_pid
 from copilot_fleet.sessiondir import attached_dirs, session_dirs
+
+# running: supervisord runs and restarts what exits; lost: supervisord is gone but processes it started still run,
+# and nothing restarts them; stopped: nothing of the fleet runs.
+Supervision = Literal["running", "lost", "stopped"]
+UNSUPERVISED = "UNSUPERVISED"
 
 
 @dataclass
@@ -45,7 +52,7 @@ class ServiceStatus:
     attached: int | None = None
     rss_mib: float | None = None
     user: str | None = None
-
+    run_as: str | None = None  # the Unix user the process runs as
 
 @dataclass
 class FleetStatus:
@@ -55,6 +62,10 @@ class FleetStatus:
     supervisord_pid: int | None
     services: list[ServiceStatus] = field(default_factory=list)
     shared_sessions_on_disk: int | None = None
+    supervision: Supervision = "stopped"
+    isolated: bool = False  # started as root: each server runs as an unprivileged user of its own
+    dead_supervisord_pid: int | None = None  # supervision lost: the supervisord that died
+    unsupervised_pids: list[int] = field(default_factory=list)  # supervision lost: every process still running
 
     @property
     def healthy(self) -> bool:
@@ -63,6 +74,9 @@ class FleetStatus:
     def to_json(self) -> dict[str, object]:
         return {"stack": self.stack, "isolation": self.isolation, "running": self.running,
                 "healthy": self.healthy, "supervisord_pid": self.supervisord_pid,
+                "supervision": self.supervision, "dead_supervisord_pid": self.dead_supervisord_pid,
+                "isolated": self.isolated,
+                "unsupervised_pids": self.unsupervised_pids,
                 "shared_sessions_on_disk": self.shared_sessions_on_disk,
                 "services": [asdict(s) for s in self.services]}
 
@@ -88,8 +102,12 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
                               f"start it with `copilot-fleet up --stack {stack}`") from None
     record = sv.read_record(paths)
     running = record is not None and record.alive()
+    left = sv.orphans(record) if record is not None and not running else []
     status = FleetStatus(stack=stack, isolation=str(manifest["isolation"]), running=running,
-                         supervisord_pid=record.pid if running and record else None)
+                         supervisord_pid=record.pid if running and record else None,
+                         supervision="running" if running else "lost" if left else "stopped",
+                         dead_supervisord_pid=record.pid if left and record else None, unsupervised_pids=left,
+                         isolated=bool(manifest.get("isolated")))
     shared_dirs = {s.session_state for s in services if s.shared_session_state and s.session_state}
     if shared_dirs:
         status.shared_sessions_on_disk = sum(len(session_dirs(Path(d))) for d in shared_dirs)
@@ -101,17 +119,23 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
             infos = sv.Supervisor(paths, timeout=5.0).processes()
         except (OSError, xmlrpc.client.Error) as exc:
             unknown_state = f"unknown (supervisord does not answer: {exc})"
-    results = probes.probe_all(services, _secret_values(paths, services)) if running else {}
-    lb = lbstats.backend_rows(paths.haproxy_socket) if running and manifest.get("balance") else {}
+    serving = running or bool(left)
+    results = probes.probe_all(services, _secret_values(paths, services)) if serving else {}
+    lb = lbstats.backend_rows(paths.haproxy_socket) if serving and manifest.get("balance") else {}
     drained = _drained(paths)
 
     for svc in services:
         info = infos.get(svc.name, {})
         row = ServiceStatus(name=svc.name, kind=svc.kind, address=svc.address, user=svc.user,
-                            state=str(info.get("statename", unknown_state)))
+                            state=str(info.get("statename", unknown_state)), run_as=svc.run_as)
         pid = int(info.get("pid") or 0)  # type: ignore[call-overload]
+        if left:  # no supervisord to ask: the fleet's process that holds the service's port
+            holder = port_holder_pid(svc.port)
+            pid = holder if holder in left else 0
+            row.state = UNSUPERVISED if pid else "not running"
         if pid and procfs.is_alive(pid):
             row.pid = pid
+            row.run_as = procfs.user_name(pid) or row.run_as  # what the kernel says, not what was planned
             now, start = info.get("now"), info.get("start")
             row.uptime_seconds = float(now) - float(start) if now and start else procfs.age_seconds(pid)  # type: ignore[arg-type]
             rss = procfs.rss_kib(pid)
@@ -120,7 +144,7 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
         if result is not None:
             row.health = result.detail
             row.latency_ms = round(result.latency_ms, 1)
-            row.healthy = result.ok and row.state == "RUNNING"
+            row.healthy = result.ok and row.state == "RUNNING"  # never while unsupervised
         else:
             row.health = "not running"
         if svc.kind == "cli" and svc.session_state:
@@ -160,7 +184,7 @@ def _duration(seconds: float | None) -> str:
 
 def format_table(status: FleetStatus) -> str:
     header = ["NAME", "KIND", "STATE", "PID", "ADDRESS", "HEALTH", "LATENCY", "UPTIME", "RSS", "LB", "CHK FAIL",
-              "ON DISK", "ATTACHED"]
+              "ON DISK", "ATTACHED", "RUNS AS"]
     rows = [header]
     for s in status.services:
         health = "ok" if s.healthy else f"FAIL: {s.health}"
@@ -172,11 +196,16 @@ def format_table(status: FleetStatus) -> str:
             "-" if s.latency_ms is None else f"{s.latency_ms:.0f} ms", _duration(s.uptime_seconds),
             "-" if s.rss_mib is None else f"{s.rss_mib:.0f} MiB", s.balancer or "-",
             "-" if s.check_failures is None else str(s.check_failures), on_disk,
-            "-" if s.attached is None else str(s.attached),
+            "-" if s.attached is None else str(s.attached), s.run_as or "-",
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    if not status.running:
+    if status.supervision == "lost":
+        summary = (f"fleet {status.stack} ({status.isolation}): UNSUPERVISED: supervisord is gone (pid "
+                   f"{status.dead_supervisord_pid}) and {len(status.unsupervised_pids)} of its processes run on with "
+                   f"nothing to restart them; `copilot-fleet up --stack {status.stack}` restarts them under "
+                   f"supervision, `copilot-fleet down --stack {status.stack}` stops them")
+    elif not status.running:
         summary = f"fleet {status.stack}: not running (start it with `copilot-fleet up --stack {status.stack}`)"
     elif status.healthy:
         summary = f"fleet {status.stack} ({status.isolation}): healthy, supervisord pid {status.supervisord_pid}"
@@ -185,6 +214,9 @@ def format_table(status: FleetStatus) -> str:
         summary = f"fleet {status.stack} ({status.isolation}): UNHEALTHY: {', '.join(bad)}"
     if status.shared_sessions_on_disk is not None:
         summary += f"; {status.shared_sessions_on_disk} session(s) in the shared session-state/"
+    if (status.running or status.supervision == "lost") and not status.isolated:
+        summary += ("; NOT ISOLATED: started without root, every process and every session's tool runs run as one "
+                    "user, who can read the fleet's secrets")
     return summary + "\n" + "\n".join(lines)
 
 

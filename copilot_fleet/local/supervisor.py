@@ -27,9 +27,11 @@ from copilot_fleet.pod import procfs
 STOP_TIMEOUT = 30.0  # supervisord stops each program within its stopwaitsecs (10 s), in priority order
 # Longer than a program's stopwaitsecs (10 s): stopProcess(wait=True) answers only once the program is gone.
 RPC_TIMEOUT = 30.0
-# Inherited variables that would change what the servers do (credentials, a provider, telemetry): the fleet gets
-# what its stack says, not what the shell that ran `up` happens to hold.
-_DROPPED_ENV_PREFIXES = ("COPILOT_", "OTEL_", "GH_", "GITHUB_", "TESTMODEL_", "PYTHONPATH", "SUPERVISOR_")
+# The only variables the fleet inherits from the shell that ran `up`: whatever else it holds (credentials, a
+# provider, telemetry settings, cloud keys) would reach every program, and through the CLI every session's tool
+# runs. The fleet gets what its stack says, and each program what plan.py gives it.
+_KEPT_ENV = frozenset({"PATH", "LANG", "LANGUAGE", "TZ"})
+_KEPT_ENV_PREFIXES = ("LC_",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,15 @@ class SupervisorRecord:
         return procfs.start_time(self.pid) == self.start_time and procfs.is_alive(self.pid)
 
 
+def orphans(record: SupervisorRecord) -> list[int]:
+    """Processes a dead supervisord left running: the live members of its session (programs keep serving
+    without supervision when supervisord is killed). Empty while supervisord runs, and when its PID now belongs to
+    another process: Linux reuses a PID only once no session carries it, so nothing of the fleet is left then."""
+    if record.alive() or procfs.start_time(record.pid) not in (None, record.start_time):
+        return []
+    return procfs.session_members(record.pid)
+
+
 def read_record(paths: StatePaths) -> SupervisorRecord | None:
     try:
         return SupervisorRecord(**json.loads(paths.supervisor_record.read_text()))
@@ -50,7 +61,7 @@ def read_record(paths: StatePaths) -> SupervisorRecord | None:
 
 
 def supervisor_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if not k.startswith(_DROPPED_ENV_PREFIXES)}
+    return {k: v for k, v in env.items() if k in _KEPT_ENV or k.startswith(_KEPT_ENV_PREFIXES)}
 
 
 def start(paths: StatePaths, tools: Tools, env: Mapping[str, str]) -> subprocess.Popen[bytes]:

@@ -16,20 +16,19 @@ from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.stack import stack_platform
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.stackfile import stack_file
-from copilot_fleet.target import Target, TargetError, parse_target
+from copilot_fleet.target import Target, TargetError, load_target, parse_target, read_target_bytes
 
 PULUMI_TIMEOUT = 120
 
 
 def from_file(path: str) -> Target:
     """A target file ('-' reads standard input)."""
-    if path == "-":
-        return _parse(sys.stdin.read(), "standard input")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise LocalFleetError(f"cannot read target file {path}: {exc.strerror}") from exc
-    return _parse(text, path)
+        if path == "-":
+            return parse_target(read_target_bytes(sys.stdin.buffer, "standard input"), source="standard input")
+        return load_target(path)
+    except TargetError as exc:
+        raise LocalFleetError(str(exc)) from exc
 
 
 def _parse(text: str, source: str) -> Target:
@@ -46,7 +45,11 @@ def local_target(project_dir: Path, stack: str) -> tuple[Target, bool]:
         raise LocalFleetError(f"fleet {stack} has never been started here (no {paths.display(paths.target_file)}); "
                               f"start it with `copilot-fleet up --stack {stack}`")
     record = read_record(paths)
-    return _parse(paths.target_file.read_text(), str(paths.target_file)), record is not None and record.alive()
+    try:
+        target = load_target(paths.target_file)
+    except TargetError as exc:
+        raise LocalFleetError(str(exc)) from exc
+    return target, record is not None and record.alive()
 
 
 def pulumi_target(project_dir: Path, stack: str, file_option: str = "--from") -> Target:

@@ -578,7 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again every SECONDS until SIGTERM/SIGINT (local fleets run it so under supervisord); "
                         "default: run once")
     p.add_argument("--max-runs", type=int, default=None, metavar="N", help="with --every: stop after N runs")
+    p.add_argument("--cli-logs", action="append", default=[], metavar="DIR",
+                   help="a CLI server's $COPILOT_HOME/logs: keep only its newest per-start logs (repeatable)")
+    p.add_argument("--keep-cli-logs", type=_positive_int, default=None, metavar="N",
+                   help="with --cli-logs: per-start logs kept per server (default 5)")
     return p
+
+
+def _positive_int(value: str) -> int:
+    from copilot_fleet.argtypes import positive
+
+    return int(positive(int)(value))
 
 
 _interval = seconds_between(10, 86400)
@@ -619,7 +629,19 @@ def _run_once(args: argparse.Namespace, redis_url: str | None) -> bool:
         print(json.dumps(report.to_dict(), indent=2), flush=True)
     else:
         print("\n".join(report.lines(verbose=args.verbose)), flush=True)
+    _prune_cli_logs(args)
     return report.ok
+
+
+def _prune_cli_logs(args: argparse.Namespace) -> None:
+    from copilot_fleet import cli_logs
+
+    if args.dry_run:
+        return
+    for directory in args.cli_logs:
+        removed = cli_logs.prune(Path(directory), args.keep_cli_logs or cli_logs.KEEP)
+        if removed:
+            print(f"removed {len(removed)} old per-start CLI log(s) from {directory}", flush=True)
 
 
 def _loop(args: argparse.Namespace, redis_url: str | None) -> int:

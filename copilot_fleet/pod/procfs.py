@@ -7,6 +7,7 @@ instead of raising: processes come and go between two reads.
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -63,6 +64,20 @@ def environ(pid: int) -> dict[str, str] | None:
         if sep:
             out[key] = value
     return out
+
+
+def user_name(pid: int) -> str | None:
+    """The name of the process's real user (or its uid if it has no name), None when the process is gone. From
+    `status`, not from the owner of /proc/<pid>: that is root for a non-dumpable process (the CLI, sealed_cli.py)."""
+    try:
+        uid = next(int(line.split()[1]) for line in (PROC / str(pid) / "status").read_text().splitlines()
+                   if line.startswith("Uid:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def rss_kib(pid: int) -> int | None:

@@ -7,6 +7,8 @@ logs one line per request to stderr, and exits 0 on SIGTERM after closing the so
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
 import signal
 import sys
 import threading
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"file (mode 0600) holding the API key clients must send; default ${ENV_VAR}, else no auth",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model id listed by /v1/models ({DEFAULT_MODEL})")
+    parser.add_argument("--run-as", metavar="USER",
+                        help="started as root: switch to this user once the key is read and the port bound")
     args = parser.parse_args(argv)
 
     try:
@@ -46,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"testmodel: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    if args.run_as:
+        try:
+            drop_privileges(args.run_as)
+        except (KeyError, PermissionError) as exc:
+            print(f"testmodel: cannot switch to user {args.run_as!r}: {exc}", file=sys.stderr)
+            return 2
 
     stop = threading.Event()
 
@@ -63,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     server.stop()
     print("testmodel: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def drop_privileges(user: str) -> None:
+    """Become `user` for good (groups, gid, then uid). Everything the server needs is imported and open by then:
+    with the key in memory and the socket bound, nothing of the fleet's is within this process's reach."""
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.geteuid() == 0 or os.getegid() == 0:
+        raise PermissionError("still root after switching")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from copilot_fleet.errors import FleetError
-from copilot_fleet.testmodel.commands import Answer, answer
+from copilot_fleet.testmodel.commands import MARKER, Answer, answer
 from copilot_fleet.testmodel.conversation import RequestError, chat_user_turns, responses_user_turns
-from copilot_fleet.testmodel.wire import Completion, Usage
+from copilot_fleet.testmodel.tools import chat_tool_results, responses_tool_results, shell_tool
+from copilot_fleet.testmodel.wire import Completion, ToolCall, Usage
 
 DEFAULT_MODEL = "copilot-fleet-test"
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -374,7 +375,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._status = HTTPStatus.OK
         self._send_json(HTTPStatus.OK, payload)
 
-    def _prepare(self, turns_of: Callable[[dict[str, Any]], list[str]]) -> tuple[dict[str, Any], Completion, bool]:
+    def _prepare(self, turns_of: Callable[[dict[str, Any]], list[str]],
+                 results_of: Callable[[dict[str, Any]], list[str]]) -> tuple[dict[str, Any], Completion, bool]:
         """Authenticate, parse, compute the answer, wait out `sleep:`; the parts both APIs share."""
         self._check_auth()
         body = self._json_body()
@@ -386,18 +388,27 @@ class _Handler(BaseHTTPRequestHandler):
             turns = turns_of(body)
         except RequestError as err:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(err), "invalid_request") from None
-        reply: Answer = answer(turns)
+        reply: Answer = answer(turns, results_of(body))
+        call = None
+        if (command := reply.run) is not None:
+            tool = shell_tool(body)
+            if tool is None:  # e.g. a session with available_tools=[]: nothing to call, say so
+                reply = Answer(f"{MARKER} run: the client offered no shell tool", reply.sleep_seconds, "run")
+            else:
+                call = ToolCall(tool.name, tool.arguments(command))
+                self._note["tool"] = tool.name
         asked = body.get("model")
-        model = asked if isinstance(asked, str) and asked else self.server.model
+        model: str = asked if isinstance(asked, str) and asked else self.server.model
         self._note.update(model=model, stream=str(stream).lower(), turns=len(turns), command=reply.command)
         if reply.sleep_seconds > 0:
             self.server.stopping.wait(reply.sleep_seconds)  # woken early by shutdown
         prompt_chars = sum(len(t) for t in turns) + len(json.dumps(body.get("messages") or body.get("input") or ""))
-        completion = Completion(model=model, text=reply.text, usage=Usage.estimate(prompt_chars, reply.text))
+        completion = Completion(model=model, text=reply.text, usage=Usage.estimate(prompt_chars, reply.text),
+                                tool_call=call)
         return body, completion, stream
 
     def _chat(self) -> None:
-        body, completion, stream = self._prepare(chat_user_turns)
+        body, completion, stream = self._prepare(chat_user_turns, chat_tool_results)
         self._status = HTTPStatus.OK
         if stream:
             options = body.get("stream_options")
@@ -407,7 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, completion.chat_completion())
 
     def _responses(self) -> None:
-        body, completion, stream = self._prepare(responses_user_turns)
+        body, completion, stream = self._prepare(responses_user_turns, responses_tool_results)
         self._status = HTTPStatus.OK
         if stream:
             self._send_stream(completion.responses_stream(body))

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from copilot import PermissionHandler
 from copilot._jsonrpc import JsonRpcError, ProcessExitedError
 
 from copilot_fleet.client import (
@@ -20,6 +19,7 @@ from copilot_fleet.client import (
     rank_replicas,
 )
 from copilot_fleet.client import handle as handle_module
+from copilot_fleet.client.permissions import deny_all
 from copilot_fleet.target import Target
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ async def test_resume_always_resupplies_provider_and_defaults(redis_server: Redi
         assert called_id == sid
         assert kwargs["provider"] == {"type": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key": "sk-test"}
         assert kwargs["model"] == "gpt-4.1"
-        assert kwargs["on_permission_request"] is PermissionHandler.approve_all
+        assert kwargs["on_permission_request"] is deny_all  # the safe default: no tool call runs
         assert (kwargs["streaming"], kwargs["reasoning_effort"]) == (True, "low")
         assert await lease_exists(redis_server, sid)
         await handle.close()

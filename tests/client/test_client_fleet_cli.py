@@ -400,3 +400,31 @@ async def test_a_timed_out_create_leaves_no_session(cli_fleet: CliFleet) -> None
                 await fleet.create_session("slow", **OPTS)
             await factory.answered()
             assert not fleet_session_dirs(cli_fleet, "hal"), "the timed-out create left its session on disk"
+
+
+async def test_a_tool_call_is_denied_unless_the_application_allows_it(cli_fleet: CliFleet, tmp_path: Any) -> None:
+    """The model (the test model's `run:`) asks the CLI's shell tool to run a command; the FleetClient's default
+    policy refuses it, so nothing runs and the model is told why. An application's explicit policy decides."""
+    from copilot_fleet.client import allow_kinds
+    from copilot_fleet.client.permissions import DENIED_FEEDBACK
+    from copilot_fleet.testmodel import MARKER
+
+    marker = tmp_path / "ran"
+    prompt = f"run: touch {marker}"
+    target = make_target(cli_fleet, [cli_fleet.a.address])
+    # The default: deny_all.
+    async with FleetClient(target, user="carol") as fleet, \
+            await fleet.create_session("tools") as session:
+        reply = await session.reply(prompt)
+    assert reply == f"{MARKER} ran: The user rejected this tool call. User feedback: {DENIED_FEEDBACK}"
+    assert not marker.exists()
+
+    async with FleetClient(target, user="carol", on_permission_request=allow_kinds("read")) as fleet, \
+            await fleet.create_session("tools") as session:
+        reply = await session.reply(prompt)
+    assert reply is not None and "shell tool calls are not allowed" in reply and not marker.exists()
+
+    async with FleetClient(target, user="carol", on_permission_request=allow_kinds("shell")) as fleet, \
+            await fleet.create_session("tools") as session:
+        reply = await session.reply(prompt)
+    assert reply is not None and reply.startswith(f"{MARKER} ran: ") and marker.exists()

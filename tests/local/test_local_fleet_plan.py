@@ -57,7 +57,7 @@ def test_shared_cli_plan_ports_target_and_roundrobin(tmp_path: Path) -> None:
     assert health_check_request(secrets.get("connection-token")).hex() in cfg
     # Each replica: own COPILOT_HOME, the fleet token in its environment, never on its command line.
     for program in plan.cli_programs:
-        assert program.env["COPILOT_HOME"] == str(tmp_path / ".fleet/t/servers" / program.name)
+        assert program.env["COPILOT_HOME"] == str(plan.paths.servers_dir / program.name)
         assert program.env["COPILOT_CONNECTION_TOKEN"] == secrets.get("connection-token")
         assert program.env["COPILOT_CACHE_HOME"] == "/cache"
         assert "--host" not in program.command  # binds 127.0.0.1 by default
@@ -157,7 +157,7 @@ def test_supervisord_conf_keeps_secrets_out_of_command_lines(tmp_path: Path) -> 
     assert f'requirepass "{secrets.get("redis-password")}"' in redis
     assert "bind 127.0.0.1" in redis and "protected-mode yes" in redis and "appendonly yes" in redis
     redis_cmd = parser.get("program:redis", "command")
-    assert shlex.split(redis_cmd)[1].endswith("config/redis.conf")
+    assert shlex.split(redis_cmd)[1].endswith("redis/redis.conf")
 
 
 def test_a_percent_sign_survives_supervisord_expansion(tmp_path: Path) -> None:

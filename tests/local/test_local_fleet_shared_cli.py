@@ -78,8 +78,7 @@ def test_target_describes_the_fleet(project: h.Project) -> None:
 def test_state_dir_modes_and_no_secret_in_process_arguments(project: h.Project) -> None:
     paths = project.paths(STACK)
     for d in [paths.fleet_dir, paths.root, paths.secrets_dir, paths.config_dir, paths.logs_dir, paths.run_dir,
-              paths.servers_dir, paths.shared_session_state, paths.work_dir, paths.redis_dir,
-              *paths.servers_dir.iterdir()]:
+              paths.shared_session_state, paths.redis_dir, *paths.servers_dir.iterdir(), *paths.work_dir.iterdir()]:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     secret_files = list(paths.secrets_dir.iterdir())
     assert {f.name for f in secret_files} == {"connection-token", "redis-password", "model-api-key"}
@@ -89,9 +88,21 @@ def test_state_dir_modes_and_no_secret_in_process_arguments(project: h.Project) 
     for home in paths.servers_dir.iterdir():
         link = home / "session-state"
         assert link.is_symlink() and link.resolve() == paths.shared_session_state.resolve()
-    # Nothing anywhere in the state dir is open to group or others (every process runs with umask 077).
+    # Nothing anywhere in the state dir is open to group or others (every process runs with umask 077) ...
     exposed = [p for p in paths.root.rglob("*") if not p.is_symlink() and stat.S_IMODE(p.lstat().st_mode) & 0o077]
     assert exposed == []
+    if paths.data_root != paths.root:
+        # ... nor in the data directory of a root-run fleet, except the root-owned directories the servers' users
+        # pass through (0711: enter, not list), whose entries each belong to one user.
+        passages = {paths.data_root, paths.servers_dir, paths.work_dir, paths.otel_dir}
+        for d in passages:
+            st = d.lstat()
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o711, 0), d
+        exposed = [p for p in paths.data_root.rglob("*") if p not in passages and not p.is_symlink()
+                   and stat.S_IMODE(p.lstat().st_mode) & 0o077]
+        assert exposed == []
+        cli_user = {d.stat().st_uid for d in [*paths.servers_dir.iterdir(), paths.shared_session_state]}
+        assert len(cli_user) == 1 and 0 not in cli_user  # the replicas' user, not root
     secrets = [f.read_text().strip() for f in secret_files]
     pids = project.fleet_pids(STACK)
     assert len(pids) == 7  # supervisord, 2 CLIs, redis, haproxy, model, janitor
@@ -254,7 +265,8 @@ def test_up_restarts_a_program_that_was_stopped(project: h.Project) -> None:
     up = project.run_ok("up", "--stack", STACK)
     assert "start  copilot-cli-1 (was STOPPED)" in up.stdout and "ready  copilot-cli-1" in up.stdout
     status = project.status(STACK)
-    assert status["healthy"], [s for s in status["services"] if not s["healthy"]]
+    assert status["healthy"], [(s["name"], s["state"], s["health"], s["balancer"]) for s in status["services"]
+                               if not s["healthy"]]
     assert {s["name"]: s["pid"] for s in status["services"] if s["name"] != "copilot-cli-1"} == others
 
 

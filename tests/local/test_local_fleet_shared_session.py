@@ -72,10 +72,10 @@ def test_a_killed_supervisord_leaves_nothing_that_up_and_down_cannot_clean(proje
     h.wait_for(lambda: not record.alive(), 15, "supervisord gone")
     assert all(procfs.is_alive(p) for p in orphans)  # its programs outlive it ...
     status = project.run("status", "--stack", STACK)
-    assert status.returncode == 1 and "not running" in status.stdout
+    assert status.returncode == 1 and "UNSUPERVISED: supervisord is gone" in status.stdout
 
     up = project.run_ok("up", "--stack", STACK)  # ... until the next up stops them and starts afresh
-    assert "stopped 6 leftover process(es)" in up.stdout
+    assert "had died and left 6 process(es) running unsupervised; stopped them" in up.stdout
     assert not any(procfs.is_alive(p) for p in orphans)
     assert project.status(STACK)["healthy"]
     reply = h.run(h.resume_session(target.replicas[1], token, target, sid, "recall", delete=True))

@@ -71,7 +71,7 @@ def test_cli_servers_export_opentelemetry_to_a_file_without_content(tmp_path: Pa
     for program in plan.cli_programs:
         env = program.env
         assert env["COPILOT_OTEL_EXPORTER_TYPE"] == "file"
-        assert env["COPILOT_OTEL_FILE_EXPORTER_PATH"] == str(tmp_path / ".fleet/t/otel" / f"{program.name}.jsonl")
+        assert env["COPILOT_OTEL_FILE_EXPORTER_PATH"] == str(plan.paths.otel_dir / f"{program.name}.jsonl")
         assert env["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] == "false"
         assert f"copilot_fleet.server={program.name}" in env["OTEL_RESOURCE_ATTRIBUTES"]
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytest
 from copilot import PermissionHandler, ProviderConfig
@@ -192,3 +192,78 @@ def test_wrong_api_key_fails_the_turn_with_401(cli_server: CliServer, model_serv
     assert "HTTP 401" in message
     lines = [ln for ln in model_server.log().splitlines()[log_before:] if " POST " in ln]
     assert lines and all("POST /v1/chat/completions 401" in ln for ln in lines), lines
+
+
+# ---- run: the model calls the CLI's shell tool ------------------------------------------------------------------
+
+async def _run_turn(cli: CliServer, provider: dict[str, str], prompt: str, streaming: bool = False,
+                    **options: Any) -> tuple[str | None, list[Any], list[Any]]:
+    """One turn on a new session; returns the reply, the permission requests the handler saw and the events."""
+    client = cli_client(f"127.0.0.1:{cli.port}", cli.token)
+    await client.start()
+    asked: list[Any] = []
+    events: list[Any] = []
+    decide = options.pop("decide", PermissionHandler.approve_all)
+
+    def handler(request: Any, invocation: Any) -> Any:
+        asked.append(request)
+        return decide(request, invocation)
+
+    try:
+        session = await client.create_session(on_permission_request=handler, provider=cast(ProviderConfig, provider),
+                                              model="gpt-4.1",
+                                              streaming=streaming, **options)
+        session.on(events.append)
+        reply = await session.send_and_wait(prompt, timeout=60)
+        await session.disconnect()
+        await client.delete_session(session.session_id)
+        content = getattr(reply.data, "content", None) if reply else None
+        return (content if isinstance(content, str) else None), asked, events
+    finally:
+        await client.stop()
+
+
+@pytest.mark.parametrize(
+    ("wire_api", "streaming"), [(None, False), (None, True), ("responses", False), ("responses", True)],
+    ids=["completions", "completions-streaming", "responses", "responses-streaming"],
+)
+def test_run_makes_the_cli_call_its_shell_tool(cli_server: CliServer, model_server: Any, wire_api: str | None,
+                                               streaming: bool) -> None:
+    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": API_KEY}
+    if wire_api:
+        provider["wire_api"] = wire_api
+    log_before = model_server.log().count("\n")
+
+    reply, asked, events = asyncio.run(_run_turn(cli_server, provider, "run: echo $((6*7)) from-${0##*/}", streaming))
+
+    # The shell ran the command (the arithmetic happened there) and the model repeated its output.
+    assert reply is not None and reply.startswith(f"{MARKER} ran: 42 from-bash"), reply
+    assert [type(r).__name__ for r in asked] == ["PermissionRequestShell"]
+    assert asked[0].full_command_text == "echo $((6*7)) from-${0##*/}"
+    started = [e for e in events if _event_type(e) == "tool.execution_start"]
+    assert [e.data.tool_name for e in started] == ["bash"]
+    lines = [ln for ln in model_server.log().splitlines()[log_before:] if " POST " in ln]
+    assert ["command=run" in lines[0] and "tool=bash" in lines[0], "command=ran" in lines[1]] == [True, True], lines
+
+
+def test_a_denied_tool_call_runs_nothing(cli_server: CliServer, model_server: Any, tmp_path: Path) -> None:
+    from copilot.generated.rpc import PermissionDecisionReject
+
+    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": API_KEY}
+    marker = tmp_path / "ran"
+    reply, asked, events = asyncio.run(_run_turn(
+        cli_server, provider, f"run: touch {marker}",
+        decide=lambda request, invocation: PermissionDecisionReject(feedback="no tools here")))
+
+    assert not marker.exists()
+    assert len(asked) == 1
+    # The model gets the refusal as the tool's result; the turn ends normally.
+    assert reply == f"{MARKER} ran: The user rejected this tool call. User feedback: no tools here"
+    [done] = [e for e in events if _event_type(e) == "tool.execution_complete"]
+    assert done.data.success is False and done.data.error.code == "denied"
+
+
+def test_without_tools_there_is_nothing_to_call(cli_server: CliServer, model_server: Any) -> None:
+    provider = {"type": "openai", "base_url": f"http://127.0.0.1:{model_server.port}/v1", "api_key": API_KEY}
+    reply, asked, _ = asyncio.run(_run_turn(cli_server, provider, "run: id", available_tools=[]))
+    assert reply == f"{MARKER} run: the client offered no shell tool" and asked == []

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Check functions of smoke_tests/ by where they apply.
 EVERY_PATTERN = {
     "test_persistent_session_lifecycle", "test_ephemeral_session", "test_resume_without_provider_is_actionable",
-    "test_connection_token_required", "test_connection_without_nagle",
+    "test_connection_token_required", "test_connection_without_nagle", "test_a_tool_call_is_denied_by_default",
     "test_processes_running", "test_ports_on_loopback_only", "test_state_modes", "test_cli_not_logging_debug",
     "test_no_secrets_in_process_arguments",
 }
