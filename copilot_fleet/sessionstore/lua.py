@@ -86,14 +86,17 @@ return fail('EINVAL', 'unknown read operation ' .. op)
 WRITE_SCRIPT = (
     _HELPERS
     + r"""
--- KEYS[1] the session's lease, KEYS[2] bind, KEYS[3] this server's registration, KEYS[4] meta, KEYS[5] tree,
--- KEYS[6] index, KEYS[7] content key of the first path, KEYS[8] content key of the second path (rename)
+-- KEYS[1] bind, KEYS[2] this server's registration, KEYS[3] meta, KEYS[4] tree, KEYS[5] index,
+-- KEYS[6] content key of the first path, KEYS[7] content key of the second path (rename)
 -- ARGV[1] op (write | append | mkdir | rm | rename), ARGV[2] session id, ARGV[3] server id, ARGV[4] instance,
 -- ARGV[5] "1" if a write needs a lease, ARGV[6] max file bytes, ARGV[7] max session bytes, ARGV[8] max entries,
 -- ARGV[9] content prefix of the session's files, ARGV[10] first relative path, ARGV[11] as sent,
--- then per op: write/append: ARGV[12] content; mkdir: ARGV[12] recursive ("1"/"0");
--- rm: ARGV[12] recursive, ARGV[13] force; rename: ARGV[12] second relative path, ARGV[13] as sent
-local lease_key, bind_key, server_key, meta, tree, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- ARGV[12] the session's lease key: read only, so it is not declared in KEYS (Redis checks declared keys of a
+-- script for write access, and a server may only read leases), then per op: write/append: ARGV[13] content;
+-- mkdir: ARGV[13] recursive ("1"/"0"); rm: ARGV[13] recursive, ARGV[14] force; rename: ARGV[13] second relative
+-- path, ARGV[14] as sent
+local bind_key, server_key, meta, tree, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local lease_key = ARGV[12]
 local op, sid, me, instance = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local need_lease = ARGV[5] == '1'
 local max_file, max_session, max_entries = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -217,9 +220,9 @@ end
 
 local err = nil
 if op == 'write' or op == 'append' then
-  err = put_file(rel, KEYS[7], ARGV[12], op == 'append')
+  err = put_file(rel, KEYS[6], ARGV[13], op == 'append')
 elseif op == 'mkdir' then
-  local recursive = ARGV[12] == '1'
+  local recursive = ARGV[13] == '1'
   local e = entry(tree, rel)
   if e then
     if e.kind ~= 'd' then
@@ -242,13 +245,13 @@ elseif op == 'mkdir' then
     end
   end
 elseif op == 'rm' then
-  local recursive, force = ARGV[12] == '1', ARGV[13] == '1'
+  local recursive, force = ARGV[13] == '1', ARGV[14] == '1'
   local e = entry(tree, rel)
   if not e then
     if not force then err = fail('ENOENT', 'no such file or directory: ' .. shown) end
   elseif e.kind == 'f' then
-    delta_bytes = -redis.call('STRLEN', KEYS[7])
-    redis.call('UNLINK', KEYS[7])
+    delta_bytes = -redis.call('STRLEN', KEYS[6])
+    redis.call('UNLINK', KEYS[6])
     redis.call('HDEL', tree, rel)
   else
     local below = subtree(rel)
@@ -267,7 +270,7 @@ elseif op == 'rm' then
     end
   end
 elseif op == 'rename' then
-  local dest, dest_shown = ARGV[12], ARGV[13]
+  local dest, dest_shown = ARGV[13], ARGV[14]
   local e = entry(tree, rel)
   local de = entry(tree, dest)
   if not e then
@@ -291,8 +294,8 @@ elseif op == 'rename' then
       if not err then
         for _, p in ipairs(parents) do redis.call('HSET', tree, p, stamp('d')) end
         if e.kind == 'f' then
-          if de then delta_bytes = -redis.call('STRLEN', KEYS[8]) end
-          redis.call('RENAME', KEYS[7], KEYS[8])
+          if de then delta_bytes = -redis.call('STRLEN', KEYS[7]) end
+          redis.call('RENAME', KEYS[6], KEYS[7])
           redis.call('HDEL', tree, rel)
           redis.call('HSET', tree, dest, 'f:' .. e.birth .. ':' .. now)
         else

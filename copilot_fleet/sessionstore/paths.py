@@ -35,11 +35,13 @@ class PathRefused(ValueError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """`kind="state"`: a file or directory of the session at `relative`; `kind="cwd"`: the initial working
-    directory (a directory with nothing in the store)."""
+    """`kind="state"`: a file or directory of the session at `relative`, sent in the `form` "registered"
+    (under session_state_path) or "home" (under COPILOT_HOME/session-state/<id>); `kind="cwd"`: the initial
+    working directory (a directory with nothing in the store)."""
 
     kind: Literal["state", "cwd"]
     relative: str = ""
+    form: Literal["registered", "home", "cwd"] = "registered"
 
 
 def _clean_absolute(path: str, what: str) -> str:
@@ -90,12 +92,13 @@ class SessionPaths:
             )
         normal = "/" + "/".join(segments)
         relative = _under(normal, self.session_state_path)
-        if relative is None:
-            relative = _under(normal, f"{self.home_state_dir}/{session_id}")
         if relative is not None:
-            return Resolved("state", _check_relative(session_id, path, relative))
+            return Resolved("state", _check_relative(session_id, path, relative), "registered")
+        relative = _under(normal, f"{self.home_state_dir}/{session_id}")
+        if relative is not None:
+            return Resolved("state", _check_relative(session_id, path, relative), "home")
         if normal == self.initial_cwd:
-            return Resolved("cwd")
+            return Resolved("cwd", "", "cwd")
         other = _under(normal, self.home_state_dir)
         if other:
             owner = other.split("/", 1)[0]

@@ -76,6 +76,7 @@ class Counters:
         self.failed = 0
         self.fenced = 0
         self.refused_paths = 0
+        self.path_forms: dict[str, int] = {"registered": 0, "home": 0, "cwd": 0}
 
 
 class SessionFsProvider:
@@ -125,10 +126,12 @@ class SessionFsProvider:
 
     def _resolve(self, session_id: str, path: str) -> Resolved:
         try:
-            return self.paths.resolve(session_id, path)
+            where = self.paths.resolve(session_id, path)
         except PathRefused:
             self.counters.refused_paths += 1
             raise
+        self.counters.path_forms[where.form] += 1
+        return where
 
     def _note(self, exc: Exception) -> None:
         self.counters.failed += 1
@@ -203,7 +206,8 @@ class SessionFsProvider:
     async def _exists(self, r: SessionFSExistsRequest) -> dict:
         try:
             where = self._resolve(r.session_id, r.path)
-        except PathRefused:
+        except PathRefused as exc:
+            self._note(exc)
             return SessionFSExistsResult(exists=False).to_dict()
         if where.kind == "cwd":
             return SessionFSExistsResult(exists=True).to_dict()

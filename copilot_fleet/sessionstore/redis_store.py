@@ -109,14 +109,13 @@ class RedisSessionStore:
             raise FencedWrite(f"fenced: session {session_id}: this store was opened read-only")
         k = self.keys
         keys = [
-            k.lease(session_id), k.bind(session_id), k.server(self.writer.server_id), k.meta(session_id),
-            k.tree(session_id), k.index, k.content(session_id, relative),
-            k.content(session_id, second if second is not None else relative),
+            k.bind(session_id), k.server(self.writer.server_id), k.meta(session_id), k.tree(session_id), k.index,
+            k.content(session_id, relative), k.content(session_id, second if second is not None else relative),
         ]
         args = [
             op, session_id, self.writer.server_id, self.writer.instance, "1" if self.require_lease else "0",
             self.limits.max_file_bytes, self.limits.max_session_bytes, self.limits.max_entries,
-            k.content_prefix(session_id), relative, shown, *extra,
+            k.content_prefix(session_id), relative, shown, k.lease(session_id), *extra,
         ]
         await self._call(self._write, keys, args, session_id)
 

@@ -240,7 +240,17 @@ class Provider:
             for task in (cli_exit, closed, lost, stop):
                 task.cancel()
 
+    def summary(self) -> str:
+        c = self.provider.counters
+        forms = c.path_forms
+        return (
+            f"served {c.requests} sessionFs requests (paths under {self.config.session_state_path}: "
+            f"{forms['registered']}, under COPILOT_HOME/session-state: {forms['home']}, the working directory: "
+            f"{forms['cwd']}); failed {c.failed}, of which fenced {c.fenced}; refused paths {c.refused_paths}"
+        )
+
     async def close(self) -> None:
+        logger.info("%s", self.summary())
         if self.config.ready_file is not None:
             self.config.ready_file.unlink(missing_ok=True)
         if self.cli is not None and self.cli.proc.returncode is None:
