@@ -2,8 +2,8 @@
 
 Start-up, in this order (each step must succeed or the process exits non-zero, taking the CLI with it):
 1. Redis answers with our credentials; this instance registers its server id (fencing.ServerRegistration).
-2. COPILOT_HOME/session-state is made unusable as a directory (a regular file stands in its place), so the CLI
-   can never keep a session's state on its own disk, even in the instant before the provider registers.
+2. COPILOT_HOME/session-state becomes a dangling symlink into /proc, so the CLI can never keep a session's
+   state on its own disk, even in the instant before the provider registers: a create then fails.
 3. The CLI starts (cli_process.CliProcess) and prints its port; we connect (TCP_NODELAY), authenticate with the
    connection token and register with `sessionFs.setProvider`.
 4. Only then: the ready file is written and the ready line printed. A health probe that requires the ready file
@@ -11,10 +11,10 @@ Start-up, in this order (each step must succeed or the process exits non-zero, t
 
 Why a session cannot start before registration: the CLI itself refuses `sessionFs.setProvider` while any session
 is active ("Cannot set session filesystem provider while sessions are active"), measured with CLI 1.0.102. So if a
-client that connected in the milliseconds between the CLI's listen and our registration created a session,
-registration fails, this process exits and the CLI dies with it: the server never becomes ready, and that
-session's state could not have been written anywhere (step 2). Either the provider serves every session of the
-server, or the server does not run.
+client that connected in the milliseconds between the CLI's listen and our registration tried to create a
+session, the create fails (step 2); and if a session were active anyway, registration would fail, this process
+would exit and the CLI would die with it, so the server never becomes ready. Either the provider serves every
+session of the server, or the server does not run.
 
 Life: the process ends when the CLI exits (with its status), when the provider's connection to it closes (the CLI
 must not run without its provider), when another instance takes over our server id, or on SIGTERM/SIGINT, which is
@@ -96,21 +96,53 @@ class ProviderConfig:
         return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
 
 
-def block_local_session_state(copilot_home: Path) -> None:
-    """Put a regular file where the CLI would keep sessions on disk, so it cannot (see module doc, step 2).
+# Where COPILOT_HOME/session-state and session-store.db point: paths under /proc, where nobody (root included)
+# can create anything.
+NO_LOCAL_STATE = Path("/proc/copilot-fleet-session-state-is-in-the-session-store")
+NO_LOCAL_INDEX = Path("/proc/copilot-fleet-no-local-session-index")
 
-    A leftover directory (from running without a provider) is refused rather than deleted: it holds sessions
-    someone may still want, and the store does not know about them.
+
+def _block(path: Path, target: Path, leftover: str) -> None:
+    if path.is_symlink():
+        if Path(os.readlink(path)) == target:
+            return
+        raise ProviderStartError(f"{path} is a symlink to {os.readlink(path)}; in store mode it must not exist")
+    if path.is_dir():
+        try:
+            path.rmdir()
+        except OSError:
+            raise ProviderStartError(f"{path} {leftover}: move it away and start again") from None
+    elif path.exists():
+        raise ProviderStartError(f"{path} {leftover}: move it away and start again")
+    path.symlink_to(target)
+
+
+def block_local_session_state(copilot_home: Path) -> None:
+    """Keep every session's content off the server's own disk (see module doc, step 2).
+
+    - COPILOT_HOME/session-state becomes a dangling symlink into /proc. Measured with CLI 1.0.102: a session create
+      before the provider registered then fails (EEXIST) and writes nothing, `list_sessions` still answers `[]`,
+      and resume works once the provider serves the session (a regular file there would make every list fail
+      with "Not a directory").
+    - COPILOT_HOME/session-store.db, the CLI's full-text index of every session's turns, likewise: the CLI then
+      runs without it (measured: sessions, turns and resume unaffected, nothing logged), instead of keeping the
+      text of provider-backed sessions on each replica's disk where deleting the session in the store would not
+      reach it. (Sessions created with `enable_session_store=False` do not touch it either.)
+
+    Leftovers are refused rather than deleted: they hold sessions someone may still want, and the store does not
+    know about them. An empty session-state directory is replaced.
     """
+    if not Path("/proc/self").exists():
+        raise ProviderStartError("/proc is not mounted: the CLI's local session state cannot be blocked")
     copilot_home.mkdir(parents=True, exist_ok=True)
-    state = copilot_home / "session-state"
-    if state.is_symlink() or (state.exists() and not state.is_file()):
-        raise ProviderStartError(
-            f"{state} exists and is not a regular file: sessions kept on this server's own disk would not be in the "
-            "store. Move it away (or migrate its sessions) and start again"
-        )
-    if not state.exists():
-        state.write_text("session state is kept in the session store, not on this disk\n")
+    _block(copilot_home / "session-state", NO_LOCAL_STATE,
+           "holds sessions kept on this server's own disk, which the store does not know about")
+    for leftover in ("session-store.db-wal", "session-store.db-shm"):
+        if (copilot_home / leftover).exists():
+            raise ProviderStartError(f"{copilot_home / leftover} is left from running without the store: move it "
+                                     "away (with session-store.db) and start again")
+    _block(copilot_home / "session-store.db", NO_LOCAL_INDEX,
+           "is the CLI's index of sessions kept without the store (it holds their turns' text)")
 
 
 def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
@@ -213,6 +245,7 @@ class Provider:
             "pid": os.getpid(),
             "cli_pid": self.cli.pid,
             "port": self.cli.port,
+            "tcp_nodelay": bool(self.peer and self.peer.nodelay),
             "registered_at": time.time(),
         }
 
