@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({3})
 DEFAULT_SESSION_STATE_PATH = "/session-state"
 READY_PREFIX = "session store provider ready"
+CLOSE_TO_EXIT_SECONDS = 5.0
 
 
 class ProviderStartError(RuntimeError):
@@ -260,12 +261,18 @@ class Provider:
             await asyncio.wait({cli_exit, closed, lost, stop}, return_when=asyncio.FIRST_COMPLETED)
             if stop.done() and not cli_exit.done():
                 logger.info("stopping: the CLI finishes its turns first (grace %g s)", self.config.stop_grace)
-                return await self.cli.stop(self.config.stop_grace)
+                code = await self.cli.stop(self.config.stop_grace)
+                # Ended by the SIGTERM we passed on: a clean stop. Any other signal: 128 + its number, as a shell says.
+                return 0 if code == -signal.SIGTERM else (128 - code if code < 0 else code)
+            if closed.done() and not cli_exit.done():
+                # A CLI that dies closes our connection first; its exit status follows at once.
+                await asyncio.wait({cli_exit}, timeout=CLOSE_TO_EXIT_SECONDS)
             if cli_exit.done():
                 code = cli_exit.result()
                 logger.error("the CLI exited with status %s; the provider exits with it", code)
-                return code if code > 0 else 1
-            why = self.peer.close_reason if closed.done() else self.registration.lost_reason
+                return code if code > 0 else 1  # it was not asked to stop: even a clean exit is a failure
+            why = (f"the CLI closed the provider's connection ({self.peer.close_reason})" if closed.done()
+                   else self.registration.lost_reason)
             logger.error("stopping the CLI: %s", why)
             await self.cli.stop(self.config.stop_grace)
             return 1

@@ -53,6 +53,7 @@ def main() -> int:
         state.unlink()
         state.mkdir()
     cli = subprocess.Popen([REAL_CLI, *sys.argv[1:]], stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+    signal.signal(signal.SIGTERM, lambda *_: cli.send_signal(signal.SIGTERM))  # stop as the CLI itself would
     assert cli.stdout is not None
     for line in cli.stdout:
         match = re.search(r"CLI server listening on port (\d+)", line)
@@ -60,6 +61,7 @@ def main() -> int:
             # Keep the client (and so its session) alive in dir mode: the session must be active at registration.
             loop = asyncio.new_event_loop()
             outcome = loop.run_until_complete(early_create(int(match.group(1))))
+            outcome["cli_pid"] = cli.pid
             Path(os.environ["EARLY_RESULT"]).write_text(json.dumps(outcome) + "\n")
             sys.stdout.write(line)
             sys.stdout.flush()
