@@ -146,6 +146,15 @@ def block_local_session_state(copilot_home: Path) -> None:
            "is the CLI's index of sessions kept without the store (it holds their turns' text)")
 
 
+def hand_over(copilot_home: Path, uid: int, gid: int | None) -> None:
+    """Give COPILOT_HOME to the CLI's own user (it writes config and logs there); symlinks stay as they are."""
+    group = -1 if gid is None else gid
+    os.lchown(copilot_home, uid, group)
+    for root, dirs, files in os.walk(copilot_home):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, group)
+
+
 def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(info) + "\n")
@@ -192,6 +201,8 @@ class Provider:
         except redis.exceptions.RedisError as exc:
             raise ProviderStartError(f"could not register server {self.identity.server_id} in the store: {exc}") from exc
         block_local_session_state(config.copilot_home)
+        if config.cli_user is not None:
+            hand_over(config.copilot_home, config.cli_user, config.cli_group)
         env = cli_environment(os.environ, config.copilot_home, config.token)
         try:
             self.cli = await CliProcess.start(
