@@ -2,8 +2,10 @@
 
 The SDK's own dispatch routes these requests only to sessions its client created or resumed; a server-wide
 provider must answer for sessions that other clients attach, so it dispatches on the request's `sessionId` itself.
-Request and result shapes are the SDK's public typed classes (`copilot.rpc`), so a protocol change shows up as a
-parse error here, not as a silently wrong answer.
+
+The request and result shapes (protocol 3, SDK 1.0.25 / CLI 1.0.102) are written out here rather than taken from
+the SDK's typed classes: `copilot.rpc` is a 69,000-line generated module that costs each provider about 34 MiB of
+memory and a second of start-up, for ten flat shapes. The tests check every answer against those classes.
 
 Error conventions (as the CLI reads them): a failed operation answers a result carrying
 `error: {code: ENOENT|UNKNOWN, message}`; the CLI raises `<code>: <path>: <message>` in the operation that asked, and
@@ -21,30 +23,9 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from copilot.rpc import (
-    SessionFSAppendFileRequest,
-    SessionFSError,
-    SessionFSErrorCode,
-    SessionFSExistsRequest,
-    SessionFSExistsResult,
-    SessionFSMkdirRequest,
-    SessionFSReaddirRequest,
-    SessionFSReaddirResult,
-    SessionFSReaddirWithTypesEntry,
-    SessionFSReaddirWithTypesEntryType,
-    SessionFSReaddirWithTypesRequest,
-    SessionFSReaddirWithTypesResult,
-    SessionFSReadFileRequest,
-    SessionFSReadFileResult,
-    SessionFSRenameRequest,
-    SessionFSRmRequest,
-    SessionFSStatRequest,
-    SessionFSStatResult,
-    SessionFSWriteFileRequest,
-)
 
 from .jsonrpc import METHOD_NOT_FOUND, RpcError
 from .paths import PathRefused, Resolved, SessionPaths
@@ -54,11 +35,60 @@ logger = logging.getLogger(__name__)
 
 INVALID_PARAMS = -32602
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
+Result = dict[str, Any] | None
 
 
-def _fs_error(exc: Exception) -> SessionFSError:
-    code = SessionFSErrorCode.ENOENT if isinstance(exc, FileNotFoundError) else SessionFSErrorCode.UNKNOWN
-    return SessionFSError(code=code, message=str(exc))
+class InvalidParams(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parameters every sessionFs request may carry, checked for type."""
+
+    session_id: str
+    path: str
+    content: str = ""
+    recursive: bool = False
+    force: bool = False
+    dest: str = ""
+
+
+def _text(params: dict[str, Any], name: str, required: bool = True) -> str:
+    value = params.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParams(f"{name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _flag(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidParams(f"{name!r} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _parse(method: str, params: object) -> Request:
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be an object")
+    if method == "sessionFs.rename":
+        return Request(_text(params, "sessionId"), _text(params, "src"), dest=_text(params, "dest"))
+    return Request(
+        _text(params, "sessionId"), _text(params, "path"),
+        content=_text(params, "content", required=method in ("sessionFs.writeFile", "sessionFs.appendFile")),
+        recursive=_flag(params, "recursive"), force=_flag(params, "force"),
+    )
+
+
+def _fs_error(exc: Exception) -> dict[str, str]:
+    return {"code": "ENOENT" if isinstance(exc, FileNotFoundError) else "UNKNOWN", "message": str(exc)}
+
+
+def _stat(is_dir: bool, size: int, mtime: datetime, birthtime: datetime) -> dict[str, Any]:
+    return {"isFile": not is_dir, "isDirectory": is_dir, "size": size, "mtime": mtime.isoformat(),
+            "birthtime": birthtime.isoformat()}
 
 
 def _cwd_refusal(session_id: str, path: str, what: str) -> PathRefused:
@@ -87,17 +117,17 @@ class SessionFsProvider:
         self.paths = paths
         self.counters = Counters()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._methods: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[Any], Awaitable[Any]]]] = {
-            "sessionFs.readFile": (SessionFSReadFileRequest.from_dict, self._read_file),
-            "sessionFs.writeFile": (SessionFSWriteFileRequest.from_dict, self._write_file),
-            "sessionFs.appendFile": (SessionFSAppendFileRequest.from_dict, self._append_file),
-            "sessionFs.exists": (SessionFSExistsRequest.from_dict, self._exists),
-            "sessionFs.stat": (SessionFSStatRequest.from_dict, self._stat),
-            "sessionFs.mkdir": (SessionFSMkdirRequest.from_dict, self._mkdir),
-            "sessionFs.readdir": (SessionFSReaddirRequest.from_dict, self._readdir),
-            "sessionFs.readdirWithTypes": (SessionFSReaddirWithTypesRequest.from_dict, self._readdir_with_types),
-            "sessionFs.rm": (SessionFSRmRequest.from_dict, self._rm),
-            "sessionFs.rename": (SessionFSRenameRequest.from_dict, self._rename),
+        self._methods: dict[str, Callable[[Request], Awaitable[Any]]] = {
+            "sessionFs.readFile": self._read_file,
+            "sessionFs.writeFile": self._write_file,
+            "sessionFs.appendFile": self._append_file,
+            "sessionFs.exists": self._exists,
+            "sessionFs.stat": self._stat,
+            "sessionFs.mkdir": self._mkdir,
+            "sessionFs.readdir": self._readdir,
+            "sessionFs.readdirWithTypes": self._readdir_with_types,
+            "sessionFs.rm": self._rm,
+            "sessionFs.rename": self._rename,
         }
 
     @staticmethod
@@ -106,18 +136,16 @@ class SessionFsProvider:
         return {"binary": False, "sqlite": False}
 
     async def handle(self, method: str, params: dict[str, Any]) -> Any:
-        entry = self._methods.get(method)
-        if entry is None:
+        run = self._methods.get(method)
+        if run is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method} (this provider serves sessionFs.* only)")
-        parse, run = entry
         try:
-            request = parse(params)
-        except (AssertionError, TypeError, ValueError, KeyError) as exc:
-            raise RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc or type(exc).__name__}") from None
-        session_id = request.session_id
-        lock = self._locks.get(session_id)
+            request = _parse(method, params)
+        except InvalidParams as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params for {method}: {exc}") from None
+        lock = self._locks.get(request.session_id)
         if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
+            lock = self._locks[request.session_id] = asyncio.Lock()
         self.counters.requests += 1
         async with lock:
             return await run(request)
@@ -141,21 +169,21 @@ class SessionFsProvider:
         elif isinstance(exc, StoreUnavailable):
             logger.error("%s", exc)
 
-    async def _state_write(self, session_id: str, path: str, op: Callable[[str], Awaitable[None]]) -> dict | None:
-        """Run a mutating op on the session's file at `path`; the SessionFSError dict on failure, else None."""
+    async def _state_write(self, r: Request, op: Callable[[str], Awaitable[None]]) -> Result:
+        """Run a mutating op on the session's file at `r.path`; the error object on failure, else None."""
         try:
-            where = self._resolve(session_id, path)
+            where = self._resolve(r.session_id, r.path)
             if where.kind == "cwd":
-                raise _cwd_refusal(session_id, path, "changing")
+                raise _cwd_refusal(r.session_id, r.path, "changing")
             await op(where.relative)
         except (PathRefused, StoreError) as exc:
             self._note(exc)
-            return _fs_error(exc).to_dict()
+            return _fs_error(exc)
         return None
 
     # -- the requests -----------------------------------------------------------------------------------------
 
-    async def _read_file(self, r: SessionFSReadFileRequest) -> dict:
+    async def _read_file(self, r: Request) -> Result:
         try:
             where = self._resolve(r.session_id, r.path)
             if where.kind == "cwd":
@@ -164,104 +192,82 @@ class SessionFsProvider:
         except (PathRefused, StoreError) as exc:
             if not isinstance(exc, NotFound):  # the CLI probes for optional files: a miss is not a failure
                 self._note(exc)
-            return SessionFSReadFileResult(content="", error=_fs_error(exc)).to_dict()
-        return SessionFSReadFileResult(content=content).to_dict()
+            return {"content": "", "error": _fs_error(exc)}
+        return {"content": content}
 
-    async def _write_file(self, r: SessionFSWriteFileRequest) -> dict | None:
+    async def _write_file(self, r: Request) -> Result:
+        return await self._state_write(r, lambda rel: self.store.write_file(r.session_id, rel, r.content, r.path))
+
+    async def _append_file(self, r: Request) -> Result:
+        return await self._state_write(r, lambda rel: self.store.append_file(r.session_id, rel, r.content, r.path))
+
+    async def _mkdir(self, r: Request) -> Result:
+        return await self._state_write(r, lambda rel: self.store.mkdir(r.session_id, rel, r.recursive, r.path))
+
+    async def _rm(self, r: Request) -> Result:
         return await self._state_write(
-            r.session_id, r.path, lambda rel: self.store.write_file(r.session_id, rel, r.content, r.path)
+            r, lambda rel: self.store.rm(r.session_id, rel, r.recursive, r.force, r.path)
         )
 
-    async def _append_file(self, r: SessionFSAppendFileRequest) -> dict | None:
-        return await self._state_write(
-            r.session_id, r.path, lambda rel: self.store.append_file(r.session_id, rel, r.content, r.path)
-        )
-
-    async def _mkdir(self, r: SessionFSMkdirRequest) -> dict | None:
-        return await self._state_write(
-            r.session_id, r.path, lambda rel: self.store.mkdir(r.session_id, rel, bool(r.recursive), r.path)
-        )
-
-    async def _rm(self, r: SessionFSRmRequest) -> dict | None:
-        return await self._state_write(
-            r.session_id,
-            r.path,
-            lambda rel: self.store.rm(r.session_id, rel, bool(r.recursive), bool(r.force), r.path),
-        )
-
-    async def _rename(self, r: SessionFSRenameRequest) -> dict | None:
+    async def _rename(self, r: Request) -> Result:
         try:
             dest = self._resolve(r.session_id, r.dest)
             if dest.kind == "cwd":
                 raise _cwd_refusal(r.session_id, r.dest, "renaming onto")
         except PathRefused as exc:
             self._note(exc)
-            return _fs_error(exc).to_dict()
+            return _fs_error(exc)
         return await self._state_write(
-            r.session_id,
-            r.src,
-            lambda rel: self.store.rename(r.session_id, rel, dest.relative, r.src, r.dest),
+            r, lambda rel: self.store.rename(r.session_id, rel, dest.relative, r.path, r.dest)
         )
 
-    async def _exists(self, r: SessionFSExistsRequest) -> dict:
+    async def _exists(self, r: Request) -> Result:
         try:
             where = self._resolve(r.session_id, r.path)
         except PathRefused as exc:
             self._note(exc)
-            return SessionFSExistsResult(exists=False).to_dict()
+            return {"exists": False}
         if where.kind == "cwd":
-            return SessionFSExistsResult(exists=True).to_dict()
+            return {"exists": True}
         try:
             found = await self.store.exists(r.session_id, where.relative, r.path)
         except StoreError as exc:
             self._note(exc)
             raise RpcError(-32603, str(exc)) from None
-        return SessionFSExistsResult(exists=found).to_dict()
+        return {"exists": found}
 
-    async def _stat(self, r: SessionFSStatRequest) -> dict:
+    async def _stat(self, r: Request) -> Result:
         try:
             where = self._resolve(r.session_id, r.path)
             if where.kind == "cwd":
-                return SessionFSStatResult(
-                    birthtime=_EPOCH, is_directory=True, is_file=False, mtime=_EPOCH, size=0
-                ).to_dict()
+                return _stat(True, 0, _EPOCH, _EPOCH)
             info = await self.store.stat(r.session_id, where.relative, r.path)
         except (PathRefused, StoreError) as exc:
             if not isinstance(exc, NotFound):
                 self._note(exc)
-            now = datetime.now(UTC)
-            return SessionFSStatResult(
-                birthtime=now, is_directory=False, is_file=False, mtime=now, size=0, error=_fs_error(exc)
-            ).to_dict()
-        return SessionFSStatResult(
-            birthtime=info.birthtime, is_directory=info.is_directory, is_file=info.is_file, mtime=info.mtime,
-            size=info.size,
-        ).to_dict()
+            now = datetime.now(UTC).isoformat()
+            return {"isFile": False, "isDirectory": False, "size": 0, "mtime": now, "birthtime": now,
+                    "error": _fs_error(exc)}
+        return _stat(info.is_directory, info.size, info.mtime, info.birthtime)
 
-    async def _list(self, session_id: str, path: str) -> list[tuple[str, bool]]:
-        where = self._resolve(session_id, path)
+    async def _list(self, r: Request) -> list[tuple[str, bool]]:
+        where = self._resolve(r.session_id, r.path)
         if where.kind == "cwd":
-            raise _cwd_refusal(session_id, path, "listing")
-        return [(e.name, e.is_directory) for e in await self.store.readdir(session_id, where.relative, path)]
+            raise _cwd_refusal(r.session_id, r.path, "listing")
+        return [(e.name, e.is_directory) for e in await self.store.readdir(r.session_id, where.relative, r.path)]
 
-    async def _readdir(self, r: SessionFSReaddirRequest) -> dict:
+    async def _readdir(self, r: Request) -> Result:
         try:
-            entries = await self._list(r.session_id, r.path)
+            entries = await self._list(r)
         except (PathRefused, StoreError) as exc:
             self._note(exc)
-            return SessionFSReaddirResult(entries=[], error=_fs_error(exc)).to_dict()
-        return SessionFSReaddirResult(entries=[name for name, _ in entries]).to_dict()
+            return {"entries": [], "error": _fs_error(exc)}
+        return {"entries": [name for name, _ in entries]}
 
-    async def _readdir_with_types(self, r: SessionFSReaddirWithTypesRequest) -> dict:
+    async def _readdir_with_types(self, r: Request) -> Result:
         try:
-            entries = await self._list(r.session_id, r.path)
+            entries = await self._list(r)
         except (PathRefused, StoreError) as exc:
             self._note(exc)
-            return SessionFSReaddirWithTypesResult(entries=[], error=_fs_error(exc)).to_dict()
-        kinds = SessionFSReaddirWithTypesEntryType
-        return SessionFSReaddirWithTypesResult(
-            entries=[
-                SessionFSReaddirWithTypesEntry(name=name, type=kinds.DIRECTORY if is_dir else kinds.FILE)
-                for name, is_dir in entries
-            ]
-        ).to_dict()
+            return {"entries": [], "error": _fs_error(exc)}
+        return {"entries": [{"name": name, "type": "directory" if is_dir else "file"} for name, is_dir in entries]}

@@ -81,6 +81,47 @@ async def test_answers_in_the_protocol_shapes(setup: Setup) -> None:
     assert forms["home"] == 1 and forms["cwd"] == 1 and forms["registered"] >= 6
 
 
+async def test_requests_and_answers_match_the_sdks_own_types(setup: Setup) -> None:
+    """The shapes are written out by hand (see provider.py); the SDK's generated classes are the reference."""
+    from copilot import rpc
+
+    sid = await setup.leased_session()
+    state = "/session-state"
+    calls: list[tuple[str, Any, Any]] = [
+        ("mkdir", rpc.SessionFSMkdirRequest(path=f"{state}/d", session_id=sid, recursive=True), None),
+        ("writeFile", rpc.SessionFSWriteFileRequest(content="é\n", path=f"{state}/d/f", session_id=sid), None),
+        ("appendFile", rpc.SessionFSAppendFileRequest(content="x", path=f"{state}/d/f", session_id=sid), None),
+        ("readFile", rpc.SessionFSReadFileRequest(path=f"{state}/d/f", session_id=sid), rpc.SessionFSReadFileResult),
+        ("readFile", rpc.SessionFSReadFileRequest(path=f"{state}/nope", session_id=sid),
+         rpc.SessionFSReadFileResult),
+        ("stat", rpc.SessionFSStatRequest(path=f"{state}/d/f", session_id=sid), rpc.SessionFSStatResult),
+        ("stat", rpc.SessionFSStatRequest(path=f"{state}/nope", session_id=sid), rpc.SessionFSStatResult),
+        ("exists", rpc.SessionFSExistsRequest(path=f"{state}/d", session_id=sid), rpc.SessionFSExistsResult),
+        ("readdir", rpc.SessionFSReaddirRequest(path=f"{state}/d", session_id=sid), rpc.SessionFSReaddirResult),
+        ("readdirWithTypes", rpc.SessionFSReaddirWithTypesRequest(path=state, session_id=sid),
+         rpc.SessionFSReaddirWithTypesResult),
+        ("rename", rpc.SessionFSRenameRequest(dest=f"{state}/g", session_id=sid, src=f"{state}/d/f"), None),
+        ("rm", rpc.SessionFSRmRequest(path=f"{state}/d", session_id=sid, force=False, recursive=True), None),
+        ("rm", rpc.SessionFSRmRequest(path=f"{state}/nope", session_id=sid), None),
+    ]
+    parsed = []
+    for method, request, result_type in calls:
+        answer = await setup.call(method, **request.to_dict())
+        if result_type is None:  # a write answers nothing, or an error object
+            if answer is not None:
+                parsed.append(rpc.SessionFSError.from_dict(answer))
+            continue
+        parsed.append(result_type.from_dict(answer))
+    read, missing, stat, missing_stat, exists, listing, typed, rm_missing = parsed
+    assert read.content == "é\nx" and read.error is None
+    assert missing.error.code == rpc.SessionFSErrorCode.ENOENT
+    assert stat.is_file and stat.size == len("é\nx".encode()) and stat.mtime >= stat.birthtime
+    assert missing_stat.error.code == rpc.SessionFSErrorCode.ENOENT
+    assert exists.exists and listing.entries == ["f"]
+    assert [(e.name, e.type.value) for e in typed.entries] == [("d", "directory")]
+    assert rm_missing.code == rpc.SessionFSErrorCode.ENOENT
+
+
 async def test_missing_files_are_enoent_and_other_errors_unknown(setup: Setup) -> None:
     sid = await setup.leased_session()
     missing = await setup.call("readFile", sessionId=sid, path="/session-state/plan.md")
@@ -139,7 +180,11 @@ async def test_bad_requests_get_json_rpc_errors(setup: Setup) -> None:
     assert unknown.value.code == -32601
     with pytest.raises(RpcError) as invalid:
         await setup.call("readFile", sessionId="u-1-a-b-1-0123abcd")  # no path
-    assert invalid.value.code == -32602
+    assert invalid.value.code == -32602 and "'path' must be a string" in invalid.value.message
+    with pytest.raises(RpcError, match="'recursive' must be true or false"):
+        await setup.call("mkdir", sessionId="u-1-a-b-1-0123abcd", path="/session-state/x", recursive="yes")
+    with pytest.raises(RpcError, match="'content' must be a string"):
+        await setup.call("appendFile", sessionId="u-1-a-b-1-0123abcd", path="/session-state/x")
 
 
 async def test_one_sessions_requests_keep_their_order(setup: Setup) -> None:
