@@ -30,7 +30,7 @@ from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistratio
 from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.redis_store import RedisSessionStore
 
-from .conftest import RedisServer, require_cli, start_provider
+from .conftest import CLI_BINARY, CLI_CACHE, RedisServer, require_cli, start_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.fleet]
 NOBODY = 65534
@@ -45,8 +45,14 @@ def machine() -> Iterator[Path]:
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} is missing (it runs the probe as the CLI's user)")
     require_cli()
+    for needed in (CLI_BINARY, CLI_CACHE):
+        reachable = subprocess.run(["test", "-r", str(needed)], user=NOBODY, group=NOBODY, extra_groups=[])
+        if reachable.returncode != 0:
+            pytest.skip(f"{needed} is not readable by uid {NOBODY}, who runs the CLI here: the project must sit "
+                        "in a directory other users can traverse")
     base = Path(tempfile.mkdtemp(prefix="store-isolation-"))
     base.chmod(0o755)  # the CLI's user must reach its home and working directory below
+    shutil.copy(PROBE, base / PROBE.name)  # where the CLI's user can read it, wherever the project sits
     try:
         yield base
     finally:
@@ -116,7 +122,7 @@ async def test_a_tool_run_in_alices_cli_cannot_reach_bobs_history(machine: Path,
             "own_user": acl_user_name("alice"),
             "own_password": passwords["alice"],
         }
-        probe = subprocess.run([SYSTEM_PYTHON, str(PROBE), json.dumps(plan)], env=cli_env, user=NOBODY,
+        probe = subprocess.run([SYSTEM_PYTHON, str(machine / PROBE.name), json.dumps(plan)], env=cli_env, user=NOBODY,
                                group=NOBODY, extra_groups=[], cwd=machine, capture_output=True, text=True,
                                timeout=60)
         assert probe.returncode == 0, probe.stderr
