@@ -312,7 +312,8 @@ def report(results: dict[str, Any]) -> str:
     p = results.get("persistence")
     if p:
         out += ["## What a redis-server crash (SIGKILL) loses", "",
-                f"disk fdatasync of a small append: p50 {p['fsync_ms']['p50']:.2f} ms, p99 {p['fsync_ms']['p99']:.2f} ms",
+                f"disk fdatasync of a small append: p50 {p['fsync_ms']['p50']:.2f} ms, "
+                f"p99 {p['fsync_ms']['p99']:.2f} ms",
                 "", "| appendfsync | round | acknowledged | present after restart | lost | torn lines | append p50 ms "
                 "| append p99 ms |", "|---|---|---|---|---|---|---|---|"]
         for policy in ("everysec", "always"):

@@ -93,7 +93,9 @@ async def list_sessions(
                     out.append(session)
         return out
     except redis.exceptions.RedisError as exc:
-        raise StoreUnavailable(f"listing sessions: the store (Redis at {describe_redis(client)}) failed: {exc}") from exc
+        raise StoreUnavailable(
+            f"listing sessions: the store (Redis at {describe_redis(client)}) failed: {exc}"
+        ) from exc
 
 
 def _stored(keys: StoreKeys, sid: str, meta: dict, holder: bytes | None, bound: bytes | None) -> StoredSession:

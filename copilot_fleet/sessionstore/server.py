@@ -199,7 +199,9 @@ class Provider:
         try:
             await self.registration.take()
         except redis.exceptions.RedisError as exc:
-            raise ProviderStartError(f"could not register server {self.identity.server_id} in the store: {exc}") from exc
+            raise ProviderStartError(
+                f"could not register server {self.identity.server_id} in the store: {exc}"
+            ) from exc
         block_local_session_state(config.copilot_home)
         if config.cli_user is not None:
             hand_over(config.copilot_home, config.cli_user, config.cli_group)

@@ -46,7 +46,12 @@ async def main(args: argparse.Namespace) -> int:
             on_permission_request=PermissionHandler.approve_all,
         )
         say("attached")
-        session.on(lambda e: say("turn_started") if getattr(e.type, "value", e.type) == "assistant.turn_start" else None)
+        def on_event(event: object) -> None:
+            kind = getattr(event, "type", None)
+            if getattr(kind, "value", kind) == "assistant.turn_start":
+                say("turn_started")
+
+        session.on(on_event)
         try:
             message = await session.send_and_wait(args.prompt, timeout=120)
             say("reply", text=message.data.content if message is not None else None)

@@ -204,7 +204,8 @@ async def test_one_sessions_requests_keep_their_order(setup: Setup) -> None:
 
 def frame(message: dict[str, Any]) -> bytes:
     body = json.dumps(message).encode()
-    return b"Content-Length: %d\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n%s" % (len(body), body)
+    header = b"Content-Length: %d\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n" % len(body)
+    return header + body
 
 
 async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any]:
