@@ -37,7 +37,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 40.0) -> int:
+def stop_process(proc: subprocess.Popen, timeout: float = 150.0) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -169,7 +169,7 @@ def start_provider(root: Path, name: str, redis_url: str, token: str, *, scope: 
     proc = subprocess.Popen(
         [sys.executable, "-m", "copilot_fleet.sessionstore", "--cli", str(cli), "--home", str(where / "home"),
          "--workdir", str(where), "--server-id", name, "--scope", scope, "--port", str(port),
-         "--ready-file", str(where / "ready.json"), *args],
+         "--ready-file", str(where / "ready.json"), "--stop-grace", "120", *args],
         cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )
     try:

@@ -2,7 +2,7 @@
 the store refuses the late writes (0 diverged histories); a shared directory cannot (the control diverges).
 
 Each round: a session with one turn; an application process (lease_holder.py, its own process) takes the lease
-(TTL 2 s), attaches the session on server A and starts a turn the test model answers after 5 s. As soon as the CLI
+(TTL 2 s), attaches the session on server A and starts a turn the test model answers after 8 s. As soon as the CLI
 starts the turn, the application and server A are frozen with SIGSTOP. When Redis reports the lease key expired,
 a second client takes the lease, attaches on server B and takes a turn. Then A and the application are thawed:
 A finishes its turn and writes. A history diverged if its events.jsonl is not one chain (faults/history.py).
@@ -202,7 +202,7 @@ async def paused_holder_round(fleet: Fleet, mode: Mode) -> Outcome:
     env = {**os.environ, "STORE_TEST_REDIS_URL": fleet.redis.url, "COPILOT_CONNECTION_TOKEN": fleet.token}
     holder = subprocess.Popen(
         [sys.executable, str(HOLDER), "--session", sid, "--address", mode.a.address, "--server-id", mode.a.name,
-         "--ttl", str(HOLDER_TTL), "--prompt", "sleep: 5 remember: banana", "--base-url", fleet.model.base_url,
+         "--ttl", str(HOLDER_TTL), "--prompt", "sleep: 8 remember: banana", "--base-url", fleet.model.base_url,
          "--api-key", fleet.model.api_key, *(["--bind"] if mode.bind else [])],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
     )
