@@ -202,9 +202,12 @@ class Provider:
             raise ProviderStartError(
                 f"could not register server {self.identity.server_id} in the store: {exc}"
             ) from exc
-        block_local_session_state(config.copilot_home)
-        if config.cli_user is not None:
-            hand_over(config.copilot_home, config.cli_user, config.cli_group)
+        try:
+            block_local_session_state(config.copilot_home)
+            if config.cli_user is not None:
+                hand_over(config.copilot_home, config.cli_user, config.cli_group)
+        except OSError as exc:
+            raise ProviderStartError(f"could not prepare COPILOT_HOME {config.copilot_home}: {exc}") from exc
         env = cli_environment(os.environ, config.copilot_home, config.token)
         try:
             self.cli = await CliProcess.start(
