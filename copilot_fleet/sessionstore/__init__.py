@@ -8,6 +8,6 @@ lost its right to a session cannot write to it, whatever it believes.
 Modules: paths (the CLI's paths -> one key per session file), store (interface and errors), keys and lua (the Redis
 layout and scripts), redis_store (the Redis backend), fencing (binding leases to servers; server registration),
 provider (the sessionFs requests), jsonrpc (the connection to the CLI), cli_process and server (the process),
-admin (listing, deleting and cleaning up sessions in the store), acl (a Redis ACL user per scope), nodelay
-(TCP_NODELAY on an application's SDK connections). docs/session-store.md explains the design and the figures.
+admin (listing, deleting and cleaning up sessions in the store), acl (a Redis ACL user per scope).
+docs/session-store.md explains the design and the figures.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -25,6 +26,7 @@ import redis.exceptions
 from copilot_fleet.client.errors import FleetClientError, SessionInUse
 from copilot_fleet.client.ids import parse_session_id
 from copilot_fleet.client.lease import LeaseManager
+from copilot_fleet.errors import FleetError
 
 from .fencing import NO_SERVER, BindRefused, bind_lease
 from .keys import StoreKeys
@@ -54,8 +56,11 @@ def _ms_time(value: bytes | str | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str | None:
+    """A Redis reply as text (the admin's clients answer bytes)."""
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,9 @@ async def list_sessions(
         ) from exc
 
 
-def _stored(keys: StoreKeys, sid: str, meta: dict, holder: bytes | None, bound: bytes | None) -> StoredSession:
+def _stored(
+    keys: StoreKeys, sid: str, meta: dict[Any, Any], holder: bytes | None, bound: bytes | None
+) -> StoredSession:
     meta = {_text(k): _text(v) for k, v in meta.items()}
     try:
         parts = parse_session_id(sid)
@@ -125,10 +132,11 @@ def _stored(keys: StoreKeys, sid: str, meta: dict, holder: bytes | None, bound: 
 
 async def read_file(client: aioredis.Redis, keys: StoreKeys, session_id: str, relative: str) -> bytes | None:
     """A session file's bytes as stored (None if absent): for status, tests and history checks."""
-    return await client.get(keys.content(session_id, relative))
+    value = await client.get(keys.content(session_id, relative))
+    return value.encode() if isinstance(value, str) else value
 
 
-class NotLeased(RuntimeError):
+class NotLeased(FleetError, RuntimeError):
     """The caller does not hold the session's lease (any more): nothing was deleted."""
 
 

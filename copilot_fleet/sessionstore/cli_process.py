@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import re
@@ -111,10 +112,8 @@ class CliProcess:
 
     def signal(self, signum: int) -> None:
         if self.proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
                 self.proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     async def wait(self) -> int:
         code = await self.proc.wait()

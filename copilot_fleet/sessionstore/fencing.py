@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from copilot_fleet.errors import FleetError
+
 from .keys import StoreKeys
 from .lua import BIND_SCRIPT, RENEW_REGISTRATION_SCRIPT, UNREGISTER_SCRIPT
 
@@ -74,7 +76,7 @@ class ServerIdentity:
         validate_server_id(self.server_id)
 
 
-class BindRefused(RuntimeError):
+class BindRefused(FleetError, RuntimeError):
     """The lease token given is not (or no longer) the session's lease: nothing was bound."""
 
 
@@ -104,7 +106,7 @@ async def bind_lease(
         )
 
 
-class RegistrationLost(RuntimeError):
+class RegistrationLost(FleetError, RuntimeError):
     """Another instance registered this server id: this instance must stop serving."""
 
 

@@ -4,8 +4,9 @@ to its CLI server.
 Why not the SDK's `JsonRpcClient`: it lives in a private module (`copilot._jsonrpc`), reads in a thread and hops
 to an executor thread for every write, and only its private `SocketWrapper._socket` holds the socket, so
 TCP_NODELAY could only be set through private state. The provider's whole job is answering many small requests
-fast; here it owns its socket (TCP_NODELAY set and checked with the standard library), and the protocol it needs
-is small: Content-Length framed messages, requests in both directions, responses, and notifications it may ignore.
+fast; here it owns its socket (TCP_NODELAY set and read back with `copilot_fleet.nodelay.set_nodelay`, where the
+project sets it on every connection to a CLI server), and the protocol it needs is small: Content-Length framed
+messages, requests in both directions, responses, and notifications it may ignore.
 
 Requests from the server are handed to `handler(method, params)`; the handler decides ordering (the provider keeps
 each session's requests in arrival order). A handler that raises `RpcError` answers with that code and message;
@@ -18,9 +19,11 @@ import asyncio
 import itertools
 import json
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from copilot_fleet.errors import FleetError
+from copilot_fleet.nodelay import set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ INTERNAL_ERROR = -32603
 RequestHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
-class RpcError(Exception):
+class RpcError(FleetError):
     """A JSON-RPC error answer (from the peer, or to send to it)."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -43,16 +46,8 @@ class RpcError(Exception):
         self.data = data
 
 
-class ConnectionClosed(Exception):
+class ConnectionClosed(FleetError):
     """The connection ended before an answer came."""
-
-
-def set_nodelay(sock: socket.socket) -> bool:
-    """Turn Nagle's algorithm off on a TCP socket; True if it is now off (False for non-TCP sockets)."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
-        return False
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 class JsonRpcPeer:

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from copilot_fleet.client.ids import validate_session_id
+from copilot_fleet.errors import FleetError
 
 # Bounds that keep one key name and one session's tree small; far above what the CLI uses (longest seen: 72).
 MAX_RELATIVE_PATH_BYTES = 1024
 MAX_DEPTH = 32
 
 
-class PathRefused(ValueError):
+class PathRefused(FleetError, ValueError):
     """A path that is not inside the session it was sent for; the message names the session, path and why."""
 
 

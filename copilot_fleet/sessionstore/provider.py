@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from copilot_fleet.errors import FleetError
+
 from .jsonrpc import METHOD_NOT_FOUND, RpcError
 from .paths import PathRefused, Resolved, SessionPaths
 from .store import FencedWrite, NotFound, SessionStore, StoreError, StoreUnavailable
@@ -38,7 +40,7 @@ _EPOCH = datetime.fromtimestamp(0, tz=UTC)
 Result = dict[str, Any] | None
 
 
-class InvalidParams(ValueError):
+class InvalidParams(FleetError, ValueError):
     pass
 
 

@@ -39,6 +39,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from copilot_fleet.errors import FleetError
+
 from .cli_process import CliProcess, cli_environment
 from .fencing import DEFAULT_REGISTRATION_TTL_SECONDS, ServerIdentity, ServerRegistration
 from .jsonrpc import ConnectionClosed, JsonRpcPeer, RpcError
@@ -57,7 +59,7 @@ READY_PREFIX = "session store provider ready"
 CLOSE_TO_EXIT_SECONDS = 5.0
 
 
-class ProviderStartError(RuntimeError):
+class ProviderStartError(FleetError, RuntimeError):
     """The provider could not start; the message says which step failed and why."""
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from copilot_fleet.errors import FleetError
 
-class StoreError(OSError):
+
+class StoreError(FleetError, OSError):
     """Base of every error a store raises on purpose; `str()` names the session and path."""
 
 
