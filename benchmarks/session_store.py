@@ -6,7 +6,7 @@
    on server B, turn, detach, release. Three arms, interleaved (the order rotates every round): `volume` (two bare
    CLIs on one shared session-state/), `store` (two provider-backed CLIs, one Redis), `store, Nagle on` (the same
    with the application's SDK connections as SDK 1.0.25 opens them). Every application connection of the other two
-   arms has TCP_NODELAY (sessionstore/nodelay.py); the provider's own connection always has it.
+   arms has TCP_NODELAY (copilot_fleet.nodelay.cli_client); the provider's own connection always has it.
 2. Provider memory (RSS, idle and after the cycles), sessionFs requests per cycle (Redis EVALSHA calls), store
    bytes per session (logical and Redis MEMORY USAGE).
 3. Persistence: appends through the store's own script as fast as one writer can, redis-server SIGKILLed at a
@@ -32,21 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import store_processes as procs  # noqa: E402
+import redis.asyncio as aioredis
+from copilot import CopilotClient, PermissionHandler
 
-import redis.asyncio as aioredis  # noqa: E402
-from copilot import CopilotClient, PermissionHandler, RuntimeConnection  # noqa: E402
-
-from copilot_fleet.client.ids import new_session_id  # noqa: E402
-from copilot_fleet.client.lease import LeaseManager  # noqa: E402
-from copilot_fleet.sessionstore.admin import delete_session  # noqa: E402
-from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistration, bind_lease  # noqa: E402
-from copilot_fleet.sessionstore.keys import StoreKeys  # noqa: E402
-from copilot_fleet.sessionstore.nodelay import nodelay_connections_to  # noqa: E402
-from copilot_fleet.sessionstore.redis_store import RedisSessionStore  # noqa: E402
-from copilot_fleet.testmodel import serve  # noqa: E402
+import common
+from copilot_fleet.client.ids import new_session_id
+from copilot_fleet.client.lease import LeaseManager
+from copilot_fleet.sessionstore.admin import delete_session
+from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistration, bind_lease
+from copilot_fleet.sessionstore.keys import StoreKeys
+from copilot_fleet.sessionstore.redis_store import RedisSessionStore
+from copilot_fleet.testmodel import serve
+from tests.helpers import store_processes as procs
 
 OPS = ("create", "turn", "resume", "turn on B", "cycle")
 KEYS = StoreKeys("shared")
@@ -73,11 +70,7 @@ class Arm:
 
     async def client(self, server: Any, token: str) -> CopilotClient:
         if server.address not in self.clients:
-            client = CopilotClient(connection=RuntimeConnection.for_uri(server.address, connection_token=token))
-            await client.start()
-            if self.nodelay:
-                nodelay_connections_to(server.address)
-            self.clients[server.address] = client
+            self.clients[server.address] = await common.sdk_client(server.address, token, as_shipped=not self.nodelay)
         return self.clients[server.address]
 
 
@@ -132,8 +125,9 @@ class Bench:
                 t = time.perf_counter()
                 reply = await session.send_and_wait("remember: apple" if step == "A" else "recall", timeout=120)
                 times["turn" if step == "A" else "turn on B"] = time.perf_counter() - t
-                if step == "B" and (reply is None or "apple" not in reply.data.content):
-                    raise RuntimeError(f"resume on B lost the history: {reply and reply.data.content!r}")
+                text = str(getattr(reply.data, "content", None)) if reply is not None else ""
+                if step == "B" and "apple" not in text:
+                    raise RuntimeError(f"resume on B lost the history: {text!r}")
                 await session.disconnect()
         times["cycle"] = time.perf_counter() - began
         arm.sessions.append(sid)
@@ -148,13 +142,10 @@ class Bench:
         leases = LeaseManager(admin, ttl=30)
         idle = {p.name: rss_mib(p.proc.pid) for p in (self.p1, self.p2)}
         try:
-            for arm in arms:  # the Nagle arm's clients connect after: the nodelay scan must not reach them
+            arms.append(Arm("store, Nagle on", self.p1, self.p2, bind=True, nodelay=False))
+            for arm in arms:
                 for server in (arm.a, arm.b):
                     await arm.client(server, self.token)
-            nagle = Arm("store, Nagle on", self.p1, self.p2, bind=True, nodelay=False)
-            for server in (nagle.a, nagle.b):
-                await nagle.client(server, self.token)
-            arms.append(nagle)
             for arm in arms:  # warm-up: caches, first connections
                 await self.cycle(arm, leases, admin, record=False)
             budget = common.Budget(max_count=n, max_seconds=max_seconds)
@@ -252,6 +243,7 @@ async def crash_round(root: Path, policy: str, seconds: float) -> dict[str, Any]
     check = aioredis.from_url(server.url)
     try:
         raw = await check.get(keys.content(sid, "events.jsonl")) or b""
+        assert isinstance(raw, bytes)  # a client without decode_responses
     finally:
         await check.aclose()
         server.stop()

@@ -37,15 +37,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; its exit status."""
     if proc.poll() is not None:
-        return
+        return proc.returncode
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=timeout)
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(timeout=timeout)
+        return proc.wait(timeout=timeout)
 
 
 @dataclass

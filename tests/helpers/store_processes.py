@@ -1,5 +1,5 @@
-"""Real processes for the session store's tests and benchmarks: redis-server, provider processes with their
-Copilot CLI, bare CLIs on a shared directory (the volume mode, for contrast).
+"""Real processes for the session store's tests and its benchmark (benchmarks/session_store.py): redis-server,
+provider processes with their Copilot CLI, bare CLIs on a shared directory (the volume mode, for contrast).
 
 Every process listens on 127.0.0.1 only and is stopped by its PID. Starts return on the process' ready line; the
 timeouts only bound how long a broken start takes to fail.
@@ -12,39 +12,33 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 
-REDIS_SERVER = "/usr/bin/redis-server"
-ROOT = Path(__file__).resolve().parents[1]
-CLI_BINARY = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
-CLI_CACHE = ROOT / ".tools/copilot-cache"
+from tests.helpers.processes import CLI_BINARY, CLI_CACHE, REDIS_SERVER, ROOT, free_port, stop_process
+
+__all__ = ["CLI_BINARY", "CLI_CACHE", "READY", "REDIS_SERVER", "ROOT", "STOP_BOUND", "BareCli", "ProviderProcess",
+           "RedisServer", "free_port", "require_cli", "start_bare_cli", "start_provider", "stop_process",
+           "wait_line"]
+
 READY = re.compile(r"session store provider ready: server (\S+) on port (\d+) \(cli pid (\d+)\)")
 CLI_READY = re.compile(r"CLI server listening on port (\d+)")
 REDIS_READY = re.compile(r"Ready to accept connections")
 START_TIMEOUT = 90.0  # a bound for a broken start, not a wait: each start returns on its ready line
+# A bound for a broken stop: a provider stops its CLI first and waits for its sessions (--stop-grace).
+STOP_BOUND = 150.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 150.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait(timeout=timeout)
+def require_cli() -> None:
+    if not CLI_BINARY.exists():
+        pytest.skip(f"Copilot CLI binary missing at {CLI_BINARY} (bash scripts/setup.sh)")
 
 
 def wait_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
@@ -99,7 +93,7 @@ class RedisServer:
         try:
             wait_line(self.proc, REDIS_READY, START_TIMEOUT, f"redis-server on port {self.port}")
         except RuntimeError:
-            stop_process(self.proc)
+            stop_process(self.proc, STOP_BOUND)
             raise
 
     def client(self) -> redis.Redis:
@@ -107,7 +101,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_process(self.proc, STOP_BOUND)
 
 
 @dataclass
@@ -133,8 +127,9 @@ class ProviderProcess:
     def ready_file(self) -> Path:
         return self.root / "ready.json"
 
-    def ready_info(self) -> dict:
-        return json.loads(self.ready_file.read_text())
+    def ready_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(self.ready_file.read_text())
+        return info
 
     def pause(self) -> None:
         for pid in (self.proc.pid, self.cli_pid):
@@ -145,7 +140,7 @@ class ProviderProcess:
             os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> int:
-        return stop_process(self.proc)
+        return stop_process(self.proc, STOP_BOUND)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -175,7 +170,7 @@ def start_provider(root: Path, name: str, redis_url: str, token: str, *, scope: 
     try:
         match = wait_line(proc, READY, START_TIMEOUT, f"provider {name}")
     except RuntimeError as exc:
-        stop_process(proc)
+        stop_process(proc, STOP_BOUND)
         raise RuntimeError(f"{exc}\nprovider log: {log.read_text()[-3000:]}") from None
     return ProviderProcess(name, where, proc, int(match.group(2)), int(match.group(3)), log)
 
@@ -199,7 +194,7 @@ class BareCli:
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> int:
-        return stop_process(self.proc)
+        return stop_process(self.proc, STOP_BOUND)
 
 
 def start_bare_cli(root: Path, name: str, shared_state: Path, token: str) -> BareCli:

@@ -1,5 +1,5 @@
 """Fixtures for the session store's tests: a redis-server per module, the test model, a work directory; the
-processes themselves are benchmarks/store_processes.py (the benchmark starts the same ones).
+processes themselves are tests/helpers/store_processes.py (benchmarks/session_store.py starts the same ones).
 
 Waits are for events (a ready line on a pipe, a Redis keyspace notification, a process exit); the timeouts only
 bound how long a broken run takes to fail.
@@ -9,35 +9,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from store_processes import (  # noqa: E402
-    CLI_BINARY,
-    CLI_CACHE,
-    READY,
-    REDIS_READY,
-    REDIS_SERVER,
-    ROOT,
-    START_TIMEOUT,
-    BareCli,
-    ProviderProcess,
-    RedisServer,
-    free_port,
-    start_bare_cli,
-    start_provider,
-    stop_process,
-    wait_line,
-)
-
-__all__ = ["CLI_BINARY", "CLI_CACHE", "READY", "REDIS_READY", "ROOT", "START_TIMEOUT", "BareCli",
-           "ProviderProcess", "RedisServer", "free_port", "start_bare_cli", "start_provider", "stop_process",
-           "wait_line"]
+from tests.helpers.store_processes import REDIS_SERVER, RedisServer
 
 
 @pytest.fixture
@@ -55,11 +32,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
-
-
-def require_cli() -> None:
-    if not CLI_BINARY.exists():
-        pytest.skip(f"Copilot CLI binary missing at {CLI_BINARY} (bash scripts/setup.sh)")
 
 
 @pytest.fixture(scope="module")

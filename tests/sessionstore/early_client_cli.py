@@ -19,7 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from copilot import CopilotClient, PermissionHandler, RuntimeConnection
+from copilot import CopilotClient, PermissionHandler
+
+from copilot_fleet.nodelay import cli_client
 
 REAL_CLI = os.environ["EARLY_REAL_CLI"]
 KEEP: list[CopilotClient] = []  # the early client lives as long as this process
@@ -30,10 +32,7 @@ def die_with_parent() -> None:
 
 
 async def early_create(port: int) -> dict[str, object]:
-    client = CopilotClient(
-        connection=RuntimeConnection.for_uri(f"127.0.0.1:{port}",
-                                             connection_token=os.environ["COPILOT_CONNECTION_TOKEN"])
-    )
+    client = cli_client(f"127.0.0.1:{port}", os.environ["COPILOT_CONNECTION_TOKEN"])
     try:
         await client.start()
         await client.create_session(session_id="u-5-early-race-1700000000-0123abcd",

@@ -14,12 +14,12 @@ import os
 import sys
 
 import redis.asyncio as aioredis
-from copilot import CopilotClient, PermissionHandler, RuntimeConnection
+from copilot import PermissionHandler
 
 from copilot_fleet.client.lease import LeaseManager
+from copilot_fleet.nodelay import cli_client
 from copilot_fleet.sessionstore.fencing import bind_lease
 from copilot_fleet.sessionstore.keys import StoreKeys
-from copilot_fleet.sessionstore.nodelay import nodelay_connections_to
 
 
 def say(event: str, **data: object) -> None:
@@ -33,11 +33,8 @@ async def main(args: argparse.Namespace) -> int:
     lease.start_renewing()
     if args.bind:
         await bind_lease(client_redis, StoreKeys(args.scope), args.session, lease.token, args.server_id)
-    client = CopilotClient(
-        connection=RuntimeConnection.for_uri(args.address, connection_token=os.environ["COPILOT_CONNECTION_TOKEN"])
-    )
+    client = cli_client(args.address, os.environ["COPILOT_CONNECTION_TOKEN"])
     await client.start()
-    nodelay_connections_to(args.address)
     try:
         session = await client.resume_session(
             args.session,
@@ -54,7 +51,7 @@ async def main(args: argparse.Namespace) -> int:
         session.on(on_event)
         try:
             message = await session.send_and_wait(args.prompt, timeout=120)
-            say("reply", text=message.data.content if message is not None else None)
+            say("reply", text=getattr(message.data, "content", None) if message is not None else None)
         except Exception as exc:  # the outcome is what the test reads
             say("error", error=str(exc))
         say("lease", lost=lease.lost, reason=lease.lost_reason)

@@ -26,15 +26,15 @@ from typing import Any, Protocol
 
 import pytest
 import redis.asyncio as aioredis
-from copilot import CopilotClient, PermissionHandler, RuntimeConnection
+from copilot import PermissionHandler
 
 from copilot_fleet.client.ids import new_session_id
 from copilot_fleet.client.lease import LeaseManager
-from copilot_fleet.faults.history import History, check_history
+from copilot_fleet.nodelay import cli_client
 from copilot_fleet.sessionstore.fencing import bind_lease
 from copilot_fleet.sessionstore.keys import StoreKeys
-
-from .conftest import (
+from faults.history import History, check_history
+from tests.helpers.store_processes import (
     BareCli,
     ProviderProcess,
     RedisServer,
@@ -99,7 +99,8 @@ def fleet(workdir: Path, redis_server: RedisServer, model: Any) -> Iterator[Flee
         async def store_events(sid: str) -> bytes | None:
             client = aioredis.from_url(redis_server.url)
             try:
-                return await client.get(keys.content(sid, "events.jsonl"))
+                value = await client.get(keys.content(sid, "events.jsonl"))
+                return value.encode() if isinstance(value, str) else value
             finally:
                 await client.aclose()
 
@@ -162,7 +163,7 @@ class Client:
     def __init__(self, fleet: Fleet, mode: Mode, server: Server, sid: str) -> None:
         self.fleet, self.mode, self.server, self.sid = fleet, mode, server, sid
         self.redis = aioredis.from_url(fleet.redis.url)
-        self.sdk = CopilotClient(connection=RuntimeConnection.for_uri(server.address, connection_token=fleet.token))
+        self.sdk = cli_client(server.address, fleet.token)
         self.options = {"provider": fleet.model.provider(), "model": "copilot-fleet-test",
                         "on_permission_request": PermissionHandler.approve_all}
 
@@ -180,7 +181,7 @@ class Client:
         else:
             self.session = await self.sdk.resume_session(self.sid, **self.options)
         reply = await self.session.send_and_wait(prompt, timeout=BOUND)
-        return reply.data.content if reply is not None else ""
+        return str(getattr(reply.data, "content", "")) if reply is not None else ""
 
     async def __aexit__(self, *exc: object) -> None:
         try:

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
+from tests.helpers.store_processes import (
     CLI_BINARY,
     READY,
     ROOT,
+    STOP_BOUND,
     RedisServer,
     require_cli,
     start_provider,
@@ -72,7 +73,7 @@ def test_sigterm_stops_the_cli_first_then_the_provider(tmp_path: Path, redis_ser
                                                        token: str) -> None:
     provider = start_provider(tmp_path, "p", redis_server.url, token)
     registration = redis_server.client().get("copilot-fleet:store:shared:server:p")
-    assert registration is not None and registration.decode() == provider.ready_info()["instance"]
+    assert isinstance(registration, bytes) and registration.decode() == provider.ready_info()["instance"]
     assert provider.stop() == 0
     assert wait_gone(provider.cli_pid)
     assert not provider.ready_file.exists()
@@ -162,7 +163,7 @@ def test_a_session_created_before_registration_fails_and_leaves_nothing(tmp_path
         assert (where / "home" / "session-state").is_symlink()
         assert not list(where.rglob("*early-race*"))
     finally:
-        assert stop_process(proc) == 0
+        assert stop_process(proc, STOP_BOUND) == 0
 
 
 def test_registration_refused_while_a_session_is_active_stops_the_server(tmp_path: Path,

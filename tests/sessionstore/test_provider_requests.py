@@ -20,8 +20,7 @@ from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.paths import SessionPaths
 from copilot_fleet.sessionstore.provider import SessionFsProvider
 from copilot_fleet.sessionstore.redis_store import RedisSessionStore
-
-from .conftest import RedisServer
+from tests.helpers.store_processes import RedisServer
 
 pytestmark = pytest.mark.anyio
 HOME = "/srv/s1/home"
@@ -104,7 +103,7 @@ async def test_requests_and_answers_match_the_sdks_own_types(setup: Setup) -> No
         ("rm", rpc.SessionFSRmRequest(path=f"{state}/d", session_id=sid, force=False, recursive=True), None),
         ("rm", rpc.SessionFSRmRequest(path=f"{state}/nope", session_id=sid), None),
     ]
-    parsed = []
+    parsed: list[Any] = []
     for method, request, result_type in calls:
         answer = await setup.call(method, **request.to_dict())
         if result_type is None:  # a write answers nothing, or an error object

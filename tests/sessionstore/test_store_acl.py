@@ -16,8 +16,7 @@ from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistratio
 from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.redis_store import RedisSessionStore
 from copilot_fleet.sessionstore.store import StoreUnavailable
-
-from .conftest import RedisServer
+from tests.helpers.store_processes import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -94,10 +93,10 @@ async def test_each_users_server_reaches_only_its_own_history(users: TwoUsers) -
                 await alice.execute_command(*command)
 
         # Nor can alice's credentials list key names, change the server, or listen in.
-        for command in (("KEYS", "*"), ("SCAN", "0"), ("RANDOMKEY",), ("CONFIG", "GET", "*"), ("FLUSHALL",),
+        for forbidden in (("KEYS", "*"), ("SCAN", "0"), ("RANDOMKEY",), ("CONFIG", "GET", "*"), ("FLUSHALL",),
                         ("ACL", "LIST"), ("MONITOR",), ("SUBSCRIBE", "x"), ("CLIENT", "LIST")):
             with pytest.raises(redis.exceptions.NoPermissionError):
-                await alice.execute_command(*command)
+                await alice.execute_command(*forbidden)
 
         # Alice's server reads its own sessions' leases, and may not write any lease.
         own = users.sid(users.alice)
@@ -106,7 +105,8 @@ async def test_each_users_server_reaches_only_its_own_history(users: TwoUsers) -
             await alice.set(users.keys(users.alice).lease(own), "forged")
 
         # Bob's data is intact.
-        assert (await users.admin.get(bob_keys.content(bob_sid, "events.jsonl"))).startswith(b'{"secret"')
+        stored = await users.admin.get(bob_keys.content(bob_sid, "events.jsonl"))
+        assert isinstance(stored, bytes) and stored.startswith(b'{"secret"')
     finally:
         await alice.aclose()
         await bob.aclose()

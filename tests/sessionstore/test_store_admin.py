@@ -15,8 +15,7 @@ from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistratio
 from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.redis_store import RedisSessionStore
 from copilot_fleet.sessionstore.store import FencedWrite
-
-from .conftest import RedisServer
+from tests.helpers.store_processes import RedisServer
 
 pytestmark = pytest.mark.anyio
 

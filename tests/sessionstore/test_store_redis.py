@@ -32,8 +32,7 @@ from copilot_fleet.sessionstore.store import (
     QuotaExceeded,
     StoreUnavailable,
 )
-
-from .conftest import RedisServer
+from tests.helpers.store_processes import RedisServer
 
 pytestmark = pytest.mark.anyio
 
