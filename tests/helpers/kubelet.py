@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import time
@@ -46,6 +45,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from copilot_fleet.nodelay import open_tcp
 
 PODMAN = ("podman", "--runtime", "runc")  # crun refuses hybrid cgroups on this machine kind
 
@@ -495,7 +496,8 @@ class RunningPod:
         if "tcp_socket" in probe:
             port = self._port_number(probe["tcp_socket"]["port"])
             try:
-                with socket.create_connection((self.address, port), timeout=timeout):
+                # The seam of every connection to a CLI server: a startup probe connects to the CLI's port.
+                with open_tcp(self.address, port, timeout=timeout):
                     return ProbeResult(True, f"connected to {self.address}:{port}")
             except OSError as exc:
                 return ProbeResult(False, f"{self.address}:{port}: {exc}")

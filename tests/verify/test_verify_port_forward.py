@@ -18,6 +18,7 @@ from copilot_fleet import portforward
 from copilot_fleet.cli import main
 from copilot_fleet.clusterdns import parse_cluster_address, redis_address, replace_redis_address
 from copilot_fleet.commands.verify import kube_namespace
+from copilot_fleet.nodelay import open_tcp
 from copilot_fleet.pod import procfs
 from copilot_fleet.portforward import PortForwardError, PortForwards, choose_route, cluster_addresses, localize
 from copilot_fleet.target import parse_target
@@ -162,7 +163,7 @@ def test_forwards_start_reach_the_pod_and_stop(kubectl_standin, echo_server: str
         for address in local.values():
             host, _, port = address.rpartition(":")
             assert host == "127.0.0.1" and int(port) != 4321  # a port kubectl picked
-            with socket.create_connection((host, int(port)), timeout=30) as conn:
+            with open_tcp(host, int(port), timeout=30) as conn:  # the CLI server's address, as verify reaches it
                 conn.sendall(b"ping\n")
                 assert conn.recv(16) == b"ping\n"
         pids = kubectl_standin.pids()
