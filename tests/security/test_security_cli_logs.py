@@ -59,7 +59,7 @@ def test_the_janitor_prunes_what_it_is_given(tmp_path: Path) -> None:
     logs = _logs(tmp_path / "home", [(i, dead) for i in range(9)])
     state = tmp_path / "session-state"
     state.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "copilot_fleet.janitor", "--session-state", str(state), "--ttl",
+    proc = subprocess.run([sys.executable, "-m", "copilot_fleet.pod.janitor", "--session-state", str(state), "--ttl",
                            "1h", "--cli-logs", str(logs), "--keep-cli-logs", "2"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr

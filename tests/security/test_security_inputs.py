@@ -100,7 +100,7 @@ def test_the_commands_refuse_such_durations(value: str) -> None:
         proc, _ = _run(*argv)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert "--older-than" in proc.stderr and "duration" in proc.stderr, proc.stderr
-    janitor = subprocess.run([sys.executable, "-m", "copilot_fleet.janitor", "--session-state", "/nonexistent",
+    janitor = subprocess.run([sys.executable, "-m", "copilot_fleet.pod.janitor", "--session-state", "/nonexistent",
                               "--ttl", value], capture_output=True, text=True, timeout=60, check=False)
     assert janitor.returncode == 2 and "--ttl" in janitor.stderr and "Traceback" not in janitor.stderr
 

@@ -236,7 +236,7 @@ def test_a_server_that_cannot_be_reached_is_not_called_a_token_refusal(tmp_path,
     target = tmp_path / "t.json"
     target.write_text(json.dumps(doc))
     report = tmp_path / "r.json"
-    code = main(["--project-dir", str(ROOT), "verify", "--target", str(target), "-k", "connection_token",
+    code = main(["--project-dir", str(ROOT), "verify", "--target", str(target), "-k", "connection_token_required",
                  "--json", str(report)])
     out, err = capsys.readouterr()
     checks = json.loads(report.read_text())["checks"]
