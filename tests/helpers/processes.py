@@ -114,8 +114,9 @@ def running_redis() -> Iterator[RedisServer]:
 # -- the Copilot CLI fleet -------------------------------------------------------------------------------------
 
 
-def _read_ready_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
-    """Wait for `pattern` on the process's stdout (read in a thread so the wait is bounded)."""
+def wait_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
+    """Wait for `pattern` on the process's stdout (read in a thread so the wait is bounded); a process that does not
+    print it in time (or exits first) is stopped, and the error shows the end of what it printed."""
     assert proc.stdout is not None
     found: list[re.Match[str]] = []
     seen: list[str] = []
@@ -152,7 +153,11 @@ class CliServer:
         return f"127.0.0.1:{self.port}"
 
 
-def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int = 0) -> CliServer:
+CLI_READY = re.compile(r"CLI server listening on port (\d+)")
+
+
+def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int = 0,
+              timeout: float = 30.0) -> CliServer:
     """One headless CLI with its own COPILOT_HOME whose session-state/ is the shared directory (started again on
     the same home when it exists: a restart)."""
     home = root / name / "home"
@@ -177,7 +182,7 @@ def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int =
         stderr=subprocess.STDOUT,
         text=True,
     )
-    match = _read_ready_line(proc, re.compile(r"CLI server listening on port (\d+)"), 30, f"CLI {name}")
+    match = wait_line(proc, CLI_READY, timeout, f"CLI {name}")
     return CliServer(name=name, port=int(match.group(1)), home=home, proc=proc)
 
 
@@ -229,7 +234,7 @@ def running_cli_fleet(root: Path) -> Iterator[CliFleet]:
             text=True,
         )
         started.append(model_proc)
-        match = _read_ready_line(
+        match = wait_line(
             model_proc, re.compile(r"test model listening on (127\.0\.0\.1:\d+)"), 20, "test model"
         )
         model = ModelServer(address=match.group(1), proc=model_proc, api_key=api_key)

@@ -14,7 +14,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,22 @@ from typing import Any
 import pytest
 import redis
 
-from tests.helpers.processes import CLI_BINARY, CLI_CACHE, REDIS_SERVER, ROOT, free_port, stop_process
+from tests.helpers.processes import (
+    CLI_BINARY,
+    CLI_CACHE,
+    REDIS_SERVER,
+    ROOT,
+    free_port,
+    start_cli,
+    stop_process,
+    wait_line,
+)
 
 __all__ = ["CLI_BINARY", "CLI_CACHE", "READY", "REDIS_SERVER", "ROOT", "STOP_BOUND", "BareCli", "ProviderProcess",
            "RedisServer", "free_port", "require_cli", "start_bare_cli", "start_provider", "stop_process",
            "wait_line"]
 
 READY = re.compile(r"session store provider ready: server (\S+) on port (\d+) \(cli pid (\d+)\)")
-CLI_READY = re.compile(r"CLI server listening on port (\d+)")
 REDIS_READY = re.compile(r"Ready to accept connections")
 START_TIMEOUT = 90.0  # a bound for a broken start, not a wait: each start returns on its ready line
 # A bound for a broken stop: a provider stops its CLI first and waits for its sessions (--stop-grace).
@@ -39,28 +46,6 @@ STOP_BOUND = 150.0
 def require_cli() -> None:
     if not CLI_BINARY.exists():
         pytest.skip(f"Copilot CLI binary missing at {CLI_BINARY} (bash scripts/setup.sh)")
-
-
-def wait_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
-    """The first stdout line matching `pattern` (read in a thread so a hung process fails within `timeout`)."""
-    found: list[re.Match[str]] = []
-    seen: list[str] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            if not found and (match := pattern.search(line)):
-                found.append(match)
-                done.set()
-        done.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    done.wait(timeout)
-    if not found:
-        raise RuntimeError(f"{what} did not report ready within {timeout:g} s; output: {''.join(seen)[-3000:]}")
-    return found[0]
 
 
 @dataclass
@@ -198,18 +183,5 @@ class BareCli:
 
 
 def start_bare_cli(root: Path, name: str, shared_state: Path, token: str) -> BareCli:
-    home = root / name / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "session-state").exists():
-        (home / "session-state").symlink_to(shared_state, target_is_directory=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root / name), "COPILOT_HOME": str(home),
-        "COPILOT_CACHE_HOME": str(CLI_CACHE), "COPILOT_CONNECTION_TOKEN": token, "COPILOT_AUTO_UPDATE": "false",
-    }
-    proc = subprocess.Popen(
-        [str(CLI_BINARY), "--headless", "--no-auto-update", "--no-auto-login", "--log-level", "info", "--port", "0"],
-        cwd=root / name, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    match = wait_line(proc, CLI_READY, START_TIMEOUT, f"CLI {name}")
-    return BareCli(name, proc, int(match.group(1)))
+    cli = start_cli(name, root, shared_state, token, timeout=START_TIMEOUT)
+    return BareCli(cli.name, cli.proc, cli.port)
