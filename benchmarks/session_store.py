@@ -43,7 +43,7 @@ from copilot_fleet.sessionstore.fencing import ServerIdentity, ServerRegistratio
 from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.redis_store import RedisSessionStore
 from copilot_fleet.testmodel import serve
-from tests.helpers import store_processes as procs
+from tests.helpers import store_processes as procs  # the tests' processes; `common` put the root on sys.path
 
 OPS = ("create", "turn", "resume", "turn on B", "cycle")
 KEYS = StoreKeys("shared")
