@@ -149,6 +149,13 @@ def ensure(accounts: FleetAccounts) -> dict[str, Account]:
     return made
 
 
+def of_stack(fleet_id: str, stack: str) -> list[str]:
+    """The users on this machine whose comment marks them as this fleet's and this stack's: what `down --purge`
+    removes when the state directory that listed them is gone (deleted by hand)."""
+    mark = f"copilot-fleet {fleet_id} {stack} "
+    return sorted(entry.pw_name for entry in pwd.getpwall() if entry.pw_gecos.startswith(mark))
+
+
 def remove(names: list[str], fleet_id: str) -> list[str]:
     """Delete the fleet's users (only those whose comment marks them as this fleet's); returns the names deleted.
     Their processes must be gone (userdel refuses a user that still runs something)."""

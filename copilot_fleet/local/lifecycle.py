@@ -433,6 +433,30 @@ def _fleet_users(paths: StatePaths) -> tuple[list[str], str | None]:
     return list(manifest.get("unix_users") or []), manifest.get("fleet_id")
 
 
+def _leftovers(paths: StatePaths, stack: str, purge: bool, out: TextIO) -> bool:
+    """A root-run fleet whose state directory was deleted by hand leaves its Unix users and its data directory
+    under /var/lib/copilot-fleet (found again by the fleet id, a hash of the state directory's path): name them,
+    and remove them with --purge. True when something was removed."""
+    if not accounts.privileged():
+        return False
+    users = accounts.of_stack(paths.fleet_id, stack)
+    data_root = paths.data_root
+    data = data_root.is_dir() and not data_root.is_symlink()
+    if not users and not data:
+        return False
+    what = ", ".join(([f"Unix users {', '.join(users)}"] if users else []) + ([str(data_root)] if data else []))
+    if not purge:
+        _say(out, f"left from an earlier fleet {stack} whose {paths.display(paths.root)} was removed: {what}; "
+                  f"`copilot-fleet down --stack {stack} --purge` removes them")
+        return False
+    if data:
+        shutil.rmtree(data_root)  # fd-based on Linux: a link a server made inside is removed, not followed
+    removed = accounts.remove(users, paths.fleet_id)
+    _say(out, f"removed what an earlier fleet {stack} left: {what}" + ("" if len(removed) == len(users) else
+              f" (users not removed: {', '.join(sorted(set(users) - set(removed)))})"))
+    return True
+
+
 def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | None = None) -> DownResult:
     out = out or sys.stdout
     platform = stack_platform(project_dir, stack)
@@ -443,7 +467,7 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
     if not paths.root.exists():
         stack_file(project_dir, stack)  # `down --stack typo` is an error naming the stacks there are, not a no-op
         _say(out, f"fleet {stack} is not running here (no {paths.display(paths.root)}); nothing to stop")
-        return DownResult(was_running=False, stopped_pids=[], purged=False)
+        return DownResult(was_running=False, stopped_pids=[], purged=_leftovers(paths, stack, purge, out))
     with stack_lock(paths, on_wait=lambda: _say(out, f"waiting for another copilot-fleet command on stack {stack} "
                                                    "to finish ...")):
         record = sv.read_record(paths)

@@ -106,6 +106,40 @@ def test_a_user_name_taken_by_someone_else_is_refused(tmp_path: Path) -> None:
     assert all(not n.startswith(f"cf-{fid}-") for n in (e.pw_name for e in pwd.getpwall()))
 
 
+@NEEDS_ROOT
+def test_down_purge_finds_what_a_fleet_left_after_its_state_directory_was_deleted(tmp_path: Path) -> None:
+    """`rm -r .fleet` by hand used to leave a root-run fleet's Unix users and data directory for good: `down`
+    names them and `down --purge` removes them, found again by the fleet id (only this stack's, by their comment)."""
+    project = h.Project.create(tmp_path / "leftover")
+    project.local_stack("leftover", "shared-cli", replicas=1)
+    paths = project.paths("leftover")
+    planned = accounts.plan_accounts(paths.fleet_id, "leftover", [("copilot-cli", None)], redis=True, lb=False,
+                                     model=False)
+    other = accounts.plan_accounts(paths.fleet_id, "another", [("copilot-cli", None)], redis=False, lb=False,
+                                   model=False)
+    made = sorted(accounts.ensure(planned))
+    (paths.data_root / "servers").mkdir(parents=True)
+    try:
+        assert not paths.root.exists() and made
+        told = project.run("down", "--stack", "leftover")
+        assert told.returncode == 0, told.stderr
+        assert all(name in told.stdout for name in made) and "--purge" in told.stdout
+        assert all(accounts.lookup(name) for name in made) and paths.data_root.is_dir()  # only named
+        purged = project.run("down", "--stack", "leftover", "--purge")
+        assert purged.returncode == 0, purged.stderr
+        assert [name for name in made if accounts.lookup(name)] == []
+        assert not paths.data_root.exists()
+        # a user of the same fleet id but another stack is not this stack's to remove
+        assert accounts.of_stack(paths.fleet_id, "another") == []
+        accounts.ensure(other)
+        again = project.run("down", "--stack", "leftover", "--purge")
+        assert again.returncode == 0 and all(accounts.lookup(n) for n in other.all())
+    finally:
+        for name in sorted(set(planned.all()) | set(other.all())):
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+        shutil.rmtree(paths.data_root, ignore_errors=True)
+
+
 # --- not root ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture
