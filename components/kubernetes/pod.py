@@ -167,6 +167,31 @@ def image_pull_policy(image: str | None) -> str:
     return "IfNotPresent" if image is not None and "@sha256:" in image else "Always"
 
 
+def placement(meta: FleetMeta, *, image_pulls: bool = True) -> dict[str, Any]:
+    """Pod spec fields every pod of the fleet gets from stack config (CLI servers, janitor Jobs, the in-cluster
+    Redis): the nodes it may run on (`nodeSelector`, `tolerations`) and the Secrets its node pulls images with.
+    `affinity` is the CLI pods' alone (cli_group.pod_template): its pod (anti-)affinity terms are about them."""
+    spec = meta.spec
+    out: dict[str, Any] = {}
+    if spec.node_selector:
+        out["node_selector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in spec.tolerations]
+    pulls = secrets.image_pull_secret_names(spec) if image_pulls else []
+    if pulls:
+        out["image_pull_secrets"] = [{"name": name} for name in pulls]
+    return out
+
+
+def pod_annotations(meta: FleetMeta, secrets_checksum: Any = None) -> dict[str, Any] | None:
+    """`fleet:podAnnotations` on every pod of the fleet, with the template's secrets checksum where it has one
+    (the spec refuses user keys under copilot-fleet/, so neither hides the other)."""
+    annotations: dict[str, Any] = dict(meta.spec.pod_annotations)
+    if secrets_checksum is not None:
+        annotations[secrets.CHECKSUM_ANNOTATION] = secrets_checksum
+    return annotations or None
+
+
 def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
     return {
         "allow_privilege_escalation": False,
@@ -265,12 +290,13 @@ def ephemeral_home_volume(meta: FleetMeta) -> dict[str, Any]:
 
 
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:
-    """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from the default storage class
-    (the session storage class is typically a network share, which SQLite should not live on)."""
-    return {
-        "metadata": {"name": "copilot-home", "labels": meta.labels("cli")},
-        "spec": {
-            "access_modes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": meta.spec.storage.home_size}},
-        },
+    """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from `storage.homeStorageClass`
+    or else the default storage class (the session storage class is typically a network share, which SQLite
+    should not live on)."""
+    spec: dict[str, Any] = {
+        "access_modes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": meta.spec.storage.home_size}},
     }
+    if meta.spec.storage.home_storage_class is not None:
+        spec["storage_class_name"] = meta.spec.storage.home_storage_class
+    return {"metadata": {"name": "copilot-home", "labels": meta.labels("cli")}, "spec": spec}

@@ -11,6 +11,9 @@ What it does for a pod (and what a kubelet does that it mirrors):
   `readOnlyRootFilesystem` (without podman's extra tmpfs mounts), `capabilities`, `allowPrivilegeEscalation:
   false` as no-new-privileges, `runAsNonRoot` enforced, resource limits as cgroup limits, command/args with
   `$(VAR)` expansion, env (values, secretKeyRef, fieldRef), `workingDir`, volume mounts;
+- imagePullSecrets, as the kubelet's keyring reads them: each named Secret must be of type
+  `kubernetes.io/dockerconfigjson` with a readable `.dockerconfigjson`; which container images it holds a login
+  for is recorded (`pull_logins`). The images themselves are local stand-ins: no registry is asked;
 - init containers first, in order, each to completion (exit 0) before the next;
 - one network namespace per pod on a bridge network; the Node's DNS (`/etc/hosts` entries) maps Service and pod
   names to pod addresses; each container port published on 127.0.0.1 only;
@@ -51,7 +54,7 @@ PODMAN = ("podman", "--runtime", "runc")  # crun refuses hybrid cgroups on this 
 
 # Pod spec fields: emulated, or with no effect on a single node without an API server (named, so that anything
 # else is noticed).
-POD_FIELDS_EMULATED = {"containers", "init_containers", "volumes", "security_context",
+POD_FIELDS_EMULATED = {"containers", "init_containers", "volumes", "security_context", "image_pull_secrets",
                        "termination_grace_period_seconds", "restart_policy", "hostname", "subdomain"}
 POD_FIELDS_NODE_ONLY = {
     "service_account_name",  # no API server: nothing to authenticate as (the token is not mounted, see below)
@@ -145,6 +148,7 @@ class Node:
     root: Path  # volumes live under it
     images: Mapping[str, str]  # image named in a manifest -> the local image to run instead
     secrets: Callable[[str, str], str]  # (secret name, key) -> value
+    secret_types: Mapping[str, str] = field(default_factory=dict)  # secret name -> type (absent: Opaque)
     network: str = ""
     subnet: ipaddress.IPv4Network | None = None
     hosts: dict[str, str] = field(default_factory=dict)  # DNS name -> pod address
@@ -271,6 +275,7 @@ class RunningPod:
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port on 127.0.0.1
     init_results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
     egress_rules: list[list[str]] | None = None  # the iptables rules applied (None: no egress policy selects it)
+    pull_logins: dict[str, str] = field(default_factory=dict)  # container -> registry its pull Secrets log into
 
     # --- start -----------------------------------------------------------------------------------------------------
 
@@ -294,6 +299,7 @@ class RunningPod:
 
     def start(self) -> None:
         self._check_pod_fields()
+        self._check_image_pulls()
         self._make_volumes()
         for init in self.spec.get("init_containers") or []:
             proc = self._run_container(init, detach=False)
@@ -302,6 +308,10 @@ class RunningPod:
                 raise PodFailed(f"pod {self.name}: init container {init['name']} exited {proc.returncode}: "
                                 f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
         self._run_container(self.main, detach=True)
+        self._after_container_start()
+
+    def _after_container_start(self) -> None:
+        """What follows each start of the main container: its egress rules, its published ports."""
         self.egress_rules = enforce_egress(self)
         for port in self.main.get("ports") or []:
             published = podman("port", self.container, f"{port['container_port']}/tcp").stdout.strip()
@@ -321,6 +331,26 @@ class RunningPod:
             if extra:
                 raise Unsupported(f"pod {self.name}: container {container['name']} fields {sorted(extra)} are not "
                                   "emulated")
+
+    def _check_image_pulls(self) -> None:
+        logins: dict[str, str] = {}
+        for ref in self.spec.get("image_pull_secrets") or []:
+            name = ref["name"]
+            kind = self.node.secret_types.get(name, "Opaque")
+            if kind != DOCKER_CONFIG_TYPE:
+                raise PodFailed(f"pod {self.name}: imagePullSecrets names {name}, of type {kind}: the kubelet reads "
+                                f"logins only from {DOCKER_CONFIG_TYPE} Secrets")
+            try:
+                auths = json.loads(self.node.secrets(name, ".dockerconfigjson"))["auths"]
+                for server, login in auths.items():
+                    logins[registry_host(server)] = login.get("username") or ""
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise PodFailed(f"pod {self.name}: Secret {name} holds no readable .dockerconfigjson ({exc!r})"
+                                ) from None
+        for container in [*(self.spec.get("init_containers") or []), *self.spec["containers"]]:
+            registry = image_registry(container["image"])
+            if registry in logins:
+                self.pull_logins[container["name"]] = registry
 
     def _make_volumes(self) -> None:
         fs_group = self.pod_security.get("fs_group")
@@ -587,6 +617,25 @@ class RunningPod:
 
     def remove(self) -> None:
         podman("rm", "-f", "-t", "0", self.container, check=False)
+
+
+# --- image pulls (the kubelet's keyring, written here from its documented rules) -------------------------------------
+
+DOCKER_CONFIG_TYPE = "kubernetes.io/dockerconfigjson"
+
+
+def registry_host(server: str) -> str:
+    """A .dockerconfigjson key as the kubelet matches it: no scheme or path; Docker Hub's names are one."""
+    host = re.sub(r"^[a-z]+://", "", server).split("/", 1)[0].lower()
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def image_registry(image: str) -> str:
+    """The registry an image reference names: its first component when it is a host, else Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return registry_host(first)
+    return "docker.io"
 
 
 # --- NetworkPolicy egress ------------------------------------------------------------------------------------------

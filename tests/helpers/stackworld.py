@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from copilot_fleet.components.kubernetes.secrets import docker_config_json
 from tests.helpers.kubelet import Node, RunningPod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,14 @@ class Rendered:
     def workloads(self, component: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] in ("StatefulSet", "Deployment", "CronJob")
                 and o["metadata"]["labels"].get(COMPONENT_LABEL) == component]
+
+    def secret_types(self) -> dict[str, str]:
+        """Secret name -> type, of the Secrets the stack makes or Key Vault sync creates."""
+        types = {s["metadata"]["name"]: s.get("type", "Opaque") for s in self.of_kind("Secret")}
+        for spc in self.of_kind("SecretProviderClass"):
+            for obj in spc["spec"].get("secretObjects") or []:
+                types[obj["secretName"]] = obj.get("type", "Opaque")
+        return types
 
     def declared_secret_keys(self) -> set[tuple[str, str]]:
         """(Secret, key) pairs that exist once the stack is up: its Secrets, or what Key Vault sync creates."""
@@ -280,6 +289,12 @@ class StackWorld:
         provider_key = [k for k in self.secret_values.declared if k[1] == "provider-api-key"]
         for key in provider_key:
             self.secret_values.composed[key] = self.model_key
+        login = self.config.get("fleet:imagePullCredentials")
+        for key in [k for k in self.secret_values.declared if k[1] == ".dockerconfigjson"]:
+            # The stack's registry login as the program writes it (the password is masked: a generated one).
+            assert login, f"{key} is declared but the stack has no fleet:imagePullCredentials"
+            self.secret_values.composed[key] = docker_config_json(login["server"], login["username"],
+                                                                  secrets.token_hex(16))
         url_key = self.janitor_url_key()
         redis = self.in_cluster_redis()
         if redis is not None:
@@ -454,6 +469,7 @@ def build_world(stack: str, workdir: Path, prefix: str, cli_image: str = CLI_IMA
         rendered = render(project, stack, workdir / "rendered")
         config = yaml.safe_load(stack_file.read_text())["config"]
         values.declared = rendered.declared_secret_keys()
+        node.secret_types = rendered.secret_types()
         node.images = stack_images(rendered, config, cli_image)
         node.network_policies = rendered.of_kind("NetworkPolicy")
         world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))

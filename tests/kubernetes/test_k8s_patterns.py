@@ -427,7 +427,7 @@ def test_outside_clients_keep_their_address(make_fleet, kube, service_type, affi
     """With any Service outside clients reach, the client's address must survive to the pod: the NetworkPolicy
     admits outside clients by their address (sourceRanges as ipBlock peers), whatever the session affinity."""
     fleet = make_fleet("shared-cli", loadBalancer={"serviceType": service_type, "sessionAffinity": affinity,
-                                                    "sourceRanges": ["203.0.113.0/24"]})
+                                                    "sourceRanges": ["203.0.113.0/24"], "acceptPlaintext": True})
     assert fleet.get("Service", "copilot-cli")["spec"]["externalTrafficPolicy"] == "Local"
     assert "externalTrafficPolicy" not in make_fleet("shared-cli").get("Service", "copilot-cli")["spec"]
 

@@ -240,6 +240,19 @@ def test_egress_policy_opens_only_the_public_ports(stack: Started) -> None:
     assert result == {f"{address}:443": True, f"{address}:80": False}, f"{pod.name}: {result}"
 
 
+def test_image_pulls_log_in_where_the_stack_says(stack: Started) -> None:
+    """With fleet:imagePullCredentials the CLI pods name a kubernetes.io/dockerconfigjson Secret (on Azure the one
+    Key Vault sync makes) holding a login for the CLI image's registry: the kubelet's keyring finds it. Without it
+    they name none."""
+    login = stack.world.config.get("fleet:imagePullCredentials")
+    for pod in stack.cli():
+        if login is None:
+            assert not pod.spec.get("image_pull_secrets"), pod.name
+            continue
+        assert pod.pull_logins.get(pod.main["name"]) == login["server"], (
+            f"{pod.name}: no pull login for {pod.main['image']} ({pod.spec.get('image_pull_secrets')})")
+
+
 # Last: it stops the pods the tests above use.
 def test_cli_pods_stop_gracefully(stack: Started) -> None:
     """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
