@@ -57,6 +57,18 @@ RUN_AS_USER = 1000
 MAX_PRESTOP_SECONDS = 30
 ENDPOINT_REMOVAL_SECONDS = 2
 
+# The container's command execs the CLI (copilot_fleet.pod.start), so the CLI is the container's PID 1. The image
+# installs it execute-only, which makes the process non-dumpable: a session's tool run (same uid) cannot read its
+# environment, and neither can the probes find it from its socket; they name it by this PID instead.
+CLI_BINARY = "/usr/local/bin/copilot"
+CLI_PID = 1
+
+
+def cli_command() -> list[str]:
+    """Prune the per-start logs on the log volume (an emptyDir that outlives container restarts), then exec the
+    CLI; the args (cli_args) follow."""
+    return ["python3", "-m", "copilot_fleet.pod.start", "--logs", LOGS, "--", CLI_BINARY]
+
 
 def cli_args(meta: FleetMeta) -> list[str]:
     """`--host 0.0.0.0`: without it the CLI binds 127.0.0.1 and no Service can reach it."""
@@ -128,8 +140,10 @@ class Probes:
 def health_command(port: int, timeout: int, recycle: RecycleSpec | None = None) -> dict[str, Any]:
     """`copilot_fleet.pod.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
     server that accepts TCP but does not answer fails the probe; with `fleet:recycle` bounds, so does a server past
-    one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits)."""
-    command = ["python3", "-m", "copilot_fleet.pod.health", "--port", str(port), "--timeout", str(timeout)]
+    one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits). The CLI is
+    `CLI_PID`: non-dumpable, it cannot be found from its port by its own user."""
+    command = ["python3", "-m", "copilot_fleet.pod.health", "--port", str(port), "--timeout", str(timeout),
+               "--pid", str(CLI_PID)]
     if recycle is not None and recycle.max_rss_mb is not None:
         command += ["--recycle-rss-mb", str(recycle.max_rss_mb)]
     if recycle is not None and recycle.max_sessions is not None:
@@ -235,6 +249,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         "name": CONTAINER_NAME,
         "image": spec.image,
         "image_pull_policy": image_pull_policy(spec.image),
+        "command": cli_command(),
         # The server needs its credentials; the shell and MCP servers a session starts (untrusted tool runs) do
         # not: the CLI strips these from their environment and redacts them from their output.
         "args": [*cli_args(meta), f"--secret-env-vars={','.join(secret_env_names(env))}"],
@@ -254,7 +269,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
             "/bin/sh", "-c",
             f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.pod.drain "
             f"--session-state {SESSION_STATE} "
-            f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
+            f"--pid {CLI_PID} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
         "volume_mounts": mounts,
     }

@@ -25,9 +25,10 @@ What it does for a pod (and what a kubelet does that it mirrors):
   is asynchronous too). Ingress is not emulated: the host stands in for the clients.
 
 Not emulated, because no single node without an API server has them: ingress policies (the host stands in for the
-clients), Services with several backends (kube-proxy), scheduling and affinity, restarts (a container that exits
-is a failure here, reported with its output), emptyDir `sizeLimit` and ephemeral-storage limits (kubelet
-evictions), the kubelet's exact fsGroup exemptions (it skips some ReadWriteMany drivers; here every volume gets it).
+clients), Services with several backends (kube-proxy), scheduling and affinity, restarts on their own (a
+container that exits is a failure here, reported with its output; `RunningPod.restart` restarts one on request),
+emptyDir `sizeLimit` and ephemeral-storage limits (kubelet evictions), the kubelet's exact fsGroup exemptions (it
+skips some ReadWriteMany drivers; here every volume gets it).
 
 Anything in a pod spec this emulation does not implement raises `Unsupported` naming the field, so a template that
 grows a feature cannot pass here without the feature being looked at. Why not `podman kube play`: on this machine
@@ -614,6 +615,21 @@ class RunningPod:
         state = self.state()
         killed = "SIGKILL" in proc.stderr or state.get("ExitCode") == 137
         return StopResult(int(state.get("ExitCode", -1)), time.monotonic() - started, grace, pre_stop, killed)
+
+    def restart(self) -> None:
+        """The kubelet restarting the container after it exited (a crash, a failed liveness probe): the same pod,
+        its volumes (emptyDirs included) kept, the container started again from its spec; then ready again. The
+        egress rules are applied again (the runtime rebuilds the network namespace) and the published port is
+        read again (it may change)."""
+        grace = int(self.spec.get("termination_grace_period_seconds", 30))
+        podman("stop", "-t", str(grace), self.container, timeout=grace + 60)
+        podman("start", self.container)
+        # The new network namespace keeps the pod's address with a new MAC: the host would send to the old one
+        # until its neighbour entry expired (measured: 20-40 s of refused probes). A cluster's network plugin
+        # announces the new one; here the entry is dropped.
+        subprocess.run(["ip", "neigh", "flush", "to", self.address], capture_output=True, check=False)
+        self._after_container_start()
+        self.wait_ready()
 
     def remove(self) -> None:
         podman("rm", "-f", "-t", "0", self.container, check=False)

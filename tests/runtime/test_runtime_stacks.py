@@ -253,6 +253,75 @@ def test_image_pulls_log_in_where_the_stack_says(stack: Started) -> None:
             f"{pod.name}: no pull login for {pod.main['image']} ({pod.spec.get('image_pull_secrets')})")
 
 
+# What a session's tool run tries in the CLI pod: the server's credentials through /proc, the service account
+# token, credentials in its own environment. One line per finding, so the model repeats all of it.
+_TOOL_RUN_PROBE = (
+    "cat /proc/1/environ >/dev/null 2>&1 && echo environ=read || echo environ=denied; "
+    "ls /proc/1/fd >/dev/null 2>&1 && echo fd=read || echo fd=denied; "
+    "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo satoken=present || echo satoken=absent; "
+    "echo credentials-in-env=$(env | grep -c -E 'COPILOT_(CONNECTION|GITHUB)_TOKEN|API_KEY'); "
+    "echo uid=$(id -u)")
+
+
+def test_a_tool_run_cannot_read_the_clis_credentials(stack: Started) -> None:
+    """The CLI is installed root-owned and execute-only (0711), so the kernel makes its process non-dumpable: a
+    session's tool run (the same uid 1000, here run by the real CLI for a prompt-injected model and an approving
+    client, the worst case) cannot read the server's environment (/proc/1/environ: the connection token, the GitHub
+    token, the provider key) or its file descriptors; no service account token is mounted, and its own environment
+    holds no credential. The CLI still serves (the session ran), and its command line stays readable for probes."""
+    from copilot_fleet.target import parse_target
+    from tests.helpers.attacker import tool_run
+
+    pods = stack.cli()
+    stack.lease_store()
+    target = parse_target(json.dumps(stack.world.target()), source="runtime tier")
+    secret_values = target.secret_values()
+    for pod in pods:
+        address = f"127.0.0.1:{pod.ports[int(pod.main['ports'][0]['container_port'])]}"
+        token = (target.connection_token.get_secret_value() if target.connection_token is not None
+                 else next(t.get_secret_value() for u, t in target.user_tokens.items()
+                           if target.users[u] == address))
+        run = tool_run(address, token, target, _TOOL_RUN_PROBE)
+        found = dict(line.split("=", 1) for line in run.output.split() if "=" in line)
+        assert found == {"environ": "denied", "fd": "denied", "satoken": "absent", "credentials-in-env": "0",
+                         "uid": "1000"}, f"{pod.name}: {run.output}"
+        assert not [n for n, v in secret_values.items() if v in run.reply], f"{pod.name}: a secret came back"
+        seen = pod.exec("sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline", user="1000")
+        assert "--headless" in seen.stdout, f"{pod.name}: the CLI's command line is unreadable: {seen}"
+
+
+def test_recycle_bounds_still_see_the_cli(stack: Started) -> None:
+    """The readiness probe as rendered, with a memory bound below what any CLI uses: it must fail, naming the
+    bound. A non-dumpable CLI hides its sockets from its own user; a probe that looked the CLI up by its port would
+    find nothing and pass, and recycling would stop without a word."""
+    for pod in stack.cli():
+        command = [*pod.main["readiness_probe"]["exec"]["command"], "--recycle-rss-mb", "64"]
+        proc = pod.exec(*command, timeout=30)
+        assert proc.returncode == 1 and "past its recycle bound" in proc.stdout, f"{pod.name}: {proc}"
+
+
+def test_a_restarted_cli_prunes_its_old_logs(stack: Started) -> None:
+    """The CLI writes a log per process start into the pod's log volume (an emptyDir that outlives container
+    restarts), and nothing removes them: a crash loop or recycling would fill it and the kubelet would evict the
+    pod. At every start the container's command keeps the newest few before the CLI starts (one pod of one stack:
+    the command is the same in every stack)."""
+    from copilot_fleet import cli_logs
+
+    if stack.world.rendered.stack != "k8s-shared-cli":
+        pytest.skip("the CLI container's command is the same in every stack: shown on k8s-shared-cli")
+    pod = stack.cli()[0]
+    logs = pod.volume_dirs["logs"]
+    now_ms = int(time.time() * 1000)
+    for i in range(8):  # earlier starts of the container, as the CLI names them (PID 1 in its container)
+        old = logs / f"process-{now_ms - 3_600_000 + i}-1.log"
+        old.write_text("earlier start\n")
+        os.chown(old, 1000, 1000)
+    pod.restart()
+    names = sorted(p.name for p in logs.iterdir() if p.name.startswith("process-"))
+    assert len(names) <= cli_logs.KEEP, f"{pod.name}: {len(names)} per-start logs after a restart: {names}"
+    assert any(int(n.split("-")[1]) > now_ms for n in names), f"{pod.name}: the new start wrote no log: {names}"
+
+
 # Last: it stops the pods the tests above use.
 def test_cli_pods_stop_gracefully(stack: Started) -> None:
     """Pod deletion: the preStop hook (the drain, inside the container) succeeds, then SIGTERM ends the CLI
