@@ -195,6 +195,7 @@ class StackWorld:
     redis_password: str | None = None  # of the lease store the host's fleet client uses
     plans: dict[str, PodPlan] = field(default_factory=dict)
     lease_store_pod: str | None = None
+    project: Path | None = None  # the derived project (its stack file is what was rendered)
 
     @property
     def namespace(self) -> str:
@@ -436,6 +437,59 @@ class StackWorld:
         container_port = int(plan.template["spec"]["containers"][0]["ports"][0]["containerPort"])
         return self.node.pods[plan.name].ports[container_port]
 
+    # --- from outside the cluster, as a user's laptop reaches it --------------------------------------------------
+
+    def cluster_target(self) -> dict[str, Any]:
+        """The target as `pulumi stack output` gives it: the servers, and an in-cluster lease store, by their cluster
+        DNS names, taken from the stack's own outputs (the Pulumi program under the mock engine, on the derived
+        stack); the secrets are the world's (the outputs hold the mock engine's). A lease store outside the
+        cluster stays the stand-in's address, which this machine reaches as a laptop reaches a managed store."""
+        from copilot_fleet.clusterdns import parse_cluster_address, redis_address, replace_redis_address
+        from copilot_fleet.render import run_program, stack_config
+
+        assert self.project is not None, "the world was not built from a derived project"
+        values, secret_keys, project = stack_config(self.project, self.rendered.stack)
+        outputs = run_program(values, secret_keys, stack=self.rendered.stack, project=project, preview=True).outputs
+        out = self.target()
+        for key in ("endpoint", "replicas", "users", "namespace"):
+            if outputs.get(key):
+                out[key] = outputs[key]
+        store = redis_address(outputs.get("redis_url") or "")
+        if "redis_url" in out and store is not None and parse_cluster_address(store) is not None:
+            out["redis_url"] = replace_redis_address(out["redis_url"], store)
+        return out
+
+    def api_server_forwards(self) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """What `kubectl port-forward` and `kubectl get/exec` reach through the API server, for the stand-in kubectl
+        (tests/helpers/kubectl_standin.py), made from the rendered objects and the running pods, not from any
+        target: (`<ns>/pod/<name>:<port>` and `<ns>/svc/<name>:<port>` -> the pod's published 127.0.0.1 port,
+        `<ns>/<pod>` -> its labels and container). A Service forward goes to the first running pod its selector
+        matches, on the Service port's targetPort, as kubectl does."""
+        ns = self.namespace
+        running = {name: pod for name, pod in sorted(self.node.pods.items())
+                   if name in self.plans and self.plans[name].workload}
+        forwards: dict[str, str] = {}
+        pods: dict[str, dict[str, Any]] = {}
+        for name, pod in running.items():
+            pods[f"{ns}/{name}"] = {"labels": pod.labels, "container": pod.container}
+            for container_port, published in pod.ports.items():
+                forwards[f"{ns}/pod/{name}:{container_port}"] = f"127.0.0.1:{published}"
+        for service in self.rendered.of_kind("Service"):
+            selector = service["spec"].get("selector") or {}
+            backends = [p for p in running.values() if selector
+                        and all(p.labels.get(k) == v for k, v in selector.items())]
+            if not backends:
+                continue
+            for port in service["spec"].get("ports") or []:
+                target_port = port.get("targetPort", port["port"])
+                if isinstance(target_port, str):
+                    target_port = next(int(p["container_port"]) for p in backends[0].main.get("ports") or []
+                                       if p.get("name") == target_port)
+                if int(target_port) in backends[0].ports:
+                    forwards[f"{ns}/svc/{service['metadata']['name']}:{port['port']}"] = (
+                        f"127.0.0.1:{backends[0].ports[int(target_port)]}")
+        return forwards, pods
+
     # --- janitor ---------------------------------------------------------------------------------------------------
 
     def janitor_jobs(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -473,7 +527,7 @@ def build_world(stack: str, workdir: Path, prefix: str, cli_image: str = CLI_IMA
         node.secret_types = rendered.secret_types()
         node.images = stack_images(rendered, config, cli_image)
         node.network_policies = rendered.of_kind("NetworkPolicy")
-        world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))
+        world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16), project=project)
         world.plan(model_address)
         world.compose_secrets()
         if world.outside_store_host is not None:

@@ -127,6 +127,53 @@ def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
     assert "test_persistent_session_lifecycle" in passed, proc.stdout
 
 
+POD_CHECKS = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process"}
+
+
+def test_verify_from_outside_the_cluster(stack: Started, tmp_path: Path) -> None:
+    """The user's path from a laptop: the target as the stack outputs give it (cluster DNS names, which do not
+    resolve on this machine) and `copilot-fleet verify --target FILE` with its defaults. Verify sees the names do
+    not resolve, forwards each pod, Service and the in-cluster Redis with `kubectl port-forward`, and every check
+    passes through the forwards, the pod checks included (`kubectl get pods`, then pytest-testinfra's `kubectl
+    exec` into the containers). kubectl is the stand-in (tests/helpers/kubectl_standin.py): its API server is the
+    rendered objects and the running pods, so a target naming an object the manifests do not make fails here."""
+    from copilot_fleet.pod import procfs
+    from tests.helpers.kubectl_standin import install
+    from tests.helpers.kubelet import PODMAN
+
+    stack.lease_store()
+    stack.cli()
+    document = stack.world.cluster_target()
+    forwards, pods = stack.world.api_server_forwards()
+    bin_dir = tmp_path / "bin"
+    pids = tmp_path / "forward-pids"
+    bin_dir.mkdir()
+    pids.mkdir()
+    install(bin_dir)
+    standin = tmp_path / "kubectl-standin.json"
+    standin.write_text(json.dumps({"context": "runtime-tier", "forwards": forwards, "pids": str(pids),
+                                   "pods": pods, "podman": list(PODMAN)}))
+    target = tmp_path / "cluster-target.json"
+    target.write_text(json.dumps(document))
+    target.chmod(0o600)
+    report_file = tmp_path / "report.json"
+    env = {**os.environ, "KUBECTL_STANDIN": str(standin), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400, env=env)
+    print(proc.stdout)
+    assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "through kubectl port-forward (context runtime-tier)" in proc.stdout.splitlines()[0], proc.stdout
+    report = json.loads(report_file.read_text())
+    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
+    assert {"test_persistent_session_lifecycle", *POD_CHECKS} <= passed, proc.stdout
+    forwarded = [line for line in proc.stdout.splitlines() if line.startswith("  forward  ")]
+    servers = len(document.get("replicas") or []) + len(document.get("users") or {})
+    assert len(forwarded) >= servers, proc.stdout
+    started = [int(p.name) for p in pids.iterdir()]
+    assert len(started) == len(forwarded), (started, forwarded)
+    assert not [p for p in started if procfs.is_alive(p)], "forwards left running"
+
+
 def _plant_session(sessions: Path, session_id: str, age_days: float) -> Path:
     """A session directory as the CLI leaves it (uid 1000), last touched `age_days` ago."""
     directory = sessions / session_id
