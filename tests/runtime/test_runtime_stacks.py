@@ -337,6 +337,36 @@ def test_a_tool_run_cannot_read_the_clis_credentials(stack: Started) -> None:
         assert "--headless" in seen.stdout, f"{pod.name}: the CLI's command line is unreadable: {seen}"
 
 
+def _tcp_probe(targets: list[tuple[str, int]]) -> str:
+    """A shell command a tool run can give: one `net:HOST:PORT=open|closed` word per target (bash's /dev/tcp, no
+    tool the image would have to add; `timeout` because a dropped SYN never answers)."""
+    return "; ".join(f"timeout 5 bash -c '</dev/tcp/{host}/{port}' 2>/dev/null "
+                     f"&& echo net:{host}:{port}=open || echo net:{host}:{port}=closed" for host, port in targets)
+
+
+def test_a_tool_run_reaches_only_what_the_egress_policy_allows(stack: Started) -> None:
+    """The same attacker as above, on the network: from a session's shell tool in each CLI pod, the model endpoint
+    the stack allows answers; the cloud metadata address, the lease store and the other CLI pods do not (the
+    rendered egress policy, enforced in the pod's network namespace, which the tool run shares with its server)."""
+    from copilot_fleet.target import parse_target
+    from tests.helpers.attacker import tool_run
+
+    stores = stack.lease_store()
+    pods = stack.cli()
+    target = parse_target(json.dumps(stack.world.target()), source="runtime tier")
+    for pod in pods:
+        address = f"127.0.0.1:{pod.ports[int(pod.main['ports'][0]['container_port'])]}"
+        token = (target.connection_token.get_secret_value() if target.connection_token is not None
+                 else next(t.get_secret_value() for u, t in target.user_tokens.items()
+                           if target.users[u] == address))
+        blocked = [("169.254.169.254", 80), *((s.address, port) for s in stores for port in s.ports),
+                   *((o.address, 4321) for o in pods if o is not pod)]
+        run = tool_run(address, token, target, _tcp_probe([(MODEL_HOST, MODEL_PORT), *blocked]))
+        found = dict(word.split("=", 1) for word in run.output.split() if word.startswith("net:"))
+        expected = {f"net:{MODEL_HOST}:{MODEL_PORT}": "open", **{f"net:{h}:{p}": "closed" for h, p in blocked}}
+        assert found == expected, f"{pod.name}: {run.output}"
+
+
 def test_recycle_bounds_still_see_the_cli(stack: Started) -> None:
     """The readiness probe as rendered, with a memory bound below what any CLI uses: it must fail, naming the
     bound. A non-dumpable CLI hides its sockets from its own user; a probe that looked the CLI up by its port would
