@@ -4,7 +4,8 @@
 
 The directory belongs to the CLI's user, and so to anything a session's tool run does: it is opened without
 following links (from its parent), and each file is removed by name relative to it, never through a link.
-Used by `copilot-fleet up` and by the janitor (`--cli-logs DIR`) of local fleets.
+Used by `copilot-fleet up` and by the janitor (`--cli-logs DIR`) of local fleets, and by the CLI container's command
+in a pod (copilot_fleet/pod/start.py), as the process about to become the CLI.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def prune(logs_dir: Path, keep: int = KEEP) -> list[str]:
+def prune(logs_dir: Path, keep: int = KEEP, starting_pid: int | None = None) -> list[str]:
     """Remove all but the newest `keep` per-start logs in `logs_dir`; returns the names removed. A missing
-    directory, or a link where it should be, removes nothing."""
+    directory, or a link where it should be, removes nothing. `starting_pid`: the PID the CLI is about to start
+    as (the caller's, before it execs the CLI): logs with that PID are earlier processes', whatever runs now (in a
+    container every start is PID 1)."""
     try:
         parent = os.open(logs_dir.parent, _DIR_FLAGS)
     except OSError:
@@ -54,7 +57,7 @@ def prune(logs_dir: Path, keep: int = KEEP) -> list[str]:
                 logs.append((int(match.group(1)), int(match.group(2)), name))
         logs.sort(reverse=True)  # newest start first
         for _, pid, name in logs[keep:]:
-            if _alive(pid):
+            if pid != starting_pid and _alive(pid):
                 continue
             try:
                 os.unlink(name, dir_fd=fd)

@@ -12,25 +12,32 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
 from copilot_fleet import CLI_VERSION, config_messages
+from copilot_fleet.config_section import Section as _Section
 from copilot_fleet.errors import FleetError
 from copilot_fleet.isolation import Isolation, shares_session_state
+from copilot_fleet.spec_kubernetes import (
+    Affinity,
+    Annotations,
+    ImagePullCredentials,
+    Labels,
+    ObjectName,
+    Toleration,
+    registry_of,
+    same_registry,
+)
 
 NAMESPACE = "fleet"
 
@@ -40,6 +47,9 @@ OFFLINE_SECRET = "offline-placeholder-secret"
 
 Platform = Literal["kubernetes", "azure", "local"]
 LogLevel = Literal["none", "error", "warning", "info", "debug", "all"]
+
+# The Secret the stack makes from fleet:imagePullCredentials (kubernetes.io/dockerconfigjson).
+IMAGE_PULL_SECRET = "copilot-image-pull"
 
 # Log levels that write full prompts and request bodies to $COPILOT_HOME/logs (measured with CLI 1.0.102).
 PROMPT_LOGGING_LEVELS = frozenset({"debug", "all"})
@@ -179,25 +189,6 @@ Port = Annotated[int, Field(ge=1024, le=65535)]
 
 # --- sections ---------------------------------------------------------------------------------------------------
 
-class _Section(BaseModel):
-    """Stack config objects: camelCase keys, unknown keys refused, numbers coerced to strings where a string is
-    expected (Pulumi hands `1.0` back as a number)."""
-
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, coerce_numbers_to_str=True, frozen=True
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads `true` as 1: `fleet:replicas: true` would deploy one replica.
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation in (int, float) or any(a in (int, float) for a in get_args(annotation)):
-                raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
-        return value
-
-
 class ProviderSpec(_Section):
     """A BYOK model endpoint used by every session (no GitHub authentication needed)."""
 
@@ -225,11 +216,16 @@ class StorageSpec(_Section):
     # None: a volume for the shared patterns' few replicas, an emptyDir per-user (a disk per user runs into the
     # nodes' attach limits). Resume never needs it: the history is in session-state/.
     persistent_home: bool | None = None
+    # The storage class of each replica's COPILOT_HOME volume (persistentHome): None is the cluster's default class.
+    home_storage_class: ObjectName | None = None
 
 
 class RedisSpec(_Section):
     mode: Literal["in-cluster", "external"] = "in-cluster"
     url: SecretStr | None = None
+    # An external store reached with redis:// sends its password (AUTH) and every lease in clear: refused unless the
+    # store is in the cluster, or this says the network on the way is trusted.
+    accept_plaintext: bool = False
     # 7.2.12: 7.2.11 fixed Lua CVEs (CVE-2025-49844 and others) the leases' scripts would expose.
     image: Image = "redis:7.2.12-alpine"
     storage_size: Quantity = "1Gi"
@@ -242,11 +238,22 @@ def _check_cidr(value: str) -> str:
         raise ValueError(f"{value!r} is not a CIDR block such as 203.0.113.0/24 ({exc})") from None
 
 
+class LoadBalancerTls(_Section):
+    """The TLS-terminating front the user runs before a LoadBalancer or NodePort Service (the CLI's port speaks
+    plain TCP): recorded in stack config, where the next reader of the stack finds it."""
+
+    terminated_by: Annotated[str, Field(min_length=3, max_length=200)]
+
+
 class LoadBalancerSpec(_Section):
     service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
     session_affinity: Literal["None", "ClientIP"] = "None"
     # Clients outside the cluster: loadBalancerSourceRanges of the Service and ipBlock peers of the NetworkPolicy.
     source_ranges: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
+    # Outside clients reach the CLI's plain-TCP port (the token, every prompt): one of the two must say how it is
+    # protected (see _exposure_problems).
+    tls: LoadBalancerTls | None = None
+    accept_plaintext: bool = False
 
 
 NetworkPort = Annotated[int, Field(ge=1, le=65535)]
@@ -402,6 +409,14 @@ class FleetSpec(_Section):
     # users apart itself) may reach every user's server; client pods otherwise reach only their own user's.
     backend_selector: dict[str, str] | None = None
     janitor_schedule: Cron = "*/15 * * * *"
+    # Kubernetes keys passed through to the pods and Services (copilot_fleet/spec_kubernetes.py).
+    image_pull_secrets: list[ObjectName] = Field(default_factory=list)
+    image_pull_credentials: ImagePullCredentials | None = None
+    node_selector: Labels = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    affinity: Affinity | None = None
+    pod_annotations: Annotations = Field(default_factory=dict)
+    service_annotations: Annotations = Field(default_factory=dict)
     max_sessions_per_replica: Annotated[int, Field(ge=1, le=1000)] = 50
     termination_grace_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
     infinite_sessions: InfiniteSessionsSpec = InfiniteSessionsSpec()
@@ -473,6 +488,11 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         url = spec.redis.url.get_secret_value() if spec.redis.url is not None else None
         if url is not None and url != OFFLINE_SECRET and not url.startswith(("redis://", "rediss://")):
             p.append("fleet:redis.url: must start with redis:// or rediss://")
+        elif url is not None and url != OFFLINE_SECRET:
+            p.extend(_plaintext_store_problems(url, spec.redis.accept_plaintext))
+        if spec.redis.accept_plaintext and spec.redis.mode != "external":
+            p.append("fleet:redis.acceptPlaintext: only for redis.mode external (the URL you give); the in-cluster "
+                     "store is reached over the cluster's pod network")
     ids = spec.user_ids
     dupes = sorted(u for u, seen in Counter(ids).items() if seen > 1)  # one pass: fleets have thousands of users
     if dupes:
@@ -503,6 +523,12 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
             p.append(f"fleet:loadBalancer.sourceRanges: a {lb.service_type} Service is for clients outside the "
                      "cluster, and the fleet's NetworkPolicies admit those only from these CIDRs: set your clients' "
                      "address ranges, or use serviceType ClusterIP for clients inside the cluster")
+        p.extend(_exposure_problems(spec))
+        p.extend(_image_pull_problems(spec))
+        if spec.storage.home_storage_class is not None and not spec.home_is_persistent:
+            p.append("fleet:storage.homeStorageClass: COPILOT_HOME is an emptyDir here (storage.persistentHome is "
+                     f"{'false' if spec.storage.persistent_home is False else 'unset, false for per-user'}), so no "
+                     "volume would use the class: set storage.persistentHome true, or remove homeStorageClass")
     if spec.platform in ("kubernetes", "azure") and spec.egress.mode == "restricted":
         endpoints = [("fleet:provider.baseUrl", spec.provider.base_url)] if spec.provider is not None else []
         if spec.otlp_endpoint is not None:
@@ -532,6 +558,69 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         p.append(f"fleet:sessionTtl: at least 1h so the janitor never races a live conversation "
                  f"(got {spec.session_ttl} s)")
     return p
+
+
+def _exposure_problems(spec: FleetSpec) -> list[str]:
+    """A LoadBalancer or NodePort Service puts the CLI's port on a network outside the cluster. That port speaks
+    plain JSON-RPC over TCP (the SDK has no TLS): the connection token, a credential that runs commands as the CLI,
+    and every prompt and answer cross that network in clear. Refused unless the stack says how it is protected."""
+    lb = spec.load_balancer
+    if lb.service_type == "ClusterIP":
+        named = [key for key, given in (("tls", lb.tls is not None), ("acceptPlaintext", lb.accept_plaintext)) if given]
+        return [f"fleet:loadBalancer.{key}: only for serviceType LoadBalancer or NodePort (this Service is ClusterIP, "
+                "reached inside the cluster only); remove it" for key in named]
+    if lb.tls is not None and lb.accept_plaintext:
+        return ["fleet:loadBalancer.acceptPlaintext: contradicts fleet:loadBalancer.tls (a TLS front protects the "
+                "port); keep one"]
+    if lb.tls is None and not lb.accept_plaintext:
+        return [f"fleet:loadBalancer.serviceType: a {lb.service_type} Service exposes the CLI's port outside the "
+                "cluster, and that port is plain TCP: the connection token (which lets its holder run commands as "
+                "the CLI server) and every prompt and answer would cross the network in clear. Put a "
+                "TLS-terminating front before it and name it in fleet:loadBalancer.tls.terminatedBy (for example a "
+                "cloud load balancer's TLS listener set up through fleet:serviceAnnotations, or a TLS proxy; your "
+                "application then needs a TLS-originating sidecar, the SDK speaks plain TCP), or set "
+                "fleet:loadBalancer.acceptPlaintext true if the network between your clients and the nodes is "
+                "private and trusted (a VPN, a peered network, an internal load balancer)"]
+    return []
+
+
+def _image_pull_problems(spec: FleetSpec) -> list[str]:
+    """imagePullCredentials must be for a registry the fleet pulls from; its Secret's name is taken."""
+    creds, p = spec.image_pull_credentials, []
+    if creds is not None:
+        # The in-cluster Redis is pulled too; on Azure the lease store is Azure Cache for Redis, not an image.
+        runs_redis = (spec.platform == "kubernetes" and spec.shares_session_state and spec.redis.mode == "in-cluster")
+        images = [i for i in (spec.image, spec.redis.image if runs_redis else None) if i]
+        if images and not any(same_registry(creds.server, image) for image in images):
+            pulled = ", ".join(f"{image} from {registry_of(image)}" for image in images)
+            p.append(f"fleet:imagePullCredentials.server: {creds.server} is not a registry this fleet pulls from "
+                     f"({pulled}): the credentials would never be used")
+    if IMAGE_PULL_SECRET in spec.image_pull_secrets and creds is not None:
+        p.append(f"fleet:imagePullSecrets: {IMAGE_PULL_SECRET!r} is the Secret the stack makes from "
+                 "fleet:imagePullCredentials; name your own Secret differently")
+    dupes = sorted(n for n, seen in Counter(spec.image_pull_secrets).items() if seen > 1)
+    if dupes:
+        p.append(f"fleet:imagePullSecrets: named twice: {dupes}")
+    return p
+
+
+def _plaintext_store_problems(url: str, accept_plaintext: bool) -> list[str]:
+    """redis:// to a store outside the cluster: AUTH (the password) and every lease in clear on the way."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or accept_plaintext:
+        return []
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or _SURELY_IN_CLUSTER.match(host):
+        return []  # on this machine, or a Service of the cluster: the pod network, as the in-cluster store
+    return [f"fleet:redis.url: redis:// to {host} sends the store's password and every lease in clear to a host "
+            "outside the cluster: use rediss:// (TLS; Azure Cache for Redis and managed stores offer it), or set "
+            "fleet:redis.acceptPlaintext true if the network on the way is private and trusted"]
 
 
 # A Kubernetes Service name as a URL host: `svc` (the fleet's namespace) or `svc.ns.svc[.cluster.local]` surely;
@@ -672,7 +761,8 @@ def _azure_problems(spec: FleetSpec) -> list[str]:
 
 # Config keys (camelCase, as in stack config) whose values are credentials: they must come from Pulumi secrets.
 # Paths use '.' for object keys and '[]' for every list element.
-SECRET_PATHS: tuple[str, ...] = ("githubToken", "provider.apiKey", "redis.url", "users[].githubToken")
+SECRET_PATHS: tuple[str, ...] = ("githubToken", "provider.apiKey", "redis.url", "users[].githubToken",
+                                 "imagePullCredentials.password")
 
 
 @dataclass(frozen=True)
@@ -707,7 +797,7 @@ def _unknown_key_problems(values: Mapping[str, Any]) -> list[str]:
 def _is_secret_key(key: str) -> bool:
     """`fleet:users[1].githubToken` and the like: values never echoed in a message."""
     flat = re.sub(r"\[\d+\]", "[]", key.removeprefix(f"{NAMESPACE}:"))
-    return flat in SECRET_PATHS or flat.endswith(("Token", "apiKey", "url"))
+    return flat in SECRET_PATHS or flat.endswith(("Token", "apiKey", "url", "password"))
 
 
 def load_spec(raw: RawConfig) -> FleetSpec:

@@ -17,7 +17,7 @@ import pulumi
 
 from copilot_fleet.components.azure.names import kv_secret_name
 from copilot_fleet.components.azure.secret_sync import SyncedSecret
-from copilot_fleet.components.kubernetes.secrets import JANITOR_CREDENTIALS, REDIS_URL_KEY
+from copilot_fleet.components.kubernetes.secrets import JANITOR_CREDENTIALS, REDIS_URL_KEY, SECRET_TYPES
 
 # Keys the Azure Files CSI driver reads from a node-stage Secret.
 ACCOUNT_NAME_KEY = "azurestorageaccountname"
@@ -48,7 +48,7 @@ class SecretLayout:
             raise ValueError(f"two values map to the Key Vault secret {vault_secret!r}")
         self.values[vault_secret] = value
         if k8s_secret is not None and key is not None:
-            self.synced.append(SyncedSecret(vault_secret, k8s_secret, key))
+            self.synced.append(SyncedSecret(vault_secret, k8s_secret, key, SECRET_TYPES.get(k8s_secret, "Opaque")))
 
 
 def secret_layout(material: Mapping[str, Mapping[str, pulumi.Input[str]]],

@@ -27,7 +27,12 @@ import pulumi_kubernetes.policy.v1 as policy
 
 from copilot_fleet.components.common import child_options
 from copilot_fleet.components.kubernetes.meta import FleetMeta
-from copilot_fleet.components.kubernetes.pod import container_security_context, pod_security_context
+from copilot_fleet.components.kubernetes.pod import (
+    container_security_context,
+    placement,
+    pod_annotations,
+    pod_security_context,
+)
 
 API_VERSION = "secrets-store.csi.x-k8s.io/v1"
 KIND = "SecretProviderClass"
@@ -50,6 +55,7 @@ class SyncedSecret:
     vault_secret: str  # Key Vault secret name
     k8s_secret: str  # Kubernetes Secret name
     key: str  # key inside that Secret
+    k8s_type: str = "Opaque"  # the Secret's type (an image pull Secret is kubernetes.io/dockerconfigjson)
 
 
 def _objects_parameter(items: Sequence[SyncedSecret]) -> str:
@@ -69,8 +75,12 @@ def provider_class_spec(*, client_id: str, vault_name: str, tenant_id: str,
     if clash:
         raise ValueError(f"two Key Vault secrets sync into the same Kubernetes Secret key: {clash}")
     secrets: dict[str, list[dict[str, str]]] = {}
+    types: dict[str, str] = {}
     for i in sorted(items, key=lambda i: (i.k8s_secret, i.key)):
         secrets.setdefault(i.k8s_secret, []).append({"objectName": i.vault_secret, "key": i.key})
+        if types.setdefault(i.k8s_secret, i.k8s_type) != i.k8s_type:
+            raise ValueError(f"Kubernetes Secret {i.k8s_secret} synced with two types: {types[i.k8s_secret]}, "
+                             f"{i.k8s_type}")
     return {
         "provider": "azure",
         "parameters": {
@@ -82,7 +92,7 @@ def provider_class_spec(*, client_id: str, vault_name: str, tenant_id: str,
             "tenantID": tenant_id,
             "objects": _objects_parameter(items),
         },
-        "secretObjects": [{"secretName": name, "type": "Opaque", "data": data}
+        "secretObjects": [{"secretName": name, "type": types[name], "data": data}
                           for name, data in sorted(secrets.items())],
     }
 
@@ -96,9 +106,11 @@ def sync_labels(meta: FleetMeta) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def sync_pod_spec(meta: FleetMeta) -> dict[str, Any]:
+    """The sync pods run where the fleet's pods may (nodeSelector, tolerations) and carry its pod annotations;
+    they pull the public pause image without the fleet's pull Secret, which they sync themselves."""
     selector, labels = sync_labels(meta)
     return {
-        "metadata": {"labels": labels},
+        "metadata": {"labels": labels, "annotations": pod_annotations(meta)},
         "spec": {
             "service_account_name": NAME,
             # The CSI driver requests the service-account token itself; the container needs none.
@@ -121,6 +133,7 @@ def sync_pod_spec(meta: FleetMeta) -> dict[str, Any]:
             }],
             "volumes": [{"name": "keyvault", "csi": {
                 "driver": CSI_DRIVER, "read_only": True, "volume_attributes": {"secretProviderClass": NAME}}}],
+            **placement(meta, image_pulls=False),
         },
     }
 

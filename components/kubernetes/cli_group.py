@@ -16,7 +16,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
 from copilot_fleet.components.common import child_options
-from copilot_fleet.components.kubernetes import network, pod, secrets, storage
+from copilot_fleet.components.kubernetes import network, pod, storage
 from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.janitor import janitor_cron_job
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
@@ -80,7 +80,10 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
             *([] if meta.spec.home_is_persistent else [pod.ephemeral_home_volume(meta)]),
             *hooks.extra_volumes,
         ],
+        **pod.placement(meta),
     }
+    if meta.spec.affinity is not None:
+        spec["affinity"] = meta.spec.affinity.model_dump(exclude_none=True)
     if group.replicas > 1:
         # Spread replicas over nodes so one node going away takes at most one.
         spec["topology_spread_constraints"] = [{
@@ -90,9 +93,10 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
             "label_selector": {"match_labels": meta.selector(CLI, group)},
         }]
     metadata: dict[str, Any] = {"labels": {**meta.labels(CLI, group), **hooks.pod_labels}}
-    if args.secrets_checksum is not None:
-        # A rotated credential changes the template, so the pods roll and read it (env is read at start only).
-        metadata["annotations"] = {secrets.CHECKSUM_ANNOTATION: args.secrets_checksum}
+    # A rotated credential changes the template (its checksum), so the pods roll and read it (env is read at start).
+    annotations = pod.pod_annotations(meta, args.secrets_checksum)
+    if annotations:
+        metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": spec}
 
 
@@ -122,9 +126,11 @@ class CliGroupDeployment(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.session_claim])),
         )
+        # fleet:serviceAnnotations: the client Service is the one clients (and cloud load balancers) see.
         self.service = core.Service(
             group.name,
-            metadata=meta.metadata(group.name, CLI, group),
+            metadata={**meta.metadata(group.name, CLI, group),
+                      "annotations": dict(meta.spec.service_annotations) or None},
             spec=client_service_spec(args),
             opts=child,
         )

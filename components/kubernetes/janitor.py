@@ -20,7 +20,13 @@ import pulumi
 import pulumi_kubernetes.batch.v1 as batch
 
 from copilot_fleet.components.kubernetes.meta import CLI, JANITOR, FleetMeta
-from copilot_fleet.components.kubernetes.pod import container_security_context, image_pull_policy, pod_security_context
+from copilot_fleet.components.kubernetes.pod import (
+    container_security_context,
+    image_pull_policy,
+    placement,
+    pod_annotations,
+    pod_security_context,
+)
 from copilot_fleet.components.kubernetes.secrets import SecretKeyRef
 from copilot_fleet.topology import CliGroup
 
@@ -78,6 +84,7 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
             "volume_mounts": mounts,
         }],
         "volumes": volumes,
+        **placement(meta),
     }
     if spec.storage.access_mode == "ReadWriteOnce":
         pod_spec["affinity"] = {"pod_affinity": {"required_during_scheduling_ignored_during_execution": [{
@@ -99,7 +106,9 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
                     "backoff_limit": 1,
                     "active_deadline_seconds": 3600,
                     "ttl_seconds_after_finished": 86400,
-                    "template": {"metadata": {"labels": meta.labels(JANITOR, group)}, "spec": pod_spec},
+                    "template": {"metadata": {"labels": meta.labels(JANITOR, group),
+                                              "annotations": pod_annotations(meta)},
+                                 "spec": pod_spec},
                 },
             },
         },

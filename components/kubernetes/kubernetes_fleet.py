@@ -15,6 +15,7 @@ from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, REDIS, SERVICE_ACCOUNT, FleetMeta
 from copilot_fleet.components.kubernetes.pod import PORT_NAME
 from copilot_fleet.components.kubernetes.redis import InClusterRedis, InClusterRedisArgs, in_cluster_url, redis_password
+from copilot_fleet.spec import IMAGE_PULL_SECRET
 from copilot_fleet.topology import Topology
 
 
@@ -121,7 +122,7 @@ class KubernetesFleet(pulumi.ComponentResource):
         if password is not None:
             self.redis = InClusterRedis(REDIS, InClusterRedisArgs(
                 meta, secrets_checksum=secrets.checksum(self.secret_material, (secrets.REDIS_SECRET,))), password,
-                                        opts=after_secrets(secrets.REDIS_SECRET))
+                                        opts=after_secrets(secrets.REDIS_SECRET, IMAGE_PULL_SECRET))
             network.redis_ingress(meta, clients, child)
             if spec.egress.mode == "restricted":
                 network.redis_egress(meta, child)
@@ -141,7 +142,7 @@ class KubernetesFleet(pulumi.ComponentResource):
                                                       (secrets.FLEET_CREDENTIALS, meta.credentials_secret(group))),
                 ),
                 opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
-                                   secrets.JANITOR_CREDENTIALS),
+                                   secrets.JANITOR_CREDENTIALS, IMAGE_PULL_SECRET),
             )
             for group in topology.groups
         ]

@@ -57,6 +57,18 @@ RUN_AS_USER = 1000
 MAX_PRESTOP_SECONDS = 30
 ENDPOINT_REMOVAL_SECONDS = 2
 
+# The container's command execs the CLI (copilot_fleet.pod.start), so the CLI is the container's PID 1. The image
+# installs it execute-only, which makes the process non-dumpable: a session's tool run (same uid) cannot read its
+# environment, and neither can the probes find it from its socket; they name it by this PID instead.
+CLI_BINARY = "/usr/local/bin/copilot"
+CLI_PID = 1
+
+
+def cli_command() -> list[str]:
+    """Prune the per-start logs on the log volume (an emptyDir that outlives container restarts), then exec the
+    CLI; the args (cli_args) follow."""
+    return ["python3", "-m", "copilot_fleet.pod.start", "--logs", LOGS, "--", CLI_BINARY]
+
 
 def cli_args(meta: FleetMeta) -> list[str]:
     """`--host 0.0.0.0`: without it the CLI binds 127.0.0.1 and no Service can reach it."""
@@ -128,8 +140,10 @@ class Probes:
 def health_command(port: int, timeout: int, recycle: RecycleSpec | None = None) -> dict[str, Any]:
     """`copilot_fleet.pod.health` in the CLI image: a JSON-RPC round trip with the container's connection token, so a
     server that accepts TCP but does not answer fails the probe; with `fleet:recycle` bounds, so does a server past
-    one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits)."""
-    command = ["python3", "-m", "copilot_fleet.pod.health", "--port", str(port), "--timeout", str(timeout)]
+    one (its RSS, or the sessions counted from the logs in $COPILOT_HOME, which the probe inherits). The CLI is
+    `CLI_PID`: non-dumpable, it cannot be found from its port by its own user."""
+    command = ["python3", "-m", "copilot_fleet.pod.health", "--port", str(port), "--timeout", str(timeout),
+               "--pid", str(CLI_PID)]
     if recycle is not None and recycle.max_rss_mb is not None:
         command += ["--recycle-rss-mb", str(recycle.max_rss_mb)]
     if recycle is not None and recycle.max_sessions is not None:
@@ -165,6 +179,31 @@ def image_pull_policy(image: str | None) -> str:
     """A digest names one build: pull it once. A tag can be pushed again: check it at every start, or nodes keep
     running different builds under one name (pin `name:tag@sha256:...` to drop the check)."""
     return "IfNotPresent" if image is not None and "@sha256:" in image else "Always"
+
+
+def placement(meta: FleetMeta, *, image_pulls: bool = True) -> dict[str, Any]:
+    """Pod spec fields every pod of the fleet gets from stack config (CLI servers, janitor Jobs, the in-cluster
+    Redis): the nodes it may run on (`nodeSelector`, `tolerations`) and the Secrets its node pulls images with.
+    `affinity` is the CLI pods' alone (cli_group.pod_template): its pod (anti-)affinity terms are about them."""
+    spec = meta.spec
+    out: dict[str, Any] = {}
+    if spec.node_selector:
+        out["node_selector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in spec.tolerations]
+    pulls = secrets.image_pull_secret_names(spec) if image_pulls else []
+    if pulls:
+        out["image_pull_secrets"] = [{"name": name} for name in pulls]
+    return out
+
+
+def pod_annotations(meta: FleetMeta, secrets_checksum: Any = None) -> dict[str, Any] | None:
+    """`fleet:podAnnotations` on every pod of the fleet, with the template's secrets checksum where it has one
+    (the spec refuses user keys under copilot-fleet/, so neither hides the other)."""
+    annotations: dict[str, Any] = dict(meta.spec.pod_annotations)
+    if secrets_checksum is not None:
+        annotations[secrets.CHECKSUM_ANNOTATION] = secrets_checksum
+    return annotations or None
 
 
 def container_security_context(read_only_root: bool = True) -> dict[str, Any]:
@@ -210,6 +249,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
         "name": CONTAINER_NAME,
         "image": spec.image,
         "image_pull_policy": image_pull_policy(spec.image),
+        "command": cli_command(),
         # The server needs its credentials; the shell and MCP servers a session starts (untrusted tool runs) do
         # not: the CLI strips these from their environment and redacts them from their output.
         "args": [*cli_args(meta), f"--secret-env-vars={','.join(secret_env_names(env))}"],
@@ -229,7 +269,7 @@ def cli_container(meta: FleetMeta, group: CliGroup,
             "/bin/sh", "-c",
             f"sleep {ENDPOINT_REMOVAL_SECONDS}; exec python3 -m copilot_fleet.pod.drain "
             f"--session-state {SESSION_STATE} "
-            f"--port {spec.port} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
+            f"--pid {CLI_PID} --timeout {prestop_seconds(spec.termination_grace_seconds)}"]}}},
         "security_context": container_security_context(),
         "volume_mounts": mounts,
     }
@@ -265,12 +305,13 @@ def ephemeral_home_volume(meta: FleetMeta) -> dict[str, Any]:
 
 
 def home_volume_claim(meta: FleetMeta) -> dict[str, Any]:
-    """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from the default storage class
-    (the session storage class is typically a network share, which SQLite should not live on)."""
-    return {
-        "metadata": {"name": "copilot-home", "labels": meta.labels("cli")},
-        "spec": {
-            "access_modes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": meta.spec.storage.home_size}},
-        },
+    """COPILOT_HOME's volumeClaimTemplate: one ReadWriteOnce volume per replica, from `storage.homeStorageClass`
+    or else the default storage class (the session storage class is typically a network share, which SQLite
+    should not live on)."""
+    spec: dict[str, Any] = {
+        "access_modes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": meta.spec.storage.home_size}},
     }
+    if meta.spec.storage.home_storage_class is not None:
+        spec["storage_class_name"] = meta.spec.storage.home_storage_class
+    return {"metadata": {"name": "copilot-home", "labels": meta.labels("cli")}, "spec": spec}

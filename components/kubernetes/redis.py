@@ -22,7 +22,13 @@ import pulumi_random as random
 from copilot_fleet.components.common import child_options
 from copilot_fleet.components.kubernetes import secrets
 from copilot_fleet.components.kubernetes.meta import LEASE_STORE, REDIS, REDIS_PORT, FleetMeta
-from copilot_fleet.components.kubernetes.pod import container_security_context, image_pull_policy, pod_security_context
+from copilot_fleet.components.kubernetes.pod import (
+    container_security_context,
+    image_pull_policy,
+    placement,
+    pod_annotations,
+    pod_security_context,
+)
 
 # The `redis` user of the official images (alpine and debian variants alike).
 REDIS_UID = 999
@@ -84,9 +90,8 @@ class InClusterRedis(pulumi.ComponentResource):
             f'REDISCLI_AUTH="$(sed -n "s/^requirepass //p" {AUTH_FILE})" redis-cli -p {REDIS_PORT} ping '
             "| grep -q PONG"]}}
         auth = secrets.redis_auth_config_ref()
-        template_metadata: dict[str, object] = {"labels": meta.labels(LEASE_STORE)}
-        if args.secrets_checksum is not None:
-            template_metadata["annotations"] = {secrets.CHECKSUM_ANNOTATION: args.secrets_checksum}
+        template_metadata: dict[str, object] = {"labels": meta.labels(LEASE_STORE),
+                                                "annotations": pod_annotations(meta, args.secrets_checksum)}
         self.stateful_set = apps.StatefulSet(
             REDIS,
             metadata=meta.metadata(REDIS, LEASE_STORE),
@@ -128,6 +133,7 @@ class InClusterRedis(pulumi.ComponentResource):
                             {"name": "auth", "secret": {"secret_name": auth.name, "default_mode": 0o440,
                                                         "items": [{"key": auth.key, "path": "auth.conf"}]}},
                         ],
+                        **placement(meta),
                     },
                 },
                 "volume_claim_templates": [{

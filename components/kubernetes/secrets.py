@@ -11,11 +11,14 @@ volume: its lease store URL is a file, see janitor.py). The fleet creates the Se
 | `<group>-credentials` | `connection-token`, and `github-token` for a per-user user with their own token | always |
 | `copilot-redis` | `password`, `auth.conf` (`requirepass <password>`) | in-cluster Redis |
 | `copilot-janitor-credentials` | `redis-url` | a lease store (shared patterns): the janitor mounts it as a file |
+| `copilot-image-pull` | `.dockerconfigjson` (type `kubernetes.io/dockerconfigjson`) | `fleet:imagePullCredentials` |
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ import pulumi_kubernetes.core.v1 as core
 
 from copilot_fleet.components.common import ConnectionTokens
 from copilot_fleet.components.kubernetes.meta import JANITOR, LEASE_STORE, REDIS, FleetMeta
+from copilot_fleet.spec import IMAGE_PULL_SECRET, FleetSpec
+from copilot_fleet.spec_kubernetes import ImagePullCredentials, config_key_for
 from copilot_fleet.topology import CliGroup, Topology
 
 FLEET_CREDENTIALS = "copilot-fleet-credentials"
@@ -38,6 +43,11 @@ REDIS_AUTH_CONFIG_KEY = "auth.conf"
 # The lease store URL for the session janitor, in a Secret of its own: the CLI pods never see it.
 JANITOR_CREDENTIALS = "copilot-janitor-credentials"
 REDIS_URL_KEY = "redis-url"
+# A registry login the kubelet pulls images with (fleet:imagePullCredentials).
+DOCKER_CONFIG_KEY = ".dockerconfigjson"
+DOCKER_CONFIG_TYPE = "kubernetes.io/dockerconfigjson"
+# Secrets whose type is not Opaque (the kubelet reads an image pull Secret only with its type).
+SECRET_TYPES = {IMAGE_PULL_SECRET: DOCKER_CONFIG_TYPE}
 
 SecretMaterial = dict[str, dict[str, pulumi.Output[str]]]
 
@@ -85,6 +95,26 @@ def janitor_redis_url_ref() -> SecretKeyRef:
     return SecretKeyRef(JANITOR_CREDENTIALS, REDIS_URL_KEY)
 
 
+def docker_config_json(server: str, username: str, password: str) -> str:
+    """A `.dockerconfigjson` document with one registry login, as `kubectl create secret docker-registry` writes
+    it (`auth` is base64 of `username:password`)."""
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {config_key_for(server): {"username": username, "password": password,
+                                                          "auth": auth}}})
+
+
+def image_pull_config(credentials: ImagePullCredentials) -> pulumi.Output[str]:
+    return pulumi.Output.secret(docker_config_json(credentials.server, credentials.username,
+                                                   credentials.password.get_secret_value()))
+
+
+def image_pull_secret_names(spec: FleetSpec) -> list[str]:
+    """The Secrets every fleet pod names in imagePullSecrets: the user's own, and the one made from
+    fleet:imagePullCredentials."""
+    made = [IMAGE_PULL_SECRET] if spec.image_pull_credentials is not None else []
+    return [*spec.image_pull_secrets, *made]
+
+
 def secret_material(topology: Topology, tokens: ConnectionTokens,
                     redis_password: pulumi.Output[str] | None,
                     lease_store_url: pulumi.Input[str] | None = None) -> SecretMaterial:
@@ -117,6 +147,8 @@ def secret_material(topology: Topology, tokens: ConnectionTokens,
             # Fail here rather than deploy a janitor that deletes on a shared volume without leases.
             raise ValueError("the topology has a lease store but no lease store URL was given for the janitor")
         out[JANITOR_CREDENTIALS] = {REDIS_URL_KEY: pulumi.Output.secret(lease_store_url)}
+    if spec.image_pull_credentials is not None:
+        out[IMAGE_PULL_SECRET] = {DOCKER_CONFIG_KEY: image_pull_config(spec.image_pull_credentials)}
     return out
 
 
@@ -148,7 +180,7 @@ def create_secrets(meta: FleetMeta, material: Mapping[str, Mapping[str, pulumi.O
         created[name] = core.Secret(
             name,
             metadata=meta.metadata(name, component),
-            type="Opaque",
+            type=SECRET_TYPES.get(name, "Opaque"),
             string_data=pulumi.Output.secret(dict(data)),
             opts=opts,
         )

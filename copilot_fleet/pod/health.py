@@ -245,17 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resident memory (VmRSS) above this many MiB")
     bounds.add_argument("--recycle-sessions", type=positive(int), default=None, metavar="N",
                         help="this many session creates + resumes served since the process started")
+    bounds.add_argument("--pid", type=positive(int), default=None,
+                        help="the CLI's PID (default: the process listening on --port). In a pod the CLI is PID 1 "
+                             "and non-dumpable: its sockets cannot be traced to it, so the probe names it")
     bounds.add_argument("--home", default=None, metavar="DIR",
                         help=f"the server's COPILOT_HOME, whose logs count the sessions (default ${HOME_ENV})")
     return p
 
 
-def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None) -> list[str]:
-    """Why the CLI listening on `port` here is past its recycle bounds (empty: it is not, or it cannot be told)."""
+def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None,
+                    pid: int | None = None) -> list[str]:
+    """Why the CLI (`pid`, else the one listening on `port` here) is past its recycle bounds (empty: it is not, or
+    it cannot be told)."""
     from copilot_fleet.pod.ports import port_holder_pid
     from copilot_fleet.pod.wear import measure
 
-    pid = port_holder_pid(port)
+    if pid is None:
+        pid = port_holder_pid(port)
     if pid is None:
         return []  # not visible from here (another user's process, another host): the bound cannot be judged
     return measure(pid, home).over(max_rss_mb, max_sessions)
@@ -281,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.ok and (args.recycle_rss_mb is not None or args.recycle_sessions is not None):
         home = args.home or os.environ.get(HOME_ENV)
         reasons = recycle_reasons(parse_address(address)[1], Path(home) if home else None,
-                                  args.recycle_rss_mb, args.recycle_sessions)
+                                  args.recycle_rss_mb, args.recycle_sessions, args.pid)
         if reasons:
             result = replace(result, ok=False, error=f"answers, but is past its recycle bound ({'; '.join(reasons)}): "
                                                      "drain and restart it")

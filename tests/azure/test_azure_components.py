@@ -119,3 +119,37 @@ def test_the_fleet_hands_back_where_things_landed(run_mocked: Callable[..., Run]
     assert out["redis_host"].endswith(".redis.cache.windows.net")
     assert list(out["storage_accounts"]) == ["copilot-sessions"]
     assert out["oidc_issuer_url"].startswith("https://") and offline.TENANT in out["oidc_issuer_url"]
+
+
+def test_a_private_registry_login_reaches_the_nodes_through_key_vault(run_mocked: Callable[..., Run]) -> None:
+    """fleet:imagePullCredentials on Azure (a registry that is not ACR): the login is a Key Vault secret, synced
+    into a kubernetes.io/dockerconfigjson Secret that every fleet pod names; the sync pods, which pull the public
+    pause image and make that Secret, do not name it, but run where the fleet's pods may."""
+    login = {"server": "registry.example.com", "username": "robot", "password": "TESTSECRET-pull-0008"}
+    values, secret = _stack_config("azure-shared-cli", **{
+        "fleet:image": "registry.example.com/copilot-cli:1.0.102",
+        "fleet:imagePullCredentials": login, "fleet:nodeSelector": {"pool": "copilot"},
+        "fleet:tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]})
+    values["fleet:azure"] = {k: v for k, v in values["fleet:azure"].items() if k != "containerRegistryId"}
+    run = run_mocked(values, secret | {"fleet:imagePullCredentials"}, stack="azure-private-registry")
+    assert not run.of_type("azure-native:authorization:RoleAssignment") or all(
+        "acr" not in r.name for r in run.of_type("azure-native:authorization:RoleAssignment"))
+    vault_secret = next(s for s in run.of_type("azure-native:keyvault:Secret")
+                        if s.inputs["secretName"] == "copilot-image-pull--dockerconfigjson")
+    assert "TESTSECRET-pull-0008" in json.dumps(vault_secret.inputs)  # the value goes to Key Vault, nowhere else
+    assert not any("TESTSECRET-pull-0008" in json.dumps(m) for m in run.manifests())
+    provider_class = next(m for m in run.manifests() if m["kind"] == "SecretProviderClass")["spec"]
+    (pull,) = [s for s in provider_class["secretObjects"] if s["secretName"] == "copilot-image-pull"]
+    assert pull["type"] == "kubernetes.io/dockerconfigjson"
+    assert pull["data"] == [{"objectName": "copilot-image-pull--dockerconfigjson", "key": ".dockerconfigjson"}]
+    for workload in run.kind("StatefulSet") + run.kind("CronJob") + run.kind("Deployment"):
+        template = workload["spec"]["jobTemplate"]["spec"]["template"] if workload["kind"] == "CronJob" \
+            else workload["spec"]["template"]
+        spec, name = template["spec"], workload["metadata"]["name"]
+        assert spec["nodeSelector"] == {"pool": "copilot"}, name
+        assert spec["tolerations"][0]["key"] == "dedicated", name
+        pulls = spec.get("imagePullSecrets")
+        if name == "copilot-keyvault-sync":
+            assert pulls is None
+        else:
+            assert pulls == [{"name": "copilot-image-pull"}], name

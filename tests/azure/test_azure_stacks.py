@@ -394,11 +394,15 @@ def test_disruption_budgets_let_unhealthy_pods_go(run: Run) -> None:
 
 def test_outside_clients_and_client_namespaces_reach_the_aks_fleet(run_mocked: Callable[..., Run]) -> None:
     """fleet:loadBalancer.sourceRanges and fleet:clientNamespaceSelector shape the Service and the policies on AKS
-    as on any cluster (they were dropped on Azure: outside clients never got in)."""
+    as on any cluster (they were dropped on Azure: outside clients never got in); fleet:serviceAnnotations makes
+    the load balancer an internal one (a private network: plaintext accepted)."""
     values, secret = read_stack_config(PROJECT_DIR, "azure-shared-cli")
-    values = {**values, "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
-              "fleet:clientNamespaceSelector": {"team": "apps"}}
+    internal = "service.beta.kubernetes.io/azure-load-balancer-internal"
+    values = {**values, "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"],
+                                               "acceptPlaintext": True},
+              "fleet:serviceAnnotations": {internal: "true"}, "fleet:clientNamespaceSelector": {"team": "apps"}}
     run = run_mocked(values, secret, stack="azure-lb")
+    assert run.get("Service", "copilot-cli")["metadata"]["annotations"] == {internal: "true"}
     service = run.get("Service", "copilot-cli")["spec"]
     assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
     assert service["externalTrafficPolicy"] == "Local"
@@ -411,11 +415,24 @@ ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 
 
 def test_the_first_image_pull_works(stack: str, run: Run) -> None:
-    """The cluster's kubelet identity gets AcrPull on the registry holding fleet:image in the same pulumi up (the
-    Kubernetes fleet depends on it): the first image pull must not fail."""
-    registry = spec_of(stack).azure.container_registry_id
+    """The first image pull must not fail: from Azure Container Registry, the cluster's kubelet identity gets
+    AcrPull on the registry holding fleet:image in the same pulumi up (the Kubernetes fleet depends on it); from
+    another private registry, every CLI and janitor pod names the pull Secret synced from Key Vault."""
+    spec = spec_of(stack)
+    registry = spec.azure.container_registry_id
     pulls = [r for r in run.of_type(f"{AZ}authorization:RoleAssignment")
              if clear(r.inputs)["roleDefinitionId"].endswith(f"/roleDefinitions/{ACR_PULL}")]
+    if registry is None:
+        assert spec.image_pull_credentials is not None, f"{stack}: neither AcrPull nor a registry login"
+        assert pulls == []
+        for workload in run.kind("StatefulSet") + run.kind("CronJob"):
+            template = (workload["spec"]["jobTemplate"]["spec"]["template"] if workload["kind"] == "CronJob"
+                        else workload["spec"]["template"])
+            assert template["spec"]["imagePullSecrets"] == [{"name": "copilot-image-pull"}], workload["metadata"]
+        synced = [s for m in run.kind("SecretProviderClass") for s in m["spec"]["secretObjects"]]
+        assert {"secretName": "copilot-image-pull", "type": "kubernetes.io/dockerconfigjson",
+                "data": [{"objectName": "copilot-image-pull--dockerconfigjson", "key": ".dockerconfigjson"}]} in synced
+        return
     assert len(pulls) == 1
     a = clear(pulls[0].inputs)
     _, cluster = arm_answer(run, f"{AZ}containerservice:ManagedCluster")

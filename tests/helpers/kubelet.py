@@ -11,6 +11,9 @@ What it does for a pod (and what a kubelet does that it mirrors):
   `readOnlyRootFilesystem` (without podman's extra tmpfs mounts), `capabilities`, `allowPrivilegeEscalation:
   false` as no-new-privileges, `runAsNonRoot` enforced, resource limits as cgroup limits, command/args with
   `$(VAR)` expansion, env (values, secretKeyRef, fieldRef), `workingDir`, volume mounts;
+- imagePullSecrets, as the kubelet's keyring reads them: each named Secret must be of type
+  `kubernetes.io/dockerconfigjson` with a readable `.dockerconfigjson`; which container images it holds a login
+  for is recorded (`pull_logins`). The images themselves are local stand-ins: no registry is asked;
 - init containers first, in order, each to completion (exit 0) before the next;
 - one network namespace per pod on a bridge network; the Node's DNS (`/etc/hosts` entries) maps Service and pod
   names to pod addresses; each container port published on 127.0.0.1 only;
@@ -22,9 +25,10 @@ What it does for a pod (and what a kubelet does that it mirrors):
   is asynchronous too). Ingress is not emulated: the host stands in for the clients.
 
 Not emulated, because no single node without an API server has them: ingress policies (the host stands in for the
-clients), Services with several backends (kube-proxy), scheduling and affinity, restarts (a container that exits
-is a failure here, reported with its output), emptyDir `sizeLimit` and ephemeral-storage limits (kubelet
-evictions), the kubelet's exact fsGroup exemptions (it skips some ReadWriteMany drivers; here every volume gets it).
+clients), Services with several backends (kube-proxy), scheduling and affinity, restarts on their own (a
+container that exits is a failure here, reported with its output; `RunningPod.restart` restarts one on request),
+emptyDir `sizeLimit` and ephemeral-storage limits (kubelet evictions), the kubelet's exact fsGroup exemptions (it
+skips some ReadWriteMany drivers; here every volume gets it).
 
 Anything in a pod spec this emulation does not implement raises `Unsupported` naming the field, so a template that
 grows a feature cannot pass here without the feature being looked at. Why not `podman kube play`: on this machine
@@ -52,7 +56,7 @@ PODMAN = ("podman", "--runtime", "runc")  # crun refuses hybrid cgroups on this 
 
 # Pod spec fields: emulated, or with no effect on a single node without an API server (named, so that anything
 # else is noticed).
-POD_FIELDS_EMULATED = {"containers", "init_containers", "volumes", "security_context",
+POD_FIELDS_EMULATED = {"containers", "init_containers", "volumes", "security_context", "image_pull_secrets",
                        "termination_grace_period_seconds", "restart_policy", "hostname", "subdomain"}
 POD_FIELDS_NODE_ONLY = {
     "service_account_name",  # no API server: nothing to authenticate as (the token is not mounted, see below)
@@ -146,6 +150,7 @@ class Node:
     root: Path  # volumes live under it
     images: Mapping[str, str]  # image named in a manifest -> the local image to run instead
     secrets: Callable[[str, str], str]  # (secret name, key) -> value
+    secret_types: Mapping[str, str] = field(default_factory=dict)  # secret name -> type (absent: Opaque)
     network: str = ""
     subnet: ipaddress.IPv4Network | None = None
     hosts: dict[str, str] = field(default_factory=dict)  # DNS name -> pod address
@@ -272,6 +277,7 @@ class RunningPod:
     ports: dict[int, int] = field(default_factory=dict)  # container port -> host port on 127.0.0.1
     init_results: list[subprocess.CompletedProcess[str]] = field(default_factory=list)
     egress_rules: list[list[str]] | None = None  # the iptables rules applied (None: no egress policy selects it)
+    pull_logins: dict[str, str] = field(default_factory=dict)  # container -> registry its pull Secrets log into
 
     # --- start -----------------------------------------------------------------------------------------------------
 
@@ -295,6 +301,7 @@ class RunningPod:
 
     def start(self) -> None:
         self._check_pod_fields()
+        self._check_image_pulls()
         self._make_volumes()
         for init in self.spec.get("init_containers") or []:
             proc = self._run_container(init, detach=False)
@@ -303,6 +310,10 @@ class RunningPod:
                 raise PodFailed(f"pod {self.name}: init container {init['name']} exited {proc.returncode}: "
                                 f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
         self._run_container(self.main, detach=True)
+        self._after_container_start()
+
+    def _after_container_start(self) -> None:
+        """What follows each start of the main container: its egress rules, its published ports."""
         self.egress_rules = enforce_egress(self)
         for port in self.main.get("ports") or []:
             published = podman("port", self.container, f"{port['container_port']}/tcp").stdout.strip()
@@ -322,6 +333,26 @@ class RunningPod:
             if extra:
                 raise Unsupported(f"pod {self.name}: container {container['name']} fields {sorted(extra)} are not "
                                   "emulated")
+
+    def _check_image_pulls(self) -> None:
+        logins: dict[str, str] = {}
+        for ref in self.spec.get("image_pull_secrets") or []:
+            name = ref["name"]
+            kind = self.node.secret_types.get(name, "Opaque")
+            if kind != DOCKER_CONFIG_TYPE:
+                raise PodFailed(f"pod {self.name}: imagePullSecrets names {name}, of type {kind}: the kubelet reads "
+                                f"logins only from {DOCKER_CONFIG_TYPE} Secrets")
+            try:
+                auths = json.loads(self.node.secrets(name, ".dockerconfigjson"))["auths"]
+                for server, login in auths.items():
+                    logins[registry_host(server)] = login.get("username") or ""
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise PodFailed(f"pod {self.name}: Secret {name} holds no readable .dockerconfigjson ({exc!r})"
+                                ) from None
+        for container in [*(self.spec.get("init_containers") or []), *self.spec["containers"]]:
+            registry = image_registry(container["image"])
+            if registry in logins:
+                self.pull_logins[container["name"]] = registry
 
     def _make_volumes(self) -> None:
         fs_group = self.pod_security.get("fs_group")
@@ -587,8 +618,42 @@ class RunningPod:
         killed = "SIGKILL" in proc.stderr or state.get("ExitCode") == 137
         return StopResult(int(state.get("ExitCode", -1)), time.monotonic() - started, grace, pre_stop, killed)
 
+    def restart(self) -> None:
+        """The kubelet restarting the container after it exited (a crash, a failed liveness probe): the same pod,
+        its volumes (emptyDirs included) kept, the container started again from its spec; then ready again. The
+        egress rules are applied again (the runtime rebuilds the network namespace) and the published port is
+        read again (it may change)."""
+        grace = int(self.spec.get("termination_grace_period_seconds", 30))
+        podman("stop", "-t", str(grace), self.container, timeout=grace + 60)
+        podman("start", self.container)
+        # The new network namespace keeps the pod's address with a new MAC: the host would send to the old one
+        # until its neighbour entry expired (measured: 20-40 s of refused probes). A cluster's network plugin
+        # announces the new one; here the entry is dropped.
+        subprocess.run(["ip", "neigh", "flush", "to", self.address], capture_output=True, check=False)
+        self._after_container_start()
+        self.wait_ready()
+
     def remove(self) -> None:
         podman("rm", "-f", "-t", "0", self.container, check=False)
+
+
+# --- image pulls (the kubelet's keyring, written here from its documented rules) -------------------------------------
+
+DOCKER_CONFIG_TYPE = "kubernetes.io/dockerconfigjson"
+
+
+def registry_host(server: str) -> str:
+    """A .dockerconfigjson key as the kubelet matches it: no scheme or path; Docker Hub's names are one."""
+    host = re.sub(r"^[a-z]+://", "", server).split("/", 1)[0].lower()
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def image_registry(image: str) -> str:
+    """The registry an image reference names: its first component when it is a host, else Docker Hub."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return registry_host(first)
+    return "docker.io"
 
 
 # --- NetworkPolicy egress ------------------------------------------------------------------------------------------

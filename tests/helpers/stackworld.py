@@ -37,10 +37,12 @@ from typing import Any
 
 import yaml
 
+from copilot_fleet.components.kubernetes.secrets import docker_config_json
 from tests.helpers.kubelet import Node, RunningPod
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI_IMAGE = "localhost/copilot-fleet/copilot-cli:local"
+# scripts/setup-runtime.sh builds it under this tag (checkouts running the tier side by side set their own).
+CLI_IMAGE = os.environ.get("COPILOT_FLEET_RUNTIME_CLI_IMAGE", "localhost/copilot-fleet/copilot-cli:local")
 REDIS_IMAGE = "localhost/local-stand-in/redis:bookworm-debian"
 
 MODEL_HOST = "test-model.runtime.invalid"  # .invalid: a name no real network resolves
@@ -111,6 +113,14 @@ class Rendered:
     def workloads(self, component: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] in ("StatefulSet", "Deployment", "CronJob")
                 and o["metadata"]["labels"].get(COMPONENT_LABEL) == component]
+
+    def secret_types(self) -> dict[str, str]:
+        """Secret name -> type, of the Secrets the stack makes or Key Vault sync creates."""
+        types = {s["metadata"]["name"]: s.get("type", "Opaque") for s in self.of_kind("Secret")}
+        for spc in self.of_kind("SecretProviderClass"):
+            for obj in spc["spec"].get("secretObjects") or []:
+                types[obj["secretName"]] = obj.get("type", "Opaque")
+        return types
 
     def declared_secret_keys(self) -> set[tuple[str, str]]:
         """(Secret, key) pairs that exist once the stack is up: its Secrets, or what Key Vault sync creates."""
@@ -185,6 +195,7 @@ class StackWorld:
     redis_password: str | None = None  # of the lease store the host's fleet client uses
     plans: dict[str, PodPlan] = field(default_factory=dict)
     lease_store_pod: str | None = None
+    project: Path | None = None  # the derived project (its stack file is what was rendered)
 
     @property
     def namespace(self) -> str:
@@ -280,6 +291,12 @@ class StackWorld:
         provider_key = [k for k in self.secret_values.declared if k[1] == "provider-api-key"]
         for key in provider_key:
             self.secret_values.composed[key] = self.model_key
+        login = self.config.get("fleet:imagePullCredentials")
+        for key in [k for k in self.secret_values.declared if k[1] == ".dockerconfigjson"]:
+            # The stack's registry login as the program writes it (the password is masked: a generated one).
+            assert login, f"{key} is declared but the stack has no fleet:imagePullCredentials"
+            self.secret_values.composed[key] = docker_config_json(login["server"], login["username"],
+                                                                  secrets.token_hex(16))
         url_key = self.janitor_url_key()
         redis = self.in_cluster_redis()
         if redis is not None:
@@ -420,6 +437,59 @@ class StackWorld:
         container_port = int(plan.template["spec"]["containers"][0]["ports"][0]["containerPort"])
         return self.node.pods[plan.name].ports[container_port]
 
+    # --- from outside the cluster, as a user's laptop reaches it --------------------------------------------------
+
+    def cluster_target(self) -> dict[str, Any]:
+        """The target as `pulumi stack output` gives it: the servers, and an in-cluster lease store, by their cluster
+        DNS names, taken from the stack's own outputs (the Pulumi program under the mock engine, on the derived
+        stack); the secrets are the world's (the outputs hold the mock engine's). A lease store outside the
+        cluster stays the stand-in's address, which this machine reaches as a laptop reaches a managed store."""
+        from copilot_fleet.clusterdns import parse_cluster_address, redis_address, replace_redis_address
+        from copilot_fleet.render import run_program, stack_config
+
+        assert self.project is not None, "the world was not built from a derived project"
+        values, secret_keys, project = stack_config(self.project, self.rendered.stack)
+        outputs = run_program(values, secret_keys, stack=self.rendered.stack, project=project, preview=True).outputs
+        out = self.target()
+        for key in ("endpoint", "replicas", "users", "namespace"):
+            if outputs.get(key):
+                out[key] = outputs[key]
+        store = redis_address(outputs.get("redis_url") or "")
+        if "redis_url" in out and store is not None and parse_cluster_address(store) is not None:
+            out["redis_url"] = replace_redis_address(out["redis_url"], store)
+        return out
+
+    def api_server_forwards(self) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """What `kubectl port-forward` and `kubectl get/exec` reach through the API server, for the stand-in kubectl
+        (tests/helpers/kubectl_standin.py), made from the rendered objects and the running pods, not from any
+        target: (`<ns>/pod/<name>:<port>` and `<ns>/svc/<name>:<port>` -> the pod's published 127.0.0.1 port,
+        `<ns>/<pod>` -> its labels and container). A Service forward goes to the first running pod its selector
+        matches, on the Service port's targetPort, as kubectl does."""
+        ns = self.namespace
+        running = {name: pod for name, pod in sorted(self.node.pods.items())
+                   if name in self.plans and self.plans[name].workload}
+        forwards: dict[str, str] = {}
+        pods: dict[str, dict[str, Any]] = {}
+        for name, pod in running.items():
+            pods[f"{ns}/{name}"] = {"labels": pod.labels, "container": pod.container}
+            for container_port, published in pod.ports.items():
+                forwards[f"{ns}/pod/{name}:{container_port}"] = f"127.0.0.1:{published}"
+        for service in self.rendered.of_kind("Service"):
+            selector = service["spec"].get("selector") or {}
+            backends = [p for p in running.values() if selector
+                        and all(p.labels.get(k) == v for k, v in selector.items())]
+            if not backends:
+                continue
+            for port in service["spec"].get("ports") or []:
+                target_port = port.get("targetPort", port["port"])
+                if isinstance(target_port, str):
+                    target_port = next(int(p["container_port"]) for p in backends[0].main.get("ports") or []
+                                       if p.get("name") == target_port)
+                if int(target_port) in backends[0].ports:
+                    forwards[f"{ns}/svc/{service['metadata']['name']}:{port['port']}"] = (
+                        f"127.0.0.1:{backends[0].ports[int(target_port)]}")
+        return forwards, pods
+
     # --- janitor ---------------------------------------------------------------------------------------------------
 
     def janitor_jobs(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -454,9 +524,10 @@ def build_world(stack: str, workdir: Path, prefix: str, cli_image: str = CLI_IMA
         rendered = render(project, stack, workdir / "rendered")
         config = yaml.safe_load(stack_file.read_text())["config"]
         values.declared = rendered.declared_secret_keys()
+        node.secret_types = rendered.secret_types()
         node.images = stack_images(rendered, config, cli_image)
         node.network_policies = rendered.of_kind("NetworkPolicy")
-        world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16))
+        world = StackWorld(rendered, config, node, values, model_key=secrets.token_hex(16), project=project)
         world.plan(model_address)
         world.compose_secrets()
         if world.outside_store_host is not None:

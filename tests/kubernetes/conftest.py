@@ -41,7 +41,7 @@ BASE: dict[str, tuple[dict[str, Any], set[str]]] = {
                      "model": "gpt-4.1"},
         "redis": {"mode": "external", "url": REDIS_URL},
         "loadBalancer": {"serviceType": "LoadBalancer", "sessionAffinity": "ClientIP",
-                         "sourceRanges": ["203.0.113.0/24"]},
+                         "sourceRanges": ["203.0.113.0/24"], "tls": {"terminatedBy": "the edge's TLS proxy"}},
         "storage": {"storageClass": "nfs-client"},
     }, {"provider", "redis"}),
     "per-user": ({

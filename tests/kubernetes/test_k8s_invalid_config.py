@@ -106,6 +106,57 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], set[str], str]] = [
     ("namespace-not-dns", SHARED, {"namespace": "Copilot_Fleet"}, {"githubToken"}, "fleet:namespace"),
     ("otlp-not-url", SHARED, {"otlpEndpoint": "collector:4318"}, {"githubToken"}, "fleet:otlpEndpoint"),
     ("grace-too-short", SHARED, {"terminationGraceSeconds": 1}, {"githubToken"}, "fleet:terminationGraceSeconds"),
+    # The port is plain TCP: outside the cluster the stack must say what protects it.
+    ("load-balancer-in-clear", SHARED, {"loadBalancer": {"serviceType": "LoadBalancer",
+                                                         "sourceRanges": ["203.0.113.0/24"]}}, {"githubToken"},
+     "fleet:loadBalancer.tls.terminatedBy"),
+    ("node-port-in-clear", SHARED, {"loadBalancer": {"serviceType": "NodePort", "sourceRanges": ["10.0.0.0/8"]}},
+     {"githubToken"}, "fleet:loadBalancer.acceptPlaintext"),
+    ("tls-on-cluster-ip", SHARED, {"loadBalancer": {"tls": {"terminatedBy": "nothing at all"}}}, {"githubToken"},
+     "fleet:loadBalancer.tls: only for serviceType LoadBalancer or NodePort"),
+    ("tls-and-plaintext", SHARED, {"loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["10.0.0.0/8"],
+                                                    "tls": {"terminatedBy": "an edge proxy"},
+                                                    "acceptPlaintext": True}}, {"githubToken"},
+     "fleet:loadBalancer.acceptPlaintext: contradicts"),
+    ("redis-external-in-clear", SHARED, {"redis": {"mode": "external", "url": "redis://:p@r.example.com:6379/0"}},
+     {"githubToken", "redis"}, "fleet:redis.url: redis:// to r.example.com"),
+    ("redis-plaintext-in-cluster-mode", SHARED, {"redis": {"acceptPlaintext": True}}, {"githubToken"},
+     "fleet:redis.acceptPlaintext"),
+    # The Kubernetes keys users expect, checked as the API server would.
+    ("node-selector-bad-key", SHARED, {"nodeSelector": {"pool name": "cli"}}, {"githubToken"}, "fleet:nodeSelector"),
+    ("toleration-exists-with-value", SHARED, {"tolerations": [{"key": "dedicated", "operator": "Exists",
+                                                               "value": "cli"}]}, {"githubToken"},
+     "fleet:tolerations[0]"),
+    ("toleration-seconds-without-no-execute", SHARED,
+     {"tolerations": [{"key": "k", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 60}]}, {"githubToken"},
+     "fleet:tolerations[0]"),
+    ("affinity-in-without-values", SHARED, {"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In"}]}]}}}}, {"githubToken"},
+     "fleet:affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]"
+     ".matchExpressions[0]"),
+    ("affinity-misspelt-key", SHARED, {"affinity": {"podAntiAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [{"topologykey": "kubernetes.io/hostname"}]}}},
+     {"githubToken"}, "did you mean fleet:affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0]"
+     ".topologyKey?"),
+    ("pod-annotation-ours", SHARED, {"podAnnotations": {"copilot-fleet/secrets-checksum": "0"}}, {"githubToken"},
+     "fleet:podAnnotations"),
+    ("service-annotation-bad-key", SHARED, {"serviceAnnotations": {"-bad": "x"}}, {"githubToken"},
+     "fleet:serviceAnnotations"),
+    ("pull-secret-bad-name", SHARED, {"imagePullSecrets": ["Registry_Login"]}, {"githubToken"},
+     "fleet:imagePullSecrets[0]"),
+    ("pull-credentials-other-registry", SHARED,
+     {"imagePullCredentials": {"server": "ghcr.io", "username": "u", "password": "p"}},
+     {"githubToken", "imagePullCredentials"}, "fleet:imagePullCredentials.server: ghcr.io is not a registry"),
+    ("pull-credentials-in-clear", SHARED,
+     {"imagePullCredentials": {"server": "registry.example.com", "username": "u", "password": "p"}},
+     {"githubToken"}, "fleet:imagePullCredentials.password: a credential must be set as a secret"),
+    ("pull-credentials-with-scheme", SHARED,
+     {"imagePullCredentials": {"server": "https://registry.example.com", "username": "u", "password": "p"}},
+     {"githubToken", "imagePullCredentials"}, "fleet:imagePullCredentials.server"),
+    ("home-class-without-home-volume", PER_USER, {"storage": {"accessMode": "ReadWriteOnce",
+                                                              "homeStorageClass": "premium"}}, {"users"},
+     "fleet:storage.homeStorageClass"),
 ]
 
 

@@ -141,6 +141,10 @@ def test_credentials_come_from_secret_refs_only(make_fleet, kube, pattern):
     assert not [v for v in kube.ALL_SECRETS if v in masked]
     for token in make_fleet(pattern).outputs.get("user_tokens", {}).values():
         assert token not in masked
+    # Nothing a session's tool run could read as a file: the CLI pods mount no Secret (or projected token) volume.
+    for sts in cli_sets(fleet, kube):
+        volumes = kube.pod_template(sts)["spec"]["volumes"]
+        assert not [v["name"] for v in volumes if {"secret", "projected", "csi"} & set(v)], volumes
 
 
 @pytest.mark.parametrize("idle, expect_flag", [("45m", "2700"), (0, None)])
@@ -402,7 +406,9 @@ def test_probes_resources_and_graceful_shutdown(make_fleet, kube):
                                 "limits": {"cpu": "3", "memory": "4Gi", "ephemeral-storage": "4Gi"}}
     assert pod["terminationGracePeriodSeconds"] == 90
     command = cli["lifecycle"]["preStop"]["exec"]["command"]
-    found = re.search(r"copilot_fleet\.pod\.drain --session-state (\S+) --port 4400 --timeout (\d+)", command[-1])
+    # The CLI by its PID (1: the container's command execs it), not its port: it is non-dumpable, and its own user
+    # cannot trace the listening socket to it.
+    found = re.search(r"copilot_fleet\.pod\.drain --session-state (\S+) --pid 1 --timeout (\d+)", command[-1])
     assert found, command
     assert found.group(1).endswith("/session-state")
     assert 0 < int(found.group(2)) < 90
@@ -427,7 +433,7 @@ def test_outside_clients_keep_their_address(make_fleet, kube, service_type, affi
     """With any Service outside clients reach, the client's address must survive to the pod: the NetworkPolicy
     admits outside clients by their address (sourceRanges as ipBlock peers), whatever the session affinity."""
     fleet = make_fleet("shared-cli", loadBalancer={"serviceType": service_type, "sessionAffinity": affinity,
-                                                    "sourceRanges": ["203.0.113.0/24"]})
+                                                    "sourceRanges": ["203.0.113.0/24"], "acceptPlaintext": True})
     assert fleet.get("Service", "copilot-cli")["spec"]["externalTrafficPolicy"] == "Local"
     assert "externalTrafficPolicy" not in make_fleet("shared-cli").get("Service", "copilot-cli")["spec"]
 

@@ -197,7 +197,8 @@ def test_source_ranges_and_client_namespaces_come_from_stack_config(tmp_path: Pa
         "fleet:isolation": "shared-cli", "fleet:platform": "kubernetes",
         "fleet:image": "registry.example.com/copilot-cli:1.0.102",
         "fleet:githubToken": {"secure": "v1:BBBB"},
-        "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"]},
+        "fleet:loadBalancer": {"serviceType": "LoadBalancer", "sourceRanges": ["203.0.113.0/24"],
+                               "acceptPlaintext": True},
         "fleet:clientNamespaceSelector": {"team": "apps"}, "fleet:storage": {"storageClass": "nfs-client"},
     }
     result = render.render_stack(_project(tmp_path, {"lb": config}), "lb")

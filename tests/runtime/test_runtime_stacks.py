@@ -127,6 +127,53 @@ def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
     assert "test_persistent_session_lifecycle" in passed, proc.stdout
 
 
+POD_CHECKS = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process"}
+
+
+def test_verify_from_outside_the_cluster(stack: Started, tmp_path: Path) -> None:
+    """The user's path from a laptop: the target as the stack outputs give it (cluster DNS names, which do not
+    resolve on this machine) and `copilot-fleet verify --target FILE` with its defaults. Verify sees the names do
+    not resolve, forwards each pod, Service and the in-cluster Redis with `kubectl port-forward`, and every check
+    passes through the forwards, the pod checks included (`kubectl get pods`, then pytest-testinfra's `kubectl
+    exec` into the containers). kubectl is the stand-in (tests/helpers/kubectl_standin.py): its API server is the
+    rendered objects and the running pods, so a target naming an object the manifests do not make fails here."""
+    from copilot_fleet.pod import procfs
+    from tests.helpers.kubectl_standin import install
+    from tests.helpers.kubelet import PODMAN
+
+    stack.lease_store()
+    stack.cli()
+    document = stack.world.cluster_target()
+    forwards, pods = stack.world.api_server_forwards()
+    bin_dir = tmp_path / "bin"
+    pids = tmp_path / "forward-pids"
+    bin_dir.mkdir()
+    pids.mkdir()
+    install(bin_dir)
+    standin = tmp_path / "kubectl-standin.json"
+    standin.write_text(json.dumps({"context": "runtime-tier", "forwards": forwards, "pids": str(pids),
+                                   "pods": pods, "podman": list(PODMAN)}))
+    target = tmp_path / "cluster-target.json"
+    target.write_text(json.dumps(document))
+    target.chmod(0o600)
+    report_file = tmp_path / "report.json"
+    env = {**os.environ, "KUBECTL_STANDIN": str(standin), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400, env=env)
+    print(proc.stdout)
+    assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "through kubectl port-forward (context runtime-tier)" in proc.stdout.splitlines()[0], proc.stdout
+    report = json.loads(report_file.read_text())
+    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
+    assert {"test_persistent_session_lifecycle", *POD_CHECKS} <= passed, proc.stdout
+    forwarded = [line for line in proc.stdout.splitlines() if line.startswith("  forward  ")]
+    servers = len(document.get("replicas") or []) + len(document.get("users") or {})
+    assert len(forwarded) >= servers, proc.stdout
+    started = [int(p.name) for p in pids.iterdir()]
+    assert len(started) == len(forwarded), (started, forwarded)
+    assert not [p for p in started if procfs.is_alive(p)], "forwards left running"
+
+
 def _plant_session(sessions: Path, session_id: str, age_days: float) -> Path:
     """A session directory as the CLI leaves it (uid 1000), last touched `age_days` ago."""
     directory = sessions / session_id
@@ -238,6 +285,118 @@ def test_egress_policy_opens_only_the_public_ports(stack: Started) -> None:
     pod = stack.cli()[0]
     result = _connects(pod, (address, 443), (address, 80))
     assert result == {f"{address}:443": True, f"{address}:80": False}, f"{pod.name}: {result}"
+
+
+def test_image_pulls_log_in_where_the_stack_says(stack: Started) -> None:
+    """With fleet:imagePullCredentials the CLI pods name a kubernetes.io/dockerconfigjson Secret (on Azure the one
+    Key Vault sync makes) holding a login for the CLI image's registry: the kubelet's keyring finds it. Without it
+    they name none."""
+    login = stack.world.config.get("fleet:imagePullCredentials")
+    for pod in stack.cli():
+        if login is None:
+            assert not pod.spec.get("image_pull_secrets"), pod.name
+            continue
+        assert pod.pull_logins.get(pod.main["name"]) == login["server"], (
+            f"{pod.name}: no pull login for {pod.main['image']} ({pod.spec.get('image_pull_secrets')})")
+
+
+# What a session's tool run tries in the CLI pod: the server's credentials through /proc, the service account
+# token, credentials in its own environment. One line per finding, so the model repeats all of it.
+_TOOL_RUN_PROBE = (
+    "cat /proc/1/environ >/dev/null 2>&1 && echo environ=read || echo environ=denied; "
+    "ls /proc/1/fd >/dev/null 2>&1 && echo fd=read || echo fd=denied; "
+    "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo satoken=present || echo satoken=absent; "
+    "echo credentials-in-env=$(env | grep -c -E 'COPILOT_(CONNECTION|GITHUB)_TOKEN|API_KEY'); "
+    "echo uid=$(id -u)")
+
+
+def test_a_tool_run_cannot_read_the_clis_credentials(stack: Started) -> None:
+    """The CLI is installed root-owned and execute-only (0711), so the kernel makes its process non-dumpable: a
+    session's tool run (the same uid 1000, here run by the real CLI for a prompt-injected model and an approving
+    client, the worst case) cannot read the server's environment (/proc/1/environ: the connection token, the GitHub
+    token, the provider key) or its file descriptors; no service account token is mounted, and its own environment
+    holds no credential. The CLI still serves (the session ran), and its command line stays readable for probes."""
+    from copilot_fleet.target import parse_target
+    from tests.helpers.attacker import tool_run
+
+    pods = stack.cli()
+    stack.lease_store()
+    target = parse_target(json.dumps(stack.world.target()), source="runtime tier")
+    secret_values = target.secret_values()
+    for pod in pods:
+        address = f"127.0.0.1:{pod.ports[int(pod.main['ports'][0]['container_port'])]}"
+        token = (target.connection_token.get_secret_value() if target.connection_token is not None
+                 else next(t.get_secret_value() for u, t in target.user_tokens.items()
+                           if target.users[u] == address))
+        run = tool_run(address, token, target, _TOOL_RUN_PROBE)
+        found = dict(line.split("=", 1) for line in run.output.split() if "=" in line)
+        assert found == {"environ": "denied", "fd": "denied", "satoken": "absent", "credentials-in-env": "0",
+                         "uid": "1000"}, f"{pod.name}: {run.output}"
+        assert not [n for n, v in secret_values.items() if v in run.reply], f"{pod.name}: a secret came back"
+        seen = pod.exec("sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline", user="1000")
+        assert "--headless" in seen.stdout, f"{pod.name}: the CLI's command line is unreadable: {seen}"
+
+
+def _tcp_probe(targets: list[tuple[str, int]]) -> str:
+    """A shell command a tool run can give: one `net:HOST:PORT=open|closed` word per target (bash's /dev/tcp, no
+    tool the image would have to add; `timeout` because a dropped SYN never answers)."""
+    return "; ".join(f"timeout 5 bash -c '</dev/tcp/{host}/{port}' 2>/dev/null "
+                     f"&& echo net:{host}:{port}=open || echo net:{host}:{port}=closed" for host, port in targets)
+
+
+def test_a_tool_run_reaches_only_what_the_egress_policy_allows(stack: Started) -> None:
+    """The same attacker as above, on the network: from a session's shell tool in each CLI pod, the model endpoint
+    the stack allows answers; the cloud metadata address, the lease store and the other CLI pods do not (the
+    rendered egress policy, enforced in the pod's network namespace, which the tool run shares with its server)."""
+    from copilot_fleet.target import parse_target
+    from tests.helpers.attacker import tool_run
+
+    stores = stack.lease_store()
+    pods = stack.cli()
+    target = parse_target(json.dumps(stack.world.target()), source="runtime tier")
+    for pod in pods:
+        address = f"127.0.0.1:{pod.ports[int(pod.main['ports'][0]['container_port'])]}"
+        token = (target.connection_token.get_secret_value() if target.connection_token is not None
+                 else next(t.get_secret_value() for u, t in target.user_tokens.items()
+                           if target.users[u] == address))
+        blocked = [("169.254.169.254", 80), *((s.address, port) for s in stores for port in s.ports),
+                   *((o.address, 4321) for o in pods if o is not pod)]
+        run = tool_run(address, token, target, _tcp_probe([(MODEL_HOST, MODEL_PORT), *blocked]))
+        found = dict(word.split("=", 1) for word in run.output.split() if word.startswith("net:"))
+        expected = {f"net:{MODEL_HOST}:{MODEL_PORT}": "open", **{f"net:{h}:{p}": "closed" for h, p in blocked}}
+        assert found == expected, f"{pod.name}: {run.output}"
+
+
+def test_recycle_bounds_still_see_the_cli(stack: Started) -> None:
+    """The readiness probe as rendered, with a memory bound below what any CLI uses: it must fail, naming the
+    bound. A non-dumpable CLI hides its sockets from its own user; a probe that looked the CLI up by its port would
+    find nothing and pass, and recycling would stop without a word."""
+    for pod in stack.cli():
+        command = [*pod.main["readiness_probe"]["exec"]["command"], "--recycle-rss-mb", "64"]
+        proc = pod.exec(*command, timeout=30)
+        assert proc.returncode == 1 and "past its recycle bound" in proc.stdout, f"{pod.name}: {proc}"
+
+
+def test_a_restarted_cli_prunes_its_old_logs(stack: Started) -> None:
+    """The CLI writes a log per process start into the pod's log volume (an emptyDir that outlives container
+    restarts), and nothing removes them: a crash loop or recycling would fill it and the kubelet would evict the
+    pod. At every start the container's command keeps the newest few before the CLI starts (one pod of one stack:
+    the command is the same in every stack)."""
+    from copilot_fleet import cli_logs
+
+    if stack.world.rendered.stack != "k8s-shared-cli":
+        pytest.skip("the CLI container's command is the same in every stack: shown on k8s-shared-cli")
+    pod = stack.cli()[0]
+    logs = pod.volume_dirs["logs"]
+    now_ms = int(time.time() * 1000)
+    for i in range(8):  # earlier starts of the container, as the CLI names them (PID 1 in its container)
+        old = logs / f"process-{now_ms - 3_600_000 + i}-1.log"
+        old.write_text("earlier start\n")
+        os.chown(old, 1000, 1000)
+    pod.restart()
+    names = sorted(p.name for p in logs.iterdir() if p.name.startswith("process-"))
+    assert len(names) <= cli_logs.KEEP, f"{pod.name}: {len(names)} per-start logs after a restart: {names}"
+    assert any(int(n.split("-")[1]) > now_ms for n in names), f"{pod.name}: the new start wrote no log: {names}"
 
 
 # Last: it stops the pods the tests above use.

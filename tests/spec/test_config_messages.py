@@ -55,7 +55,8 @@ def test_unknown_keys_at_any_depth_get_a_did_you_mean(values: dict[str, object],
 def test_unknown_nested_keys_list_what_that_object_allows() -> None:
     (line,) = problems({**SHARED, "storage": {"flavour": "fast"}})
     assert "did you mean" not in line
-    assert line.endswith("allowed in fleet:storage: accessMode, homeSize, persistentHome, size, storageClass"), line
+    assert line.endswith("allowed in fleet:storage: accessMode, homeSize, homeStorageClass, persistentHome, size, "
+                         "storageClass"), line
 
 
 @pytest.mark.parametrize(("values", "key", "bounds"), [

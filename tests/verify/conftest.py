@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.sessiondir import session_dirs
+from tests.helpers.kubectl_standin import install
 from tests.helpers.local_fleet import Project
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
@@ -65,7 +64,7 @@ def running_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 @dataclass
 class KubectlStandin:
-    """`kubectl` on PATH is tests/verify/kubectl_standin.py, configured by `configure` (see that file)."""
+    """`kubectl` on PATH is tests/helpers/kubectl_standin.py, configured by `configure` (see that file)."""
 
     config_file: Path
     pids_dir: Path
@@ -84,10 +83,7 @@ class KubectlStandin:
 def kubectl_standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KubectlStandin:
     bin_dir = tmp_path / "standin-bin"
     bin_dir.mkdir()
-    script = Path(__file__).resolve().parent / "kubectl_standin.py"
-    kubectl = bin_dir / "kubectl"
-    kubectl.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
+    install(bin_dir)
     made = KubectlStandin(tmp_path / "standin.json", tmp_path / "standin-pids")
     made.pids_dir.mkdir()
     made.configure()

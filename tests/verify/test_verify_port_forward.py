@@ -1,6 +1,6 @@
 """Verifying a cluster's fleet from outside the cluster: which addresses are cluster objects, how the target is
 rewritten to the forwards, when verify forwards, and what it says when kubectl cannot. The forwards themselves run
-through the real code path with a stand-in `kubectl` (tests/verify/kubectl_standin.py); no fleet needed here
+through the real code path with a stand-in `kubectl` (tests/helpers/kubectl_standin.py); no fleet needed here
 (tests/verify/test_verify_local_fleets.py verifies a real fleet through them)."""
 
 from __future__ import annotations
