@@ -179,7 +179,21 @@ def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
         _say(out, f"  {server}: not running ({info.get('statename', 'unknown')}); marked drained")
         return DrainResult(server=server, pid=None, seconds=time.monotonic() - began, wait_seconds=0.0,
                            attached_at_start=0, busy_at_start=0, was_running=False)
-    state_dir = Path(svc.session_state or "")
+    if svc.session_state is None:
+        # Store mode: nothing of a session is on disk to watch. Stopping sends SIGTERM to the provider, which passes
+        # it to the CLI and keeps serving while the CLI finishes its turns (up to its stop grace).
+        _say(out, f"  {server}: pid {pid}, sessions in the store; stopping lets the CLI finish its turns")
+        wait_began = time.monotonic()
+        try:
+            supervisor.stop_process(server)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise LocalFleetError(f"supervisord could not stop {server}: {fault.faultString}") from fault
+        seconds = time.monotonic() - began
+        _say(out, f"  {server}: stopped after {seconds:.1f} s")
+        return DrainResult(server=server, pid=pid, seconds=seconds, wait_seconds=time.monotonic() - wait_began,
+                           attached_at_start=0, busy_at_start=0)
+    state_dir = Path(svc.session_state)
     attached = attached_dirs(state_dir, pid)
     busy_at_start = sum(1 for d in attached if turn_in_flight(d))
     _say(out, f"  {server}: pid {pid}, {len(attached)} session(s) attached, {busy_at_start} in a turn; waiting up "
