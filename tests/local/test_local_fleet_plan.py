@@ -261,3 +261,12 @@ def test_store_supervisord_conf_keeps_the_store_url_off_command_lines(tmp_path: 
         assert secrets.get("store-password-shared") not in section["command"]
         assert "COPILOT_FLEET_STORE_REDIS_URL" in section["environment"]
         assert section["stopasgroup"] == section["killasgroup"] == "true"
+
+
+def test_quickstart_counts_the_store_modes_redis_port_per_user_too() -> None:
+    from copilot_fleet.local.quickstart import ports_of
+
+    volume = ports_of(_spec(isolation="per-user", users=[{"id": "a"}]))
+    store = ports_of(_spec(isolation="per-user", users=[{"id": "a"}], sessionState={"mode": "store"}))
+    assert "fleet:local.redisPort" not in volume.values()
+    assert store[6390] == "fleet:local.redisPort"
