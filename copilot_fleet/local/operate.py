@@ -325,6 +325,18 @@ def _busy() -> None:
     raise FleetBusy("another command is changing the fleet")
 
 
+def _cli_pid(svc: Service) -> int | None:
+    """Store mode: the CLI's own pid, from its provider's ready file (the supervised process is the provider, and
+    the memory and sessions that wear a server out are the CLI's); None in volume mode or when it cannot be read."""
+    if svc.ready_file is None:
+        return None
+    try:
+        info = json.loads(Path(svc.ready_file).read_text())
+        return int(info["cli_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sessions: int | None,
             dry_run: bool = False, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT, start_timeout: float = 60.0,
             out: Callable[[str], None] | None = None, wait_for_lock: bool = True) -> list[RecycleCandidate]:
@@ -345,7 +357,7 @@ def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sess
             pid = int(info.get("pid") or 0) or None
             if pid is None or info.get("statename") != "RUNNING" or svc.name in drained:
                 continue  # stopped or drained by an operator: not ours to restart
-            wear = measure(pid, Path(svc.home or ""))
+            wear = measure(_cli_pid(svc) or pid, Path(svc.home or ""))
             result.append(RecycleCandidate(server=svc.name, pid=pid, rss_mib=wear.rss_mib,
                                            sessions_served=wear.sessions_served,
                                            reasons=wear.over(max_rss_mb, max_sessions)))

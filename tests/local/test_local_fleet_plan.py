@@ -270,3 +270,20 @@ def test_quickstart_counts_the_store_modes_redis_port_per_user_too() -> None:
     store = ports_of(_spec(isolation="per-user", users=[{"id": "a"}], sessionState={"mode": "store"}))
     assert "fleet:local.redisPort" not in volume.values()
     assert store[6390] == "fleet:local.redisPort"
+
+
+def test_recycle_measures_a_store_mode_servers_cli_not_its_provider(tmp_path: Path) -> None:
+    """The supervised process of a store-mode server is its provider; the memory and sessions are its CLI's."""
+    import json
+
+    from copilot_fleet.local.operate import _cli_pid
+
+    plan, _, _ = _plan(tmp_path, isolation="shared-cli", sessionState={"mode": "store"})
+    service = plan.cli_programs[0].service
+    assert service.ready_file is not None
+    assert _cli_pid(service) is None  # not registered yet
+    Path(service.ready_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(service.ready_file).write_text(json.dumps({"pid": 10, "cli_pid": 11, "port": service.port}))
+    assert _cli_pid(service) == 11
+    volume, _, _ = _plan(tmp_path, isolation="shared-cli")
+    assert _cli_pid(volume.cli_programs[0].service) is None
