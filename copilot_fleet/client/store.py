@@ -25,7 +25,7 @@ from copilot_fleet.sessionstore.keys import StoreKeys
 from copilot_fleet.sessionstore.store import StoreUnavailable
 from copilot_fleet.target import Target
 
-from .errors import LeaseLost, LeaseUnavailable
+from .errors import LeaseLost, LeaseUnavailable, NoRoute
 from .lease import Lease
 
 _EPOCH = datetime.fromtimestamp(0, tz=UTC)
@@ -40,7 +40,12 @@ class SessionStoreAccess:
 
     def keys(self, user: str | None) -> StoreKeys:
         """The keys of the scope `user`'s sessions live in (their own server's in per-user, else the shared one)."""
-        return StoreKeys(self.target.store_scope(user), self.target.session_state.key_prefix)
+        try:
+            scope = self.target.store_scope(user)
+        except KeyError:
+            raise NoRoute(f"this per-user fleet ({self.target.stack!r}) has no CLI server, and so no store scope, "
+                          f"for user {user!r}; add the user to the stack config and redeploy") from None
+        return StoreKeys(scope, self.target.session_state.key_prefix)
 
     def scopes(self) -> list[tuple[str | None, StoreKeys]]:
         """Every scope of the fleet, with the user it belongs to (None: the shared scope)."""
