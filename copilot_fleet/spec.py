@@ -245,6 +245,20 @@ class LoadBalancerTls(_Section):
     terminated_by: Annotated[str, Field(min_length=3, max_length=200)]
 
 
+SessionStateMode = Literal["volume", "store"]
+
+
+class SessionStateSpec(_Section):
+    """Where the sessions' state lives. `volume`: each server's session-state/ directory, shared between the
+    replicas of a shared pattern on one volume (ReadWriteMany). `store`: Redis, served to each CLI by its session
+    filesystem provider (copilot_fleet.sessionstore): no session volume, and every write fenced by the session's
+    lease (docs/session-store.md)."""
+
+    mode: SessionStateMode = "volume"
+    # The store's durability on the fleet's own Redis: what a machine crash may lose (docs/session-store.md).
+    appendfsync: Literal["everysec", "always"] = "everysec"
+
+
 class LoadBalancerSpec(_Section):
     service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
     session_affinity: Literal["None", "ClientIP"] = "None"
@@ -392,6 +406,7 @@ class FleetSpec(_Section):
     provider: ProviderSpec | None = None
     model: str = "gpt-4.1"
     storage: StorageSpec = StorageSpec()
+    session_state: SessionStateSpec = SessionStateSpec()
     redis: RedisSpec = RedisSpec()
     load_balancer: LoadBalancerSpec = LoadBalancerSpec()
     session_ttl: Duration = 7 * 86400
@@ -433,6 +448,17 @@ class FleetSpec(_Section):
         return shares_session_state(self.isolation)
 
     @property
+    def store_mode(self) -> bool:
+        """Session state in the store (fleet:sessionState.mode store), not on volumes."""
+        return self.session_state.mode == "store"
+
+    @property
+    def uses_lease_store(self) -> bool:
+        """A Redis for leases: the shared patterns (one session-state/ for every replica), and every pattern in store
+        mode, whose writes are fenced by the lease and whose state lives in that Redis."""
+        return self.shares_session_state or self.store_mode
+
+    @property
     def user_ids(self) -> list[str]:
         return [u.id for u in self.users]
 
@@ -465,8 +491,10 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if "replicas" in set_keys and spec.replicas != 1:
             p.append(f"fleet:replicas: per-user runs exactly one server per user; remove it or set 1 "
                      f"(got {spec.replicas})")
-        if "redis" in set_keys:
-            p.append("fleet:redis: per-user has no shared session state and no lease store; remove fleet:redis")
+        if "redis" in set_keys and not spec.store_mode:
+            p.append("fleet:redis: per-user keeps each user's session state on the user's own volume and needs no "
+                     "lease store; remove fleet:redis, or set fleet:sessionState.mode store (which keeps session "
+                     "state in that Redis)")
         if spec.backend_selector is not None and not spec.backend_selector:
             p.append("fleet:backendSelector: an empty selector would admit every pod to every user's server; give "
                      "the labels of your backend's pods")
@@ -477,9 +505,10 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if spec.backend_selector is not None:
             p.append(f"fleet:backendSelector: only for per-user; in {spec.isolation} every client pod "
                      "(fleet:clientSelector) reaches the shared servers")
-        if spec.storage.access_mode != "ReadWriteMany":
+        if spec.storage.access_mode != "ReadWriteMany" and not spec.store_mode:
             p.append(f"fleet:storage.accessMode: {spec.isolation} shares session-state/ between replicas, so it "
                      f"must be ReadWriteMany (got {spec.storage.access_mode})")
+    if spec.uses_lease_store:
         if spec.redis.mode == "external" and spec.redis.url is None:
             p.append("fleet:redis.url: redis.mode external needs the URL, set as a secret "
                      "(pulumi config set --secret --path 'fleet:redis.url' rediss://...)")
@@ -493,6 +522,7 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
         if spec.redis.accept_plaintext and spec.redis.mode != "external":
             p.append("fleet:redis.acceptPlaintext: only for redis.mode external (the URL you give); the in-cluster "
                      "store is reached over the cluster's pod network")
+    p.extend(_session_state_problems(spec))
     ids = spec.user_ids
     dupes = sorted(u for u, seen in Counter(ids).items() if seen > 1)  # one pass: fleets have thousands of users
     if dupes:
@@ -538,7 +568,7 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
             if problem:
                 p.append(f"{key}: {problem}")
     if (spec.platform == "kubernetes" and spec.storage.access_mode == "ReadWriteMany"
-            and spec.storage.storage_class is None):
+            and spec.storage.storage_class is None and not spec.store_mode):
         p.append("fleet:storage.storageClass: the session volume is ReadWriteMany and, without a class, lands on the "
                  "cluster's default class, which is ReadWriteOnce on most clusters: the claim would stay Pending. "
                  "Name a class that offers ReadWriteMany (for example nfs-client, azurefile-csi, efs-sc)")
@@ -690,6 +720,34 @@ _DATA_DISKS = {"standard_d2s_v5": 4, "standard_d4s_v5": 8, "standard_d8s_v5": 16
                "standard_b2s": 4, "standard_b4ms": 8}
 
 
+# Platforms whose renderers run the store mode's provider beside each CLI (the others refuse it, with a message).
+STORE_MODE_PLATFORMS: tuple[str, ...] = ("local",)
+
+
+def _session_state_problems(spec: FleetSpec) -> list[str]:
+    """fleet:sessionState against the rest: store mode keeps no session volume, volume mode uses no store."""
+    p: list[str] = []
+    state_keys = spec.session_state.model_fields_set
+    if not spec.store_mode:
+        if "appendfsync" in state_keys:
+            p.append("fleet:sessionState.appendfsync: only for fleet:sessionState.mode store (it sets how durable "
+                     "the session store is); remove it, or set the mode to store")
+        return p
+    if spec.platform not in STORE_MODE_PLATFORMS:
+        p.append(f"fleet:sessionState.mode: store is not available on platform {spec.platform} yet (available: "
+                 f"{', '.join(STORE_MODE_PLATFORMS)}); use mode volume there")
+    if spec.isolation == "per-user" and "shared" in spec.user_ids:
+        p.append("fleet:users: in store mode a user's store scope is the user id, and 'shared' is the scope of the "
+                 "shared patterns' servers (whose store user may read every session's lease): rename user 'shared'")
+    storage_keys = spec.storage.model_fields_set
+    for key, name in (("size", "size"), ("access_mode", "accessMode")):
+        if key in storage_keys:
+            p.append(f"fleet:storage.{name}: sets the session volume, which fleet:sessionState.mode store does not "
+                     "have (session state lives in Redis); remove it (storage.homeSize and storage.persistentHome "
+                     "still apply)")
+    return p
+
+
 def _local_port_problems(spec: FleetSpec) -> list[str]:
     """Two servers of a local fleet on one port. Checked here, with the rest of the config, so that a clash is
     refused before anything runs (the CLI servers take fleet:local.replicaBasePort upwards, one per replica, or one
@@ -699,7 +757,9 @@ def _local_port_problems(spec: FleetSpec) -> list[str]:
     replica_ports = range(local.replica_base_port, local.replica_base_port + servers)
     named: list[tuple[int, str]] = []
     if spec.shares_session_state:
-        named += [(local.endpoint_port, "fleet:local.endpointPort"), (local.redis_port, "fleet:local.redisPort")]
+        named.append((local.endpoint_port, "fleet:local.endpointPort"))
+    if spec.uses_lease_store:
+        named.append((local.redis_port, "fleet:local.redisPort"))
     if spec.provider is None:  # the local test model serves the sessions
         named.append((local.model_port, "fleet:local.modelPort"))
     problems = []
@@ -723,7 +783,7 @@ def _local_port_problems(spec: FleetSpec) -> list[str]:
 def _azure_problems(spec: FleetSpec) -> list[str]:
     """Limits of the Azure resources the azure platform creates."""
     az, p = spec.azure, []
-    if quantity_value(spec.storage.size) > az.file_share_quota_gb * 1024.0**3:
+    if not spec.store_mode and quantity_value(spec.storage.size) > az.file_share_quota_gb * 1024.0**3:
         p.append(f"fleet:storage.size: {spec.storage.size} is more than the Azure Files share quota "
                  f"(fleet:azure.fileShareQuotaGb: {az.file_share_quota_gb}); the claim could never bind to the share")
     if az.redis_sku == "Premium" and not 1 <= az.redis_capacity <= 5:

@@ -59,6 +59,36 @@ def _check_address(value: str) -> str:
     return value
 
 
+DEFAULT_STORE_KEY_PREFIX = "copilot-fleet:store:"  # copilot_fleet.sessionstore.keys.DEFAULT_PREFIX
+SHARED_STORE_SCOPE = "shared"
+
+
+class SessionStateTarget(BaseModel):
+    """Where the fleet keeps session state, and what a client needs to lease, bind, list and delete in store mode.
+
+    `volume`: session-state/ on the servers' volumes (the CLI lists and deletes). `store`: Redis through each
+    server's session filesystem provider; the client binds each session's lease to the server it attaches on, by
+    that server's id, and lists and deletes in the store (`redis_url`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["volume", "store"] = "volume"
+    key_prefix: str = DEFAULT_STORE_KEY_PREFIX
+    # per-user: user id -> the store scope of the user's server; the shared patterns use `shared_scope`.
+    user_scopes: dict[str, str] = Field(default_factory=dict)
+    shared_scope: str = SHARED_STORE_SCOPE
+    # A server's id as its provider registered it, by address as the target lists it; an address not listed is its
+    # own id. The load-balanced endpoint has none: a client attaching through it binds `*`.
+    server_ids: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("server_ids")
+    @classmethod
+    def _addresses(cls, v: dict[str, str]) -> dict[str, str]:
+        for address in v:
+            _check_address(address)
+        return v
+
+
 class Target(BaseModel):
     """What a deployment hands to verification: the fields and which are secrets are in docs/target.md."""
 
@@ -77,6 +107,27 @@ class Target(BaseModel):
     model: str | None = None
     # Kubernetes and Azure (AKS) targets: where the fleet's pods run, for the host checks through kubectl.
     namespace: str | None = None
+    # Old targets have none: volume mode.
+    session_state: SessionStateTarget = Field(default_factory=SessionStateTarget)
+
+    @property
+    def store_mode(self) -> bool:
+        return self.session_state.mode == "store"
+
+    def store_scope(self, user: str | None) -> str:
+        """The store scope of the server `user` is routed to: the user's own (per-user) or the shared one."""
+        if self.isolation == "per-user":
+            if user is None or user not in self.users:
+                raise KeyError(f"no server for user {user!r} in this per-user fleet")
+            return self.session_state.user_scopes.get(user, user)
+        return self.session_state.shared_scope
+
+    def server_id(self, address: str) -> str:
+        """The id a client binds a session's lease to when attaching on `address`: `*` for the load-balanced
+        endpoint (any replica behind it may claim it), else the replica's registered id (default: its address)."""
+        if self.endpoint is not None and address == self.endpoint and address not in self.replicas:
+            return "*"
+        return self.session_state.server_ids.get(address, address)
 
     @field_validator("endpoint")
     @classmethod
@@ -133,6 +184,8 @@ class Target(BaseModel):
     def to_json_dict(self) -> dict[str, object]:
         """The target with secrets revealed: for the state file and `copilot-fleet target --show-secrets` only."""
         out = self.model_dump(mode="python", exclude_none=True)
+        if not self.store_mode:  # volume mode is what a target without the key means: keep old targets' shape
+            del out["session_state"]
         for key in ("connection_token", "redis_url"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key).get_secret_value()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from copilot_fleet.spec import FleetSpec
+from copilot_fleet.spec import FleetSpec, SessionStateMode
 
 Credential = Literal["github-token", "user-github-token", "provider", "test-model"]
 LeaseStoreKind = Literal["in-cluster", "external", "local"]
@@ -24,19 +24,35 @@ class CliGroup:
     replicas: int
     credential: Credential  # what authenticates its sessions' model calls
     token_key: str  # which generated connection token it uses: "fleet" or the user id
-    session_volume: str  # the volume holding session-state/: shared by every replica, or the user's own
+    # The volume holding session-state/ (shared by every replica, or the user's own); None in store mode.
+    session_volume: str | None
+    # Store mode: the store scope its servers read and write (the user id, or `shared`); None in volume mode.
+    store_scope: str | None = None
 
     def replica_names(self) -> list[str]:
         """Stable per-replica identities (StatefulSet pod names; local process names)."""
         return [f"{self.name}-{i}" for i in range(self.replicas)]
+
+    def volume_name(self) -> str:
+        """The session volume, for renderers that mount one; a group in store mode has none."""
+        if self.session_volume is None:
+            raise ValueError(f"{self.name} keeps its session state in the store (fleet:sessionState.mode store): "
+                             "it has no session volume")
+        return self.session_volume
 
 
 @dataclass(frozen=True)
 class Topology:
     spec: FleetSpec
     groups: tuple[CliGroup, ...]
-    lease_store: LeaseStoreKind | None  # None: no session-state is shared, so no lease is needed
+    lease_store: LeaseStoreKind | None  # None: no session-state is shared and none is in a store: no lease needed
     load_balanced: bool  # one client entry point in front of the replicas
+    session_state: SessionStateMode = "volume"
+
+    @property
+    def store_mode(self) -> bool:
+        """Session state in the store: no session volume, a provider beside every CLI, writes fenced by leases."""
+        return self.session_state == "store"
 
     @property
     def shares_session_state(self) -> bool:
@@ -55,11 +71,12 @@ class Topology:
 
     @property
     def session_volumes(self) -> list[str]:
-        return sorted({g.session_volume for g in self.groups})
+        return sorted({g.session_volume for g in self.groups if g.session_volume is not None})
 
 
 SHARED_GROUP = "copilot-cli"
 SHARED_SESSION_VOLUME = "copilot-sessions"
+SHARED_STORE_SCOPE = "shared"  # copilot_fleet.sessionstore.keys.SHARED_SCOPE (not imported: it pulls in redis)
 
 
 def user_group_name(user: str) -> str:
@@ -77,7 +94,12 @@ def _credential(spec: FleetSpec, user_token: bool) -> Credential:
 
 
 def build_topology(spec: FleetSpec) -> Topology:
-    """The one place that maps an isolation pattern onto servers, volumes and a lease store."""
+    """The one place that maps an isolation pattern onto servers, volumes, store scopes and a lease store.
+
+    Store mode: no group has a session volume; each has a store scope (the user's id, or `shared`), and every
+    pattern gets the lease store, per-user included: the store lives in it, and its writes are fenced by leases."""
+    store = spec.store_mode
+    lease: LeaseStoreKind = "local" if spec.platform == "local" else spec.redis.mode
     if not spec.shares_session_state:
         groups = tuple(
             CliGroup(
@@ -86,11 +108,13 @@ def build_topology(spec: FleetSpec) -> Topology:
                 replicas=1,
                 credential=_credential(spec, user_token=u.github_token is not None),
                 token_key=u.id,
-                session_volume=f"{user_group_name(u.id)}-sessions",
+                session_volume=None if store else f"{user_group_name(u.id)}-sessions",
+                store_scope=u.id if store else None,
             )
             for u in spec.users
         )
-        return Topology(spec=spec, groups=groups, lease_store=None, load_balanced=False)
+        return Topology(spec=spec, groups=groups, lease_store=lease if store else None, load_balanced=False,
+                        session_state=spec.session_state.mode)
 
     shared = CliGroup(
         name=SHARED_GROUP,
@@ -98,9 +122,10 @@ def build_topology(spec: FleetSpec) -> Topology:
         replicas=spec.replicas,
         credential=_credential(spec, user_token=False),
         token_key="fleet",
-        session_volume=SHARED_SESSION_VOLUME,
+        session_volume=None if store else SHARED_SESSION_VOLUME,
+        store_scope=SHARED_STORE_SCOPE if store else None,
     )
     # Two servers on one session-state/ can attach the same session at once (CLI 1.0.102): shared-cli needs the lease
     # store as much as shared-session does.
-    lease: LeaseStoreKind = "local" if spec.platform == "local" else spec.redis.mode
-    return Topology(spec=spec, groups=(shared,), lease_store=lease, load_balanced=True)
+    return Topology(spec=spec, groups=(shared,), lease_store=lease, load_balanced=True,
+                    session_state=spec.session_state.mode)

@@ -108,7 +108,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # The report reads top-down like the life of a deployment: sessions work, users are kept apart, the servers
 # demand their tokens, then the host (or pods) underneath.
-MODULE_ORDER = ("test_sessions", "test_isolation", "test_shared_session", "test_tool_policy",
+MODULE_ORDER = ("test_sessions", "test_session_store", "test_isolation", "test_shared_session", "test_tool_policy",
                 "test_connection_tokens", "test_host_local", "test_host_kubernetes")
 
 

@@ -59,6 +59,9 @@ def supervised(host: Any, state: Path) -> dict[str, Any]:
 def _matches(service: dict[str, Any], proc: Any) -> bool:
     args = proc.args.split()
     port = str(service["port"])
+    if service["kind"] == "cli" and service.get("ready_file"):
+        # Store mode: supervisord runs the session store provider, which runs the CLI as its child.
+        return "copilot_fleet.sessionstore" in args and port in args and "--port" in args
     if service["kind"] == "cli":
         return "--headless" in args and port in args and "--port" in args
     if service["kind"] == "redis":
@@ -71,16 +74,21 @@ def _matches(service: dict[str, Any], proc: Any) -> bool:
     return False
 
 
-def test_processes_running(services, supervised) -> None:
+def test_processes_running(host, services, supervised) -> None:
     """host: supervisord and every service (CLIs, Redis, HAProxy, model) running"""
     sup, children = supervised["supervisord"], supervised["children"]
     assert "supervisord" in sup.args, f"pid {sup.pid} is not supervisord: {sup.args[:120]}"
     missing = [s["name"] for s in services if not any(_matches(s, p) for p in children)]
     assert not missing, (f"not running under supervisord: {missing}; its children are "
                          f"{[p.args[:80] for p in children]}")
-    clis = [p for p in children if "--headless" in p.args.split()]
+    providers = [p for p in children if "copilot_fleet.sessionstore" in p.args.split()]
+    grandchildren = [c for provider in providers for c in host.process.filter(ppid=provider.pid)]
+    clis = [p for p in children + grandchildren if "--headless" in p.args.split()]
     expected = sum(1 for s in services if s["kind"] == "cli")
     assert len(clis) == expected, f"{len(clis)} CLI server processes run, the fleet has {expected}"
+    for provider in providers:  # store mode: each provider runs exactly its one CLI
+        own = [c for c in grandchildren if c.ppid == provider.pid and "--headless" in c.args.split()]
+        assert len(own) == 1, f"session store provider {provider.pid} runs {len(own)} CLI servers, not 1"
 
 
 def _target_addresses(target) -> list[tuple[str, str]]:

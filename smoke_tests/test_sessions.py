@@ -31,6 +31,16 @@ def _resume_route(target, fleet, user: str):
     return fleet.on_replica(user, first), fleet.on_replica(user, second), second
 
 
+def in_store(target, fleet, user: str, session_id: str) -> bool:
+    """Store mode: whether the session is in the fleet's session store (what the CLI cannot tell)."""
+    from copilot_fleet.client.store import SessionStoreAccess
+    from copilot_fleet.sessionstore import admin
+
+    client = fleet.client(user)
+    store = SessionStoreAccess(target, client.leases.redis)
+    return any(row.session_id == session_id for row in fleet.run(admin.list_sessions(store.redis, store.keys(user))))
+
+
 def _session_dirs(fleet_state: Path | None, session_id: str) -> list[Path]:
     """Every `session-state/<id>` of a local fleet that holds this session (shared dir or a user's own)."""
     if fleet_state is None:
@@ -54,7 +64,10 @@ def test_persistent_session_lifecycle(target, fleet, user, unique, fleet_state) 
         return session.session_id
 
     session_id = fleet.run(create())
-    if fleet_state is not None:
+    if target.store_mode:
+        assert in_store(target, fleet, user, session_id), f"session {session_id} is not in the session store"
+        assert not _session_dirs(fleet_state, session_id), f"store mode, but {session_id} is on a server's disk"
+    elif fleet_state is not None:
         assert _session_dirs(fleet_state, session_id), (
             f"session {session_id} is not on disk under {fleet_state} after its first turn"
         )
@@ -87,6 +100,8 @@ def test_persistent_session_lifecycle(target, fleet, user, unique, fleet_state) 
     if fleet_state is not None:
         left = _session_dirs(fleet_state, session_id)
         assert not left, f"delete left the session on disk: {[str(p) for p in left]}"
+    if target.store_mode:
+        assert not in_store(target, fleet, user, session_id), f"delete left {session_id} in the session store"
 
     with pytest.raises(SessionNotFound) as gone:
         fleet.run(resumer.resume_session(session_id))
@@ -110,8 +125,10 @@ def test_ephemeral_session(target, fleet, user) -> None:
         return session.session_id
 
     session_id = fleet.run(one_request())
-    # Ephemeral ids are the CLI's own (not fleet ids), so the user-filtered list would not show them: ask the
-    # server that made it.
+    if target.store_mode:  # a fleet id under a lease, like any session there; gone from the store on close
+        assert not in_store(target, fleet, user, session_id), f"ephemeral {session_id} is still in the store"
+    # Ephemeral ids are the CLI's own (not fleet ids) in volume mode, so the user-filtered list would not show
+    # them: ask the server that made it.
     raw = fleet.run(_list_on_server(fleet, client, user))
     assert session_id not in raw, f"ephemeral session {session_id} still exists after close"
     fleet.forget(session_id)

@@ -181,7 +181,9 @@ def test_shared_session_one_writer(target, target_file, target_fds, fleet, users
             assert recalled == f"{MARKER} recalled: {expected}", f"the model saw another history: {recalled!r}"
             assert counted == f"{MARKER} user turns: {len(sent)}", f"the model counted otherwise: {counted!r}"
 
-        if fleet_state is not None:
+        if target.store_mode:  # the log the store holds: what every later resume reads
+            events, where = _store_events(target, fleet, a, session_id), "the session's events.jsonl in the store"
+        elif fleet_state is not None:
             log = fleet_state / "session-state" / session_id / EVENTS
             assert log.is_file(), f"no event log for the shared session at {log}"
             events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -192,3 +194,18 @@ def test_shared_session_one_writer(target, target_file, target_fds, fleet, users
         assert not problems, f"{where} is not one coherent history: " + "; ".join(problems)
     finally:
         fleet.run(cleanup())
+
+
+def _store_events(target, fleet, client, session_id: str) -> list[dict[str, Any]]:
+    """Store mode: the session's events.jsonl as the store holds it."""
+    from copilot_fleet.client.store import SessionStoreAccess
+    from copilot_fleet.sessionstore import admin
+
+    store = SessionStoreAccess(target, client.leases.redis)
+
+    async def read() -> bytes | None:
+        return await admin.read_file(store.redis, store.keys(None), session_id, EVENTS)
+
+    data = fleet.run(read())
+    assert data is not None, f"no events.jsonl for the shared session {session_id} in the store"
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]

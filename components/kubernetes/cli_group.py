@@ -75,7 +75,7 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
         "termination_grace_period_seconds": meta.spec.termination_grace_seconds,
         "containers": [pod.cli_container(meta, group, hooks.extra_volume_mounts)],
         "volumes": [
-            {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
+            {"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}},
             *pod.cli_scratch_volumes(),
             *([] if meta.spec.home_is_persistent else [pod.ephemeral_home_volume(meta)]),
             *hooks.extra_volumes,

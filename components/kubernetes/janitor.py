@@ -57,7 +57,7 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
     name = meta.janitor(group)
     mounts: list[dict[str, Any]] = [{"name": "sessions", "mount_path": MOUNT}]
     volumes: list[dict[str, Any]] = [
-        {"name": "sessions", "persistent_volume_claim": {"claim_name": group.session_volume}},
+        {"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}},
     ]
     if lease_store is not None:
         # A file, never an env value or an argument: those show in `kubectl describe` and in /proc/<pid>/cmdline.

@@ -24,7 +24,7 @@ def static_volume_name(meta: FleetMeta, volume: str) -> str:
 def session_volume_claim(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOptions,
                          static: Callable[[str], StaticVolume] | None = None) -> core.PersistentVolumeClaim:
     storage = meta.spec.storage
-    name = group.session_volume
+    name = group.volume_name()
     spec: dict[str, object] = {
         "access_modes": [storage.access_mode],
         "resources": {"requests": {"storage": storage.size}},

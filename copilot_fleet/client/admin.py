@@ -10,6 +10,10 @@ owner read from the id, and a delete that never pulls a session out from under a
   process holds from a session's creation or first turn after a resume), and a session in use is refused too;
 - per-user fleets have no lease store, and a CLI does not report its own attached sessions through checkInUse, so
   deleting there is refused unless the operator accepts that risk (`allow_unleased=True`).
+
+Store mode (target.session_state.mode store): the sessions are listed from the store, every scope of the fleet (the
+CLI lists none of them), a session counts as attached while a client holds its lease (every attach is leased in
+this mode, per-user too), and it is deleted from the store under the admin's own lease.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .handle import translate_sdk_error
 from .ids import parse_session_id
 from .lease import LeaseManager
 from .pool import ClientPool
+from .store import SessionStoreAccess
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +105,15 @@ class FleetAdmin:
         self._owns_pool = pool is None
         self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
         self._owns_leases = False
-        if leases is None and shares_session_state(target.isolation) and target.redis_url is not None:
+        needs_leases = shares_session_state(target.isolation) or target.store_mode
+        if leases is None and needs_leases and target.redis_url is not None:
             leases = LeaseManager.from_url(target.redis_url.get_secret_value())
             self._owns_leases = True
         self.leases = leases
+        if target.store_mode and leases is None:
+            raise LeaseUnavailable(f"target {target.stack!r} keeps session state in the store but has no redis_url: "
+                                   "its sessions cannot be listed or deleted")
+        self.store = SessionStoreAccess(target, leases.redis) if target.store_mode and leases is not None else None
 
     async def __aenter__(self) -> FleetAdmin:
         return self
@@ -188,6 +198,8 @@ class FleetAdmin:
 
     async def list_sessions(self) -> list[SessionRow]:
         """Every session of the fleet, newest first, with its owner and whether it is attached."""
+        if self.store is not None:
+            return await self._list_store(self.store)
         rows: list[SessionRow] = []
         for server in self.servers():
             clients = await self._clients(server)
@@ -201,6 +213,19 @@ class FleetAdmin:
                 attached, why = self._attachment(meta.session_id, leased, in_use, single_cli=len(clients) == 1)
                 rows.append(SessionRow(meta.session_id, kind, owner, _aware(meta.start_time),
                                        _aware(meta.modified_time), server.name, attached, why))
+        rows.sort(key=lambda r: r.modified, reverse=True)
+        return rows
+
+    async def _list_store(self, store: SessionStoreAccess) -> list[SessionRow]:
+        rows: list[SessionRow] = []
+        for user, keys in store.scopes():
+            for stored in await store.list(keys):
+                kind, owner = _owner(stored.session_id)
+                moment = stored.modified or stored.created or datetime.fromtimestamp(0, tz=UTC)
+                where = f" on {stored.bound_server}" if stored.bound_server not in (None, "-") else ""
+                rows.append(SessionRow(stored.session_id, kind, owner, stored.created or moment, moment,
+                                       user or "shared", stored.leased,
+                                       f"a client holds its lease{where}" if stored.leased else "no lease held"))
         rows.sort(key=lambda r: r.modified, reverse=True)
         return rows
 
@@ -271,6 +296,13 @@ class FleetAdmin:
             except SessionInUse:
                 return DeleteResult(sid, "refused", "attached: a client holds its lease")
         try:
+            if self.store is not None and lease is not None:
+                if dry_run:
+                    return DeleteResult(sid, "would-delete", f"idle {row.idle_seconds():.0f} s, not leased")
+                keys = self.store.keys(None if row.server == "shared" else row.server)
+                if not await self.store.delete(keys, sid, lease.token):
+                    return DeleteResult(sid, "not-found", "already gone")
+                return DeleteResult(sid, "deleted", f"idle {row.idle_seconds():.0f} s, not leased")
             clients = await self._clients(server)
             in_use = await self._in_use(clients, [sid])  # asked under the lease: nobody can attach meanwhile
             if in_use and sid in in_use:

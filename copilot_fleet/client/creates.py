@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from copilot import CopilotClient, CopilotSession
@@ -29,6 +29,11 @@ class CreateRequests:
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self._sent: list[tuple[CopilotClient, asyncio.Task[CopilotSession]]] = []
+        self._delete: Callable[[CopilotClient], Awaitable[object]] = lambda client: client.delete_session(session_id)
+
+    def delete_with(self, delete: Callable[[CopilotClient], Awaitable[object]]) -> None:
+        """How `undo` deletes a session (store mode: in the store, under the lease; the CLI deletes none there)."""
+        self._delete = delete
 
     def send(self, client: CopilotClient, **kwargs: Any) -> Awaitable[CopilotSession]:
         request = asyncio.ensure_future(client.create_session(session_id=self.session_id, **kwargs))
@@ -57,7 +62,7 @@ class CreateRequests:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(session.disconnect(), UNDO_STEP_TIMEOUT)
             try:
-                await asyncio.wait_for(client.delete_session(self.session_id), UNDO_STEP_TIMEOUT)
+                await asyncio.wait_for(self._delete(client), UNDO_STEP_TIMEOUT)
             except Exception as exc:
                 if session is not None:
                     logger.warning("session %s was created after its caller gave up and could not be deleted "

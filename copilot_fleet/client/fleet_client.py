@@ -3,8 +3,13 @@
 Every attach goes the same way, and every check that can be made locally is made before any server call:
 
     validate the id ─► check access (owner in the id / shared membership) ─► route (replica ranking for the user)
-        ─► take the session's lease (fleets with shared session-state) ─► create/resume on the first replica that
-        answers, always with the target's provider ─► FleetSession (close: detach, then release the lease)
+        ─► take the session's lease (fleets with shared session-state, and every fleet in store mode) ─► [store
+        mode: bind the lease to the replica about to be tried] ─► create/resume on the first replica that answers,
+        always with the target's provider ─► FleetSession (close: detach, then release the lease)
+
+Store mode (target.session_state.mode store, client/store.py): every attach is leased, throw-away sessions too
+(with an id the client chooses: the store can fence only a session it can name), and listing and deleting work on
+the store, since the CLI lists and deletes nothing for provider-backed sessions.
 
 All attaches funnel through `_attach`; with a `SessionCap` it first makes room on the replica (LRU eviction).
 """
@@ -33,12 +38,14 @@ from .ownership import MembershipStore, RedisMembership, check_access
 from .permissions import SERVER_EXECUTION_OPTIONS, PermissionPolicy, check_session_options, deny_all
 from .pool import ClientPool, is_transport_failure
 from .routing import Route, Router
+from .store import SessionStoreAccess, as_metadata
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 NAME_MAX_LENGTH = 100  # the CLI's limit for `name=`
+EPHEMERAL_PURPOSE = "ephemeral"  # store mode: the purpose in a throw-away session's id
 
 
 class FleetClient:
@@ -93,16 +100,19 @@ class FleetClient:
         self._owns_pool = pool is None
         self.pool = pool if pool is not None else ClientPool(connect_timeout=connect_timeout)
         self._owns_leases = False
-        if leases is None and shares_session_state(target.isolation):
+        if leases is None and (shares_session_state(target.isolation) or target.store_mode):
             if target.redis_url is None:
+                why = ("keeps session state in the store (session_state.mode store), where only a leased session "
+                       "can be written" if target.store_mode else
+                       f"has isolation {target.isolation!r} (replicas share session-state)")
                 raise LeaseUnavailable(
-                    f"target {target.stack!r} has isolation {target.isolation!r} (replicas share session-state) "
-                    "but no redis_url: sessions cannot be leased, so none will be attached. Deploy the lease "
-                    "store or pass leases=LeaseManager(...)"
+                    f"target {target.stack!r} {why} but has no redis_url: sessions cannot be leased, so none will "
+                    "be attached. Deploy the lease store or pass leases=LeaseManager(...)"
                 )
             leases = LeaseManager.from_url(target.redis_url.get_secret_value(), ttl=lease_ttl)
             self._owns_leases = True
         self.leases = leases
+        self.store = SessionStoreAccess(target, leases.redis) if target.store_mode and leases is not None else None
         if members is None and target.isolation == "shared-session" and leases is not None:
             members = RedisMembership(leases.redis)
         self.members = members
@@ -177,7 +187,7 @@ class FleetClient:
             # We hold the lease, so nobody else can be creating or deleting it at this moment. Ask first: the SDK
             # logs a failed resume as a warning with two tracebacks, which every first join would print although
             # nothing is wrong; the lookup answers "none" without an error.
-            if create and await client.get_session_metadata(session_id) is None:
+            if create and not await self._exists(client, session_id):
                 return await creates.send(client, **create_kwargs)
             try:
                 return await client.resume_session(session_id, **kwargs)
@@ -190,10 +200,17 @@ class FleetClient:
         return await self._attach(session_id, route, wait, resume_or_create, creates)
 
     async def create_ephemeral_session(self, **opts: Any) -> FleetSession:
-        """A throw-away session (CLI-generated id, no lease): deleted from disk when closed."""
+        """A throw-away session, deleted when closed. Volume mode: a CLI-generated id and no lease. Store mode: an
+        id of this user's (purpose `ephemeral`) under a lease like any other, since the store writes only leased
+        sessions."""
         if "session_id" in opts:
             raise TypeError("ephemeral sessions get their id from the CLI; do not pass session_id=")
         kwargs = self._session_options(opts)
+        if self.store is not None:
+            session_id = new_session_id(self.user, EPHEMERAL_PURPOSE)
+            creates = CreateRequests(session_id)
+            return await self._attach(session_id, self.router.route(self.user), None,
+                                      lambda client: creates.send(client, **kwargs), creates, ephemeral=True)
         route = await self._avoid_draining(self.router.route(self.user))
         slot = await self._reserve(route)
         try:
@@ -209,9 +226,18 @@ class FleetClient:
     async def list_sessions(
         self, filter: SessionListFilter | None = None, *, include_shared: bool = True
     ) -> list[SessionMetadata]:
-        """This user's sessions on the fleet (and shared sessions they belong to); others' are left out."""
-        route = self.router.route(self.user)
-        _, _, listed = await self._on_replicas(route, None, lambda c: c.list_sessions(filter))
+        """This user's sessions on the fleet (and shared sessions they belong to); others' are left out. In store
+        mode they are listed from the store (the CLI lists none of them); `filter` selects by the CLI's record of
+        a session's working directory and repository, which store mode does not keep, so it is refused there."""
+        listed: list[SessionMetadata]
+        if self.store is not None:
+            if filter is not None:
+                raise ValueError("list_sessions(filter=...) selects by the CLI's own record of each session, which a "
+                                 "fleet in store mode does not keep; list without a filter")
+            listed = [as_metadata(row) for row in await self.store.list(self.store.keys(self.user))]
+        else:
+            route = self.router.route(self.user)
+            _, _, listed = await self._on_replicas(route, None, lambda c: c.list_sessions(filter))
         visible: list[SessionMetadata] = []
         for meta in listed:
             try:
@@ -232,10 +258,21 @@ class FleetClient:
         route = self._route(parts, session_id)
         lease = await self._take_lease(session_id, wait)
         try:
-            await self._on_replicas(route, session_id, lambda c: c.delete_session(session_id))
+            if self.store is not None and lease is not None:
+                if not await self.store.delete(self.store.keys(self.user), session_id, lease.token):
+                    raise SessionNotFound(f"session {session_id!r} not found in the fleet's session store")
+            else:
+                await self._on_replicas(route, session_id, lambda c: c.delete_session(session_id))
         finally:
             if lease is not None:
                 await lease.release()
+
+    async def _exists(self, client: CopilotClient, session_id: str) -> bool:
+        """Whether the session exists: in the store (the CLI knows no provider-backed session it has not loaded),
+        else as the CLI sees it."""
+        if self.store is not None:
+            return await self.store.exists(self.store.keys(self.user), session_id)
+        return await client.get_session_metadata(session_id) is not None
 
     # -- the common path ---------------------------------------------------------------------------------------
 
@@ -282,16 +319,21 @@ class FleetClient:
         wait: float | None,
         operation: Callable[[CopilotClient], Awaitable[CopilotSession]],
         creates: CreateRequests | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> FleetSession:
         """`creates`: the create requests `operation` sends, undone if the caller does not get the session
         (cancelled, timed out, lease lost): the server may make it after we gave up, and its id is known only here.
         Undone while the lease is still held, so nobody can attach it in between."""
         lease = await self._take_lease(session_id, wait)
+        store_delete = self._store_deleter(session_id, lease)
+        if creates is not None and store_delete is not None:
+            creates.delete_with(lambda client: store_delete())
         slot: Slot | None = None
         route = await self._avoid_draining(route)
         try:
             slot = await self._reserve(route)  # after the lease: never evict for an attach that cannot happen
-            client, address, sdk = await self._on_replicas(route, session_id, operation)
+            client, address, sdk = await self._on_replicas(route, session_id, operation, lease=lease)
             if lease is not None:
                 lease.check()  # lost while attaching (e.g. Redis gone for a whole ttl): do not hand it out
         except BaseException:
@@ -305,8 +347,18 @@ class FleetClient:
                     await lease.release()
             raise
         created = creates is not None and creates.made(sdk)  # join_shared_session may have resumed instead
-        handle = FleetSession(sdk=sdk, client=client, address=address, lease=lease, created=created)
+        handle = FleetSession(sdk=sdk, client=client, address=address, lease=lease, created=created,
+                              ephemeral=ephemeral, store_delete=store_delete)
         return await self._admit(self._track(handle), slot)
+
+    def _store_deleter(self, session_id: str, lease: Lease | None) -> Callable[[], Awaitable[bool]] | None:
+        """Store mode: how a handle (ephemeral, stillborn) or an undone create deletes its session, under the lease
+        it holds; None in volume mode (the CLI deletes)."""
+        store = self.store
+        if store is None or lease is None:
+            return None
+        keys = store.keys(self.user)
+        return lambda: store.delete(keys, session_id, lease.token)
 
     async def _avoid_draining(self, route: Route) -> Route:
         if self.draining is None or len(route.addresses) < 2:
@@ -332,11 +384,15 @@ class FleetClient:
         route: Route,
         session_id: str | None,
         operation: Callable[[CopilotClient], Awaitable[T]],
+        *,
+        lease: Lease | None = None,
     ) -> tuple[CopilotClient, str, T]:
         """Run `operation` on the first replica of the route that answers.
 
         Fails over only when a replica cannot be reached or its connection dies (it cannot have acted then);
-        a timeout is not failed over, because the slow replica may still complete the operation.
+        a timeout is not failed over, because the slow replica may still complete the operation. Store mode: the
+        lease is bound to each replica just before the operation is tried there, so only that replica may write
+        the session (a failover rebinds it to the next one).
         """
         failures: list[str] = []
         for address in route.addresses:
@@ -345,6 +401,8 @@ class FleetClient:
             except ReplicaUnavailable as exc:
                 failures.append(str(exc))
                 continue
+            if self.store is not None and lease is not None:
+                await self.store.bind(lease, self.store.keys(self.user), address)
             try:
                 result = await asyncio.wait_for(operation(client), self.call_timeout)
             except TimeoutError as exc:

@@ -84,6 +84,7 @@ class FleetSession:
         ephemeral: bool = False,
         created: bool = False,
         on_close: Callable[[FleetSession], None] | None = None,
+        store_delete: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.sdk = sdk
         self.session_id: str = sdk.session_id
@@ -95,6 +96,8 @@ class FleetSession:
         self._storage_error: str | None = None  # the first storage error the CLI reported on this handle
         self._client = client
         self._on_close = on_close
+        # Store mode: how this handle deletes its session (in the store, under its lease); the CLI cannot.
+        self._store_delete = store_delete
         self._closed = False
         self._abort_task: asyncio.Task[None] | None = None
         if lease is not None:
@@ -245,7 +248,10 @@ class FleetSession:
                 # client would reconnect by itself for the delete below: skip both; the data on disk is intact.
                 logger.info("session %s: the connection to %s had ended; nothing to detach", self.session_id,
                             self.address)
-                if self.ephemeral:
+                if self._store_delete is not None and (self.ephemeral or self.stillborn):
+                    # Store mode: the session is in the store, not on the server: delete it there all the same.
+                    await self._delete_quietly("ephemeral session" if self.ephemeral else "session")
+                elif self.ephemeral:
                     logger.warning("ephemeral session %s was not deleted (its server went away); the janitor "
                                    "removes it after the session TTL", self.session_id)
                 elif self.stillborn:
@@ -283,7 +289,9 @@ class FleetSession:
     async def _delete_quietly(self, what: str) -> None:
         """Delete the session on its server (still under our lease), bounded; failures are logged, never raised."""
         try:
-            await asyncio.wait_for(self._client.delete_session(self.session_id), DELETE_ON_CLOSE_TIMEOUT)
+            deleting = (self._store_delete() if self._store_delete is not None
+                        else self._client.delete_session(self.session_id))
+            await asyncio.wait_for(deleting, DELETE_ON_CLOSE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - close() must not replace the caller's own error
             if not isinstance(translate_sdk_error(exc, self.session_id), SessionNotFound):
                 logger.warning("deleting %s %s on %s failed (%s: %s); delete_session removes it later, or the "

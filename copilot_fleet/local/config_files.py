@@ -13,7 +13,7 @@ from pathlib import Path
 
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.plan import HAPROXY_BACKEND, HOST, FleetPlan, Program, Task
-from copilot_fleet.local.secrets import CONNECTION_TOKEN, REDIS_PASSWORD, FleetSecrets
+from copilot_fleet.local.secrets import CONNECTION_TOKEN, REDIS_PASSWORD, FleetSecrets, store_password_name
 from copilot_fleet.local.tools import Tools
 
 # supervisord: how long a program must stay up to count as started, and how long it gets to stop.
@@ -141,6 +141,23 @@ logfile ""
 appendonly yes
 appendfsync everysec
 save 3600 1 300 100 60 10000
+""" + (_store_conf(plan, secrets) if plan.store_mode else "")
+
+
+def _store_conf(plan: FleetPlan, secrets: FleetSecrets) -> str:
+    """Store mode: session state lives here. Durable (the stack's appendfsync), never evicted (an evicted key is a
+    silently truncated session: writes fail instead when memory is full), and one ACL user per store scope, so that a
+    per-user server's provider reaches only its own user's keys. Later lines win over the ones above."""
+    from copilot_fleet.sessionstore.acl import acl_file_line
+    from copilot_fleet.sessionstore.keys import StoreKeys
+
+    users = "\n".join(acl_file_line(StoreKeys(scope), secrets.get(store_password_name(scope)))
+                      for scope in plan.store_scopes)
+    return f"""
+# Session store (fleet:sessionState.mode store): docs/session-store.md
+appendfsync {plan.appendfsync}
+maxmemory-policy noeviction
+{users}
 """
 
 

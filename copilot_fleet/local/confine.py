@@ -56,7 +56,8 @@ def apply(plan: FleetPlan, users: dict[str, Account]) -> None:
             _own(otel, account, 0o600)
             # Shared: every replica runs as the same user, the volume is theirs. Per-user: inside the user's home
             # (so it may be anything the user put there: never followed).
-            _own(Path(svc.session_state or ""), account, 0o700)
+            if svc.session_state is not None:  # none in store mode
+                _own(Path(svc.session_state), account, 0o700)
         elif svc.kind == "redis" and svc.run_as is not None:
             account = users[svc.run_as]
             _own(paths.redis_dir, account, 0o700)

@@ -156,9 +156,11 @@ def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecret
         make_private_dir(program.directory)
         if svc.kind == "redis":
             make_private_dir(paths.redis_dir)
-        if svc.kind != "cli" or svc.home is None or svc.session_state is None:
+        if svc.kind != "cli" or svc.home is None:
             continue
         home = make_private_dir(Path(svc.home))
+        if svc.session_state is None:
+            continue  # store mode: the provider keeps session-state/ off the server's disk
         if svc.shared_session_state:
             # Only session-state/ is shared; config, logs and the SQLite session store stay per server.
             shared = make_private_dir(Path(svc.session_state))
@@ -402,7 +404,7 @@ def isolation_line(plan: FleetPlan) -> str:
     if plan.accounts is not None:
         line = (f"  users     each server runs as an unprivileged Unix user of its own "
                 f"({', '.join(sorted(plan.accounts.all()))}); secrets and configs are root's")
-        cli = Path(plan.cli_programs[0].command[0])
+        cli = plan.cli_programs[0].executable
         if not sealed_cli.is_execute_only(cli):
             line += (f"; but {cli} is a script, not the CLI binary, so it cannot be made execute-only: a session's "
                      "tool run can read its server's connection token from /proc/<pid>/environ")

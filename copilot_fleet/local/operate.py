@@ -179,7 +179,21 @@ def _drain(paths: StatePaths, stack: str, server: str, timeout: float,
         _say(out, f"  {server}: not running ({info.get('statename', 'unknown')}); marked drained")
         return DrainResult(server=server, pid=None, seconds=time.monotonic() - began, wait_seconds=0.0,
                            attached_at_start=0, busy_at_start=0, was_running=False)
-    state_dir = Path(svc.session_state or "")
+    if svc.session_state is None:
+        # Store mode: nothing of a session is on disk to watch. Stopping sends SIGTERM to the provider, which passes
+        # it to the CLI and keeps serving while the CLI finishes its turns (up to its stop grace).
+        _say(out, f"  {server}: pid {pid}, sessions in the store; stopping lets the CLI finish its turns")
+        wait_began = time.monotonic()
+        try:
+            supervisor.stop_process(server)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise LocalFleetError(f"supervisord could not stop {server}: {fault.faultString}") from fault
+        seconds = time.monotonic() - began
+        _say(out, f"  {server}: stopped after {seconds:.1f} s")
+        return DrainResult(server=server, pid=pid, seconds=seconds, wait_seconds=time.monotonic() - wait_began,
+                           attached_at_start=0, busy_at_start=0)
+    state_dir = Path(svc.session_state)
     attached = attached_dirs(state_dir, pid)
     busy_at_start = sum(1 for d in attached if turn_in_flight(d))
     _say(out, f"  {server}: pid {pid}, {len(attached)} session(s) attached, {busy_at_start} in a turn; waiting up "
@@ -311,6 +325,18 @@ def _busy() -> None:
     raise FleetBusy("another command is changing the fleet")
 
 
+def _cli_pid(svc: Service) -> int | None:
+    """Store mode: the CLI's own pid, from its provider's ready file (the supervised process is the provider, and
+    the memory and sessions that wear a server out are the CLI's); None in volume mode or when it cannot be read."""
+    if svc.ready_file is None:
+        return None
+    try:
+        info = json.loads(Path(svc.ready_file).read_text())
+        return int(info["cli_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sessions: int | None,
             dry_run: bool = False, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT, start_timeout: float = 60.0,
             out: Callable[[str], None] | None = None, wait_for_lock: bool = True) -> list[RecycleCandidate]:
@@ -331,7 +357,7 @@ def recycle(project_dir: Path, stack: str, *, max_rss_mb: float | None, max_sess
             pid = int(info.get("pid") or 0) or None
             if pid is None or info.get("statename") != "RUNNING" or svc.name in drained:
                 continue  # stopped or drained by an operator: not ours to restart
-            wear = measure(pid, Path(svc.home or ""))
+            wear = measure(_cli_pid(svc) or pid, Path(svc.home or ""))
             result.append(RecycleCandidate(server=svc.name, pid=pid, rss_mib=wear.rss_mib,
                                            sessions_served=wear.sessions_served,
                                            reasons=wear.over(max_rss_mb, max_sessions)))

@@ -22,10 +22,11 @@ from copilot_fleet.local.secrets import (
     MODEL_API_KEY,
     REDIS_PASSWORD,
     FleetSecrets,
+    store_password_name,
     user_token_name,
 )
 from copilot_fleet.local.tools import Tools
-from copilot_fleet.target import ProviderTarget, Target
+from copilot_fleet.target import ProviderTarget, SessionStateTarget, Target
 from copilot_fleet.topology import CliGroup, Topology
 
 Kind = Literal["cli", "redis", "haproxy", "model"]
@@ -59,6 +60,10 @@ class Service:
     group: str | None = None
     user: str | None = None
     run_as: str | None = None  # the Unix user it runs as; None: the user who ran `up` (not root)
+    # Store mode: the CLI runs under its session store provider, which writes this file once it registered (the
+    # server is ready only then) and reads and writes this store scope.
+    ready_file: str | None = None
+    store_scope: str | None = None
 
     @property
     def address(self) -> str:
@@ -85,6 +90,14 @@ class Program:
     def priority(self) -> int:
         return _PRIORITY[self.service.kind]
 
+    @property
+    def executable(self) -> Path:
+        """The CLI binary a CLI program runs: its command, or in store mode the provider's `--cli`."""
+        command = list(self.command)
+        if "--cli" in command and self.service.ready_file is not None:
+            return Path(command[command.index("--cli") + 1])
+        return Path(command[0])
+
 
 @dataclass(frozen=True)
 class Task:
@@ -98,6 +111,9 @@ class Task:
 
 
 JANITOR_EVERY_SECONDS = 900  # the Kubernetes CronJob's default schedule, */15
+# Store mode: how long the provider lets its CLI finish its turns after SIGTERM; below supervisord's stopwaitsecs
+# (config_files.STOP_WAIT_SECONDS), so the provider, not supervisord, decides when the CLI is killed.
+PROVIDER_STOP_GRACE_SECONDS = 8
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,13 @@ class FleetPlan:
     uses_test_model: bool
     tasks: tuple[Task, ...] = ()
     accounts: FleetAccounts | None = None  # None: every program runs as the user who ran `up` (not root)
+    # Store mode: the store scopes (one Redis ACL user each) and how Redis flushes its append-only file.
+    store_scopes: tuple[str, ...] = ()
+    appendfsync: str = "everysec"
+
+    @property
+    def store_mode(self) -> bool:
+        return self.target.store_mode
 
     @property
     def redis_url_file(self) -> Path:
@@ -137,6 +160,8 @@ class FleetPlan:
             "isolated": self.accounts is not None,
             "unix_users": sorted(self.accounts.all()) if self.accounts is not None else [],
             "fleet_id": self.accounts.fleet_id if self.accounts is not None else None,
+            "session_state": self.target.session_state.mode,
+            "store_scopes": list(self.store_scopes),
             "services": [asdict(s) for s in self.services],
         }
 
@@ -156,9 +181,15 @@ def secret_names(topology: Topology) -> list[str]:
         names += [user_token_name(g.token_key) for g in topology.groups]
     if topology.lease_store is not None:
         names.append(REDIS_PASSWORD)
+    names += [store_password_name(scope) for scope in store_scopes(topology)]
     if spec.provider is None:
         names.append(MODEL_API_KEY)
     return names
+
+
+def store_scopes(topology: Topology) -> tuple[str, ...]:
+    """The store scopes of a store-mode fleet, one per CLI group (none in volume mode)."""
+    return tuple(g.store_scope for g in topology.groups if g.store_scope is not None)
 
 
 @dataclass(frozen=True)
@@ -209,6 +240,8 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
             run_as = accounts.cli[group.name] if accounts else None
             programs.append(_cli_program(topology, group, replica, port, key, paths, tools, secrets, creds, run_as))
             index += 1
+    redis_url = (f"redis://:{secrets.get(REDIS_PASSWORD)}@{HOST}:{local.redis_port}/0"
+                 if topology.lease_store is not None else None)
 
     if topology.lease_store is not None:
         programs.append(_redis_program(paths, tools, local.redis_port, accounts.redis if accounts else None))
@@ -225,17 +258,39 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
         users={s.user: s.address for s in clis if s.user is not None},
         connection_token=_secret(secrets.get(CONNECTION_TOKEN)) if shared else None,
         user_tokens={g.user: SecretStr(secrets.get(user_token_name(g.token_key))) for g in topology.groups if g.user},
-        redis_url=(_secret(f"redis://:{secrets.get(REDIS_PASSWORD)}@{HOST}:{local.redis_port}/0")
-                   if topology.lease_store is not None else None),
+        redis_url=_secret(redis_url),
         provider=provider,
         model=spec.session_model,
+        session_state=_session_state_target(topology, clis),
     )
     balance: Literal["roundrobin", "source"] | None = None
     if topology.load_balanced:
         balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
     tasks = _janitor_tasks(topology, paths, tools, programs) + _recycler_tasks(topology, paths, tools)
     return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
-                     target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks, accounts=accounts)
+                     target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks, accounts=accounts,
+                     store_scopes=store_scopes(topology), appendfsync=spec.session_state.appendfsync)
+
+
+def _session_state_target(topology: Topology, clis: list[Service]) -> SessionStateTarget:
+    """What a client needs in store mode: each user's scope and each server's id (its address, as listed)."""
+    if not topology.store_mode:
+        return SessionStateTarget()
+    return SessionStateTarget(mode="store",
+                              user_scopes={s.user: s.store_scope for s in clis if s.user and s.store_scope},
+                              server_ids={s.address: s.address for s in clis})
+
+
+# The provider's own environment variable for its store URL (copilot_fleet.sessionstore.__main__.REDIS_URL_ENV); every
+# COPILOT_FLEET_STORE_* variable is removed from the CLI's environment.
+STORE_URL_ENV = "COPILOT_FLEET_STORE_REDIS_URL"
+
+
+def _store_url(redis_port: int, scope: str, secrets: FleetSecrets) -> str:
+    """The URL a scope's providers reach the store with: the scope's own Redis ACL user (sessionstore.acl)."""
+    from copilot_fleet.sessionstore.acl import acl_user_name
+
+    return f"redis://{acl_user_name(scope)}:{secrets.get(store_password_name(scope))}@{HOST}:{redis_port}/0"
 
 
 def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs: list[Program]) -> tuple[Task, ...]:
@@ -246,6 +301,13 @@ def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs
     base = (str(tools.python), "-m", "copilot_fleet.pod.janitor", "--ttl", f"{topology.spec.session_ttl}s",
             "--every", str(JANITOR_EVERY_SECONDS))
     clis = [p for p in programs if p.service.kind == "cli"]
+    if topology.store_mode:
+        # One janitor for the whole store: every scope, with the admin credential (under each session's lease).
+        scopes = tuple(arg for scope in store_scopes(topology) for arg in ("--store-scope", scope))
+        logs = tuple(arg for p in clis for arg in ("--cli-logs", str(Path(str(p.service.home)) / "logs")))
+        return (Task(name="janitor", command=(*base, *scopes, "--redis-url-file",
+                                              str(paths.config_dir / "janitor-redis-url"), "--require-leases", *logs),
+                     directory=paths.root, log=str(paths.log_file("janitor")), env=env),)
     if topology.shares_session_state:
         leases: tuple[str, ...] = ()
         if topology.lease_store is not None:
@@ -283,10 +345,10 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
     home = paths.server_home(name)
     shared = group.user is None
     token_secret = CONNECTION_TOKEN if shared else user_token_name(group.token_key)
+    idle = ["--session-idle-timeout", str(spec.idle_timeout)] if spec.idle_timeout > 0 else []
+    cli_args = ["--log-level", spec.log_level, *idle]  # store mode: the provider adds --host and --port
     command = [str(tools.copilot), "--headless", "--no-auto-update", "--no-auto-login",
-               "--log-level", spec.log_level, "--port", str(port)]
-    if spec.idle_timeout > 0:
-        command += ["--session-idle-timeout", str(spec.idle_timeout)]
+               "--log-level", spec.log_level, "--port", str(port), *idle]
     env = {
         "COPILOT_HOME": str(home),
         "COPILOT_CONNECTION_TOKEN": secrets.get(token_secret),
@@ -314,6 +376,9 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
         env["COPILOT_GITHUB_TOKEN"] = creds.user_github_tokens[group.user]
     elif creds.github_token:
         env["COPILOT_GITHUB_TOKEN"] = creds.github_token
+    if group.store_scope is not None:
+        env[STORE_URL_ENV] = _store_url(spec.local.redis_port, group.store_scope, secrets)
+        return _provider_program(group, name, port, port_key, paths, tools, cli_args, env, run_as, token_secret)
     session_state = paths.shared_session_state if shared else home / "session-state"
     service = Service(name=name, kind="cli", port=port, port_key=port_key, probe="jsonrpc",
                       log=str(paths.log_file(name)), token_secret=token_secret, home=str(home),
@@ -321,6 +386,35 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
                       user=group.user, run_as=run_as)
     return Program(service=service, command=tuple(command), directory=paths.server_work_dir(name), env=env,
                    supervisor_user=run_as)
+
+
+def _provider_program(group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths, tools: Tools,
+                      cli_args: list[str], env: dict[str, str], run_as: str | None, token_secret: str) -> Program:
+    """Store mode: the supervised program is the session store provider, which starts the CLI as its child.
+
+    It takes the CLI's whole environment and passes it on, except its own store URL (`STORE_URL_ENV`, from the
+    scope's secret: in the root-only supervisord.conf, never on a command line). Started as root, it runs as
+    root and starts the CLI as the server's own Unix user (`--cli-user`): a tool run, which has the CLI's user,
+    can then read neither the provider's /proc entries nor its ready file at any moment, the provider's start
+    included (a process of the same user could read its environment in the instant before it makes itself
+    non-dumpable). Not root: everything runs as one user, and the provider is non-dumpable from its first
+    statement."""
+    assert group.store_scope is not None
+    address = f"{HOST}:{port}"
+    ready = paths.run_dir / f"{name}.ready"
+    command = [str(tools.python), "-m", "copilot_fleet.sessionstore", "--cli", str(tools.copilot),
+               "--home", str(paths.server_home(name)), "--workdir", str(paths.server_work_dir(name)),
+               "--server-id", address, "--scope", group.store_scope, "--host", HOST, "--port", str(port),
+               "--ready-file", str(ready), "--stop-grace", str(PROVIDER_STOP_GRACE_SECONDS)]
+    if run_as is not None:
+        command += ["--cli-user", run_as]
+    command += ["--", *cli_args]
+    service = Service(name=name, kind="cli", port=port, port_key=port_key, probe="jsonrpc",
+                      log=str(paths.log_file(name)), token_secret=token_secret, home=str(paths.server_home(name)),
+                      group=group.name, user=group.user, run_as=run_as, ready_file=str(ready),
+                      store_scope=group.store_scope)
+    return Program(service=service, command=tuple(command), directory=paths.server_work_dir(name),
+                   env={**env, **_python_task_env()}, supervisor_user=None)
 
 
 def _model_program(paths: StatePaths, tools: Tools, port: int, run_as: str | None) -> Program:

@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from copilot_fleet.errors import FleetError
@@ -93,11 +96,41 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def provider_not_ready(service: Service) -> str | None:
+    """Store mode: why the server's session store provider does not count as registered (None: it does). Its ready
+    file is written only once the provider registered with the CLI, names the provider's pid and the CLI's port, and
+    is removed when it stops; a file left by a killed provider names a pid that is gone."""
+    if service.ready_file is None:
+        return None
+    try:
+        info = json.loads(Path(service.ready_file).read_text())
+    except FileNotFoundError:
+        return "the session store provider has not registered yet"
+    except (OSError, ValueError) as exc:
+        return f"the provider's ready file {service.ready_file} cannot be read: {exc}"
+    if not isinstance(info, dict) or info.get("port") != service.port:
+        return f"the provider's ready file names port {info.get('port') if isinstance(info, dict) else None}"
+    try:
+        os.kill(int(info.get("pid", 0)), 0)
+    except ProcessLookupError:
+        return f"the provider that registered (pid {info.get('pid')}) is gone"
+    except PermissionError:
+        pass  # alive, run by another user (root)
+    except (OverflowError, ValueError):
+        return "the provider's ready file names no pid"
+    return None
+
+
 def probe(service: Service, secrets: dict[str, str], timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:
     """Check one service with the secrets it needs (secret name -> value)."""
     if service.probe == "jsonrpc":
         token = secrets.get(service.token_secret) if service.token_secret else None
-        return probe_jsonrpc(service.address, token, timeout)
+        result = probe_jsonrpc(service.address, token, timeout)
+        waiting = provider_not_ready(service) if result.ok else None
+        if waiting is not None:
+            return ProbeResult(False, result.latency_ms, waiting)
+        return result if service.ready_file is None or not result.ok else (
+            ProbeResult(True, result.latency_ms, f"{result.detail}, session store provider registered"))
     if service.probe == "redis":
         password = secrets.get(service.password_secret) if service.password_secret else None
         return probe_redis(service.port, password, timeout)

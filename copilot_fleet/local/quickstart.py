@@ -35,6 +35,7 @@ def ports_of(spec: FleetSpec) -> dict[int, str]:
     ports = {local.replica_base_port + i: "fleet:local.replicaBasePort" for i in range(_servers(spec))}
     if spec.shares_session_state:
         ports[local.endpoint_port] = "fleet:local.endpointPort"
+    if spec.uses_lease_store:  # the shared patterns, and every pattern in store mode
         ports[local.redis_port] = "fleet:local.redisPort"
     if spec.provider is None:
         ports[local.model_port] = "fleet:local.modelPort"

@@ -28,6 +28,11 @@ def user_token_name(user: str) -> str:
     return f"token-{user}"
 
 
+def store_password_name(scope: str) -> str:
+    """Store mode: the password of the scope's Redis ACL user (its servers' providers use it)."""
+    return f"store-password-{scope}"
+
+
 def generate() -> str:
     """256 random bits, URL-safe: no character that needs quoting in a config file or a URL."""
     return _random.token_urlsafe(32)

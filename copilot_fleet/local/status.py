@@ -10,13 +10,15 @@ longer the server's).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from copilot_fleet.errors import FleetError
 from copilot_fleet.local import lbstats, probes
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.errors import LocalFleetError
@@ -49,6 +51,7 @@ class ServiceStatus:
     drained: bool = False  # taken out of rotation by `copilot-fleet drain`
     sessions_on_disk: int | None = None
     sessions_shared: bool = False
+    sessions_in_store: int | None = None  # store mode: sessions of this server's store scope
     attached: int | None = None
     rss_mib: float | None = None
     user: str | None = None
@@ -62,6 +65,10 @@ class FleetStatus:
     supervisord_pid: int | None
     services: list[ServiceStatus] = field(default_factory=list)
     shared_sessions_on_disk: int | None = None
+    session_state: str = "volume"
+    sessions_in_store: int | None = None  # store mode: every session of the fleet in the store
+    leased_in_store: int | None = None  # of those, the ones a client holds the lease of (attached or attaching)
+    store_error: str | None = None  # store mode: why the store could not be listed
     supervision: Supervision = "stopped"
     isolated: bool = False  # started as root: each server runs as an unprivileged user of its own
     dead_supervisord_pid: int | None = None  # supervision lost: the supervisord that died
@@ -78,7 +85,40 @@ class FleetStatus:
                 "isolated": self.isolated,
                 "unsupervised_pids": self.unsupervised_pids,
                 "shared_sessions_on_disk": self.shared_sessions_on_disk,
+                "session_state": self.session_state, "sessions_in_store": self.sessions_in_store,
+                "leased_in_store": self.leased_in_store, "store_error": self.store_error,
                 "services": [asdict(s) for s in self.services]}
+
+
+def _store_sessions(paths: StatePaths, scopes: list[str]) -> list[Any] | str:
+    """Store mode: every session of the fleet's store scopes (sessionstore.admin.list_sessions, with the fleet's
+    admin credential from its target), or why they could not be listed."""
+    from copilot_fleet.sessionstore import admin
+    from copilot_fleet.sessionstore.keys import StoreKeys
+    from copilot_fleet.target import TargetError, load_target
+
+    try:
+        target = load_target(paths.target_file)
+    except TargetError as exc:
+        return str(exc)
+    if target.redis_url is None:
+        return "the target names no store"
+
+    async def listing() -> list[Any]:
+        import redis.asyncio as aioredis
+
+        assert target.redis_url is not None
+        client = aioredis.from_url(target.redis_url.get_secret_value(), socket_timeout=probes.DEFAULT_TIMEOUT,
+                                   socket_connect_timeout=probes.DEFAULT_TIMEOUT)
+        try:
+            return [row for scope in scopes for row in await admin.list_sessions(client, StoreKeys(scope))]
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(listing())
+    except FleetError as exc:
+        return str(exc)
 
 
 def _secret_values(paths: StatePaths, services: list[Service]) -> dict[str, str]:
@@ -108,6 +148,17 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
                          supervision="running" if running else "lost" if left else "stopped",
                          dead_supervisord_pid=record.pid if left and record else None, unsupervised_pids=left,
                          isolated=bool(manifest.get("isolated")))
+    status.session_state = str(manifest.get("session_state") or "volume")
+    stored: list[Any] = []
+    if status.session_state == "store" and running:
+        scopes = manifest.get("store_scopes")
+        listed = _store_sessions(paths, [str(scope) for scope in scopes] if isinstance(scopes, list) else [])
+        if isinstance(listed, str):
+            status.store_error = listed
+        else:
+            stored = listed
+            status.sessions_in_store = len(stored)
+            status.leased_in_store = sum(1 for row in stored if row.leased)
     shared_dirs = {s.session_state for s in services if s.shared_session_state and s.session_state}
     if shared_dirs:
         status.shared_sessions_on_disk = sum(len(session_dirs(Path(d))) for d in shared_dirs)
@@ -147,11 +198,19 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
             row.healthy = result.ok and row.state == "RUNNING"  # never while unsupervised
         else:
             row.health = "not running"
+        if svc.kind == "cli" and svc.store_scope is not None and status.sessions_in_store is not None:
+            # Attached here: leased by a client that bound the lease to this server.
+            row.sessions_in_store = sum(1 for r in stored if r.scope == svc.store_scope)
+            row.attached = sum(1 for r in stored if r.scope == svc.store_scope and r.bound_server == svc.address)
         if svc.kind == "cli" and svc.session_state:
             state_dir = Path(svc.session_state)
             row.sessions_shared = svc.shared_session_state
             row.sessions_on_disk = len(session_dirs(state_dir))
             row.attached = len(attached_dirs(state_dir, row.pid)) if row.pid else 0
+        if svc.kind == "cli" and svc.ready_file is not None and row.pid:
+            # Store mode: the supervised process is the provider; the CLI, its child, runs as the server's user.
+            row.run_as = f"{row.run_as} (CLI: {svc.run_as or row.run_as})"
+        if svc.kind == "cli":
             row.drained = svc.name in drained
             if lb:
                 lb_row = lb.get(svc.name, {})
@@ -190,6 +249,8 @@ def format_table(status: FleetStatus) -> str:
         health = "ok" if s.healthy else f"FAIL: {s.health}"
         on_disk = "-" if s.sessions_on_disk is None else (
             f"{s.sessions_on_disk} shared" if s.sessions_shared else str(s.sessions_on_disk))
+        if s.sessions_in_store is not None:
+            on_disk = f"{s.sessions_in_store} in store"
         rows.append([
             s.name + (f" ({s.user})" if s.user else ""), s.kind, s.state + (" (drained)" if s.drained else ""),
             str(s.pid or "-"), s.address, health,
@@ -214,6 +275,11 @@ def format_table(status: FleetStatus) -> str:
         summary = f"fleet {status.stack} ({status.isolation}): UNHEALTHY: {', '.join(bad)}"
     if status.shared_sessions_on_disk is not None:
         summary += f"; {status.shared_sessions_on_disk} session(s) in the shared session-state/"
+    if status.sessions_in_store is not None:
+        summary += (f"; {status.sessions_in_store} session(s) in the session store, {status.leased_in_store} leased "
+                    "(attached or attaching)")
+    elif status.store_error is not None:
+        summary += f"; the session store could not be listed: {status.store_error}"
     if (status.running or status.supervision == "lost") and not status.isolated:
         summary += ("; NOT ISOLATED: started without root, every process and every session's tool runs run as one "
                     "user, who can read the fleet's secrets")

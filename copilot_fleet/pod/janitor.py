@@ -3,6 +3,12 @@
 The same code runs as the Kubernetes CronJob (against the shared volume) and for local fleets:
 
     python -m copilot_fleet.pod.janitor --session-state DIR --ttl 7d [--redis-url-file F] [--dry-run] [--json]
+    python -m copilot_fleet.pod.janitor --store-scope SCOPE [--store-scope ...] --ttl 7d --redis-url-file F
+
+In store mode (`--store-scope`, the session store of fleet:sessionState.mode store) there is no directory: each
+scope's sessions idle longer than the TTL are deleted from the store (copilot_fleet.sessionstore.admin.cleanup),
+each under a lease the janitor takes itself, so a leased (attached, or being attached) session is skipped, and one
+modified since the listing is kept. The lease store is then required: it is the store.
 
 What it removes, per session directory `DIR/<id>/` whose age exceeds the TTL:
 - the directory (renamed into `DIR/.copilot-fleet-janitor/` first, so the CLI sees it vanish at once, then deleted);
@@ -556,13 +562,73 @@ def read_redis_url(path: str | None, environ: Mapping[str, str] | None = None) -
     return url
 
 
+class StoreJanitor:
+    """One cleanup pass over store scopes (store mode): copilot_fleet.sessionstore.admin under the fleet's leases."""
+
+    def __init__(self, scopes: Sequence[str], ttl_seconds: int, leases: LeaseManager, *, dry_run: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        if ttl_seconds < 60:
+            raise ValueError(f"ttl must be at least 60 seconds so a live conversation is never raced, "
+                             f"got {ttl_seconds}")
+        self.scopes = list(scopes)
+        self.ttl = ttl_seconds
+        self.leases = leases
+        self.dry_run = dry_run
+        self._clock = clock
+
+    async def run(self) -> Report:
+        from copilot_fleet.client.errors import LeaseUnavailable
+        from copilot_fleet.sessionstore import admin
+        from copilot_fleet.sessionstore.keys import StoreKeys
+        from copilot_fleet.sessionstore.store import StoreUnavailable
+
+        started = time.monotonic()
+        report = Report("store scope(s) " + ", ".join(self.scopes), self.ttl, self.dry_run, leased=True)
+        now = self._clock()
+        try:
+            await self.leases.ping()
+            for scope in self.scopes:
+                keys = StoreKeys(scope)
+                if self.dry_run:
+                    for row in await admin.list_sessions(self.leases.redis, keys):
+                        age = now - row.modified.timestamp() if row.modified is not None else None
+                        if age is None or age <= self.ttl:
+                            report.add(Item("session", row.session_id, "kept", "younger than the TTL", age))
+                        elif row.leased:
+                            report.add(Item("session", row.session_id, "skipped", "a client holds its lease", age))
+                        else:
+                            report.add(Item("session", row.session_id, "would-remove", "idle past the TTL", age))
+                    continue
+                done = await admin.cleanup(self.leases.redis, keys, self.leases, older_than=self.ttl, now=now)
+                report.items += [Item("session", sid, "removed", f"idle past the TTL (scope {scope})")
+                                 for sid in done.deleted]
+                report.items += [Item("session", sid, "skipped", "a client holds its lease") for sid in
+                                 done.skipped_leased]
+                report.items += [Item("session", sid, "kept", "modified since it was listed") for sid in
+                                 done.skipped_recent]
+        except (LeaseUnavailable, StoreUnavailable, redis_errors()) as exc:
+            report.fatal = f"the store cannot be reached, so nothing more was deleted: {exc}"
+        finally:
+            report.seconds = time.monotonic() - started
+        return report
+
+
+def redis_errors() -> type[Exception]:
+    import redis.exceptions
+
+    return redis.exceptions.RedisError
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m copilot_fleet.pod.janitor",
         description="Remove sessions idle for longer than the TTL from a session-state directory, and their "
                     "leftover lock files; never a session that a client holds the lease of or a CLI has attached.",
     )
-    p.add_argument("--session-state", required=True, metavar="DIR", help="the session-state/ directory")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--session-state", metavar="DIR", help="the session-state/ directory")
+    where.add_argument("--store-scope", action="append", metavar="SCOPE",
+                       help="store mode: a scope of the session store to clean (repeatable); needs the lease store")
     p.add_argument("--ttl", required=True, type=_ttl, help="remove sessions idle longer than this (30m, 24h, 7d)")
     p.add_argument("--redis-url-file", metavar="FILE",
                    help=f"file with the lease store URL (default: ${REDIS_URL_ENV}); without either, only the CLI's "
@@ -601,6 +667,9 @@ async def _run(args: argparse.Namespace, redis_url: str | None) -> Report:
 
         leases = LeaseManager.from_url(redis_url)
     try:
+        if args.store_scope:
+            assert leases is not None  # main() refuses store scopes without a lease store
+            return await StoreJanitor(args.store_scope, args.ttl, leases, dry_run=args.dry_run).run()
         janitor = Janitor(args.session_state, args.ttl, leases=leases, dry_run=args.dry_run,
                           lock_grace_seconds=args.lock_grace)
         return await janitor.run()
@@ -618,6 +687,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if redis_url is None and args.require_leases:
         parser.error(f"--require-leases: no lease store given (--redis-url-file or ${REDIS_URL_ENV})")
+    if redis_url is None and args.store_scope:
+        parser.error(f"--store-scope: the session store is in the lease store: give --redis-url-file or "
+                     f"${REDIS_URL_ENV}")
+    if args.store_scope:
+        from copilot_fleet.client.ids import validate_id_part
+
+        for scope in args.store_scope:
+            try:
+                validate_id_part(scope, "store scope")
+            except ValueError as exc:
+                parser.error(f"--store-scope: {exc}")
     if args.every is None:
         return 0 if _run_once(args, redis_url) else 1
     return _loop(args, redis_url)

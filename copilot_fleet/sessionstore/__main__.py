@@ -27,6 +27,7 @@ from pathlib import Path
 
 from copilot_fleet.argtypes import positive, secret_from_file_or_env
 
+from .cli_process import make_undumpable
 from .fencing import DEFAULT_REGISTRATION_TTL_SECONDS, validate_server_id
 from .keys import DEFAULT_PREFIX, StoreKeys
 from .paths import SessionPaths
@@ -104,7 +105,8 @@ def config_from_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> Pr
         return ProviderConfig(
             cli=args.cli, copilot_home=args.home.resolve(), workdir=args.workdir.resolve(), redis_url=redis_url,
             scope=args.scope, server_id=args.server_id, token=token, host=args.host, port=args.port,
-            cli_args=("--log-level", "info", *args.cli_args), session_state_path=args.session_state_path,
+            cli_args=(*(() if "--log-level" in args.cli_args else ("--log-level", "info")), *args.cli_args),
+            session_state_path=args.session_state_path,
             key_prefix=args.key_prefix, ready_file=args.ready_file, registration_ttl=args.registration_ttl,
             start_timeout=args.start_timeout, stop_grace=args.stop_grace,
             require_lease=not args.allow_unleased_writes,
@@ -116,6 +118,9 @@ def config_from_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> Pr
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, before the store URL is read from the environment or a file: nothing of this process is
+    # readable by other processes of its user from here on.
+    make_undumpable()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     p = parser()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import signal
 import sys
@@ -29,8 +30,22 @@ STORE_ENV_PREFIX = "COPILOT_FLEET_STORE_"
 _PR_SET_PDEATHSIG = 1
 
 
+_PR_SET_DUMPABLE = 4
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec: keep it to one system call
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def make_undumpable() -> None:
+    """Make this process non-dumpable: other processes of its user (a tool run in the CLI, when both run as one
+    user) can then neither read its /proc/<pid>/environ, where the store URL is, nor its memory, nor ptrace it.
+    The CLI child is exec'd afresh, so this does not carry over to it (the execute-only CLI is non-dumpable by
+    itself). Raises OSError if the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(err)}")
 
 
 def cli_environment(environ: Mapping[str, str], copilot_home: Path, token: str | None) -> dict[str, str]:

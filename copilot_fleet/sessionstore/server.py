@@ -25,6 +25,7 @@ exits after it (SIGKILL after a grace period).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -149,12 +150,14 @@ def block_local_session_state(copilot_home: Path) -> None:
 
 
 def hand_over(copilot_home: Path, uid: int, gid: int | None) -> None:
-    """Give COPILOT_HOME to the CLI's own user (it writes config and logs there); symlinks stay as they are."""
+    """Give COPILOT_HOME and the links this process made in it to the CLI's own user (it writes config and logs
+    there). Nothing below it is walked: what is there was written by that user, maybe by a tool run, and a walk as
+    root could be led through a link it swapped in meanwhile to hand root's files to that user."""
     group = -1 if gid is None else gid
     os.lchown(copilot_home, uid, group)
-    for root, dirs, files in os.walk(copilot_home):
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, group)
+    for name in ("session-state", "session-store.db"):
+        with contextlib.suppress(FileNotFoundError):
+            os.lchown(copilot_home / name, uid, group)
 
 
 def _write_ready_file(path: Path, info: dict[str, Any]) -> None:

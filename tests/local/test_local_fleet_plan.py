@@ -208,3 +208,82 @@ def test_the_projects_local_stacks_can_run_side_by_side(tmp_path: Path, example_
         for service in plan.services:
             assert service.port not in used, f"{stack} {service.name} and {used.get(service.port)} share a port"
             used[service.port] = f"{stack} {service.name}"
+
+
+# --- store mode (fleet:sessionState.mode store) -------------------------------------------------------------------
+
+def test_store_mode_runs_each_cli_under_its_provider_with_the_url_only_in_its_environment(tmp_path: Path) -> None:
+    plan, secrets, _ = _plan(tmp_path, isolation="shared-cli", replicas=2, sessionState={"mode": "store"})
+    assert plan.target.store_mode and plan.store_scopes == ("shared",)
+    assert plan.target.session_state.server_ids == {"127.0.0.1:4401": "127.0.0.1:4401",
+                                                     "127.0.0.1:4402": "127.0.0.1:4402"}
+    password = secrets.get("store-password-shared")
+    for program in plan.cli_programs:
+        command = list(program.command)
+        assert command[1:3] == ["-m", "copilot_fleet.sessionstore"]
+        assert command[command.index("--server-id") + 1] == program.service.address
+        assert command[command.index("--scope") + 1] == "shared"
+        assert command[command.index("--cli") + 1] == "/opt/copilot" == str(program.executable)
+        assert program.service.ready_file is not None and program.service.session_state is None
+        url = program.env["COPILOT_FLEET_STORE_REDIS_URL"]
+        assert url == f"redis://copilot-store-shared:{password}@127.0.0.1:6390/0"
+        assert password not in " ".join(command)
+    conf = redis_conf(plan, secrets)
+    assert "maxmemory-policy noeviction" in conf and "appendfsync everysec" in conf.split("# Session store")[1]
+    assert "user copilot-store-shared on resetchannels ~copilot-fleet:store:shared:*" in conf
+    assert password not in conf  # the ACL line holds its SHA-256 only
+    janitor = next(t for t in plan.tasks if t.name == "janitor")
+    assert "--store-scope" in janitor.command and "--session-state" not in janitor.command
+
+
+def test_per_user_store_mode_has_redis_a_scope_and_an_acl_user_per_user(tmp_path: Path) -> None:
+    plan, secrets, _ = _plan(tmp_path, isolation="per-user", users=[{"id": "alice"}, {"id": "bob-smith"}],
+                             sessionState={"mode": "store", "appendfsync": "always"})
+    assert [p.name for p in plan.programs if p.service.kind == "redis"] == ["redis"]
+    assert plan.target.redis_url is not None and plan.balance is None
+    assert plan.target.session_state.user_scopes == {"alice": "alice", "bob-smith": "bob-smith"}
+    for program in plan.cli_programs:
+        user = program.service.user
+        assert user is not None
+        assert program.env["COPILOT_FLEET_STORE_REDIS_URL"].startswith(f"redis://copilot-store-{user}:")
+    conf = redis_conf(plan, secrets)
+    assert "~copilot-fleet:store:alice:* %R~copilot-fleet:lease:u-5-alice-*" in conf
+    assert "~copilot-fleet:store:bob-smith:* %R~copilot-fleet:lease:u-9-bob-smith-*" in conf
+    assert conf.split("# Session store")[1].count("appendfsync always") == 1
+
+
+def test_store_supervisord_conf_keeps_the_store_url_off_command_lines(tmp_path: Path) -> None:
+    plan, secrets, tools = _plan(tmp_path, isolation="shared-session", sessionState={"mode": "store"})
+    conf = configparser.RawConfigParser()
+    conf.read_string(supervisord_conf(plan, tools))
+    for program in plan.cli_programs:
+        section = conf[f"program:{program.name}"]
+        assert secrets.get("store-password-shared") not in section["command"]
+        assert "COPILOT_FLEET_STORE_REDIS_URL" in section["environment"]
+        assert section["stopasgroup"] == section["killasgroup"] == "true"
+
+
+def test_quickstart_counts_the_store_modes_redis_port_per_user_too() -> None:
+    from copilot_fleet.local.quickstart import ports_of
+
+    volume = ports_of(_spec(isolation="per-user", users=[{"id": "a"}]))
+    store = ports_of(_spec(isolation="per-user", users=[{"id": "a"}], sessionState={"mode": "store"}))
+    assert "fleet:local.redisPort" not in volume.values()
+    assert store[6390] == "fleet:local.redisPort"
+
+
+def test_recycle_measures_a_store_mode_servers_cli_not_its_provider(tmp_path: Path) -> None:
+    """The supervised process of a store-mode server is its provider; the memory and sessions are its CLI's."""
+    import json
+
+    from copilot_fleet.local.operate import _cli_pid
+
+    plan, _, _ = _plan(tmp_path, isolation="shared-cli", sessionState={"mode": "store"})
+    service = plan.cli_programs[0].service
+    assert service.ready_file is not None
+    assert _cli_pid(service) is None  # not registered yet
+    Path(service.ready_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(service.ready_file).write_text(json.dumps({"pid": 10, "cli_pid": 11, "port": service.port}))
+    assert _cli_pid(service) == 11
+    volume, _, _ = _plan(tmp_path, isolation="shared-cli")
+    assert _cli_pid(volume.cli_programs[0].service) is None

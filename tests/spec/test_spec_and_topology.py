@@ -240,3 +240,73 @@ def test_config_is_read_without_pulumis_private_names() -> None:
                     and isinstance(node.value, ast.Name) and node.value.id in pulumi_aliases):
                 offenders.append(f"{path.relative_to(PROJECT)}:{node.lineno} {node.value.id}.{node.attr}")
     assert offenders == []
+
+
+# --- fleet:sessionState -------------------------------------------------------------------------------------------
+
+def test_volume_mode_is_the_default_and_changes_nothing() -> None:
+    for isolation, extra in (("shared-cli", {}), ("per-user", {"users": [{"id": "alice"}]})):
+        topology = build_topology(spec_of(isolation=isolation, platform="local", **extra))
+        assert topology.session_state == "volume" and not topology.store_mode
+        assert all(g.session_volume is not None and g.store_scope is None for g in topology.groups)
+    assert build_topology(spec_of(isolation="per-user", platform="local", users=[{"id": "a"}])).lease_store is None
+
+
+@pytest.mark.parametrize("isolation", ["shared-cli", "shared-session"])
+def test_store_mode_shared_patterns_have_no_volume_and_the_shared_scope(isolation: str) -> None:
+    topology = build_topology(spec_of(isolation=isolation, platform="local", sessionState={"mode": "store"}))
+    (group,) = topology.groups
+    assert topology.store_mode and topology.lease_store == "local"
+    assert group.session_volume is None and group.store_scope == "shared"
+    assert topology.session_volumes == []
+    with pytest.raises(ValueError, match="no session volume"):
+        group.volume_name()
+
+
+def test_store_mode_per_user_gets_a_lease_store_and_a_scope_per_user() -> None:
+    spec = spec_of(isolation="per-user", platform="local", sessionState={"mode": "store"},
+                   users=[{"id": "alice"}, {"id": "bob-smith"}])
+    topology = build_topology(spec)
+    assert topology.lease_store == "local"
+    assert {g.user: g.store_scope for g in topology.groups} == {"alice": "alice", "bob-smith": "bob-smith"}
+    assert all(g.session_volume is None for g in topology.groups)
+
+
+@pytest.mark.parametrize(("values", "key", "words"), [
+    ({"sessionState": {"mode": "disk"}}, "fleet:sessionState.mode", "'volume' or 'store'"),
+    ({"sessionState": {"mdoe": "store"}}, "fleet:sessionState.mdoe", "did you mean fleet:sessionState.mode"),
+    ({"sessionState": {"appendfsync": "always"}}, "fleet:sessionState.appendfsync", "only for"),
+    ({"sessionState": {"mode": "store", "appendfsync": "no"}}, "fleet:sessionState.appendfsync", "'always'"),
+    ({"sessionState": {"mode": "store"}, "storage": {"accessMode": "ReadWriteOnce"}}, "fleet:storage.accessMode",
+     "does not have"),
+    ({"sessionState": {"mode": "store"}, "storage": {"size": "5Gi"}}, "fleet:storage.size", "does not have"),
+])
+def test_session_state_mistakes_name_the_key(values: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        spec_of(isolation="shared-cli", platform="local", **values)
+    line = next((p for p in err.value.problems if p.startswith(key)), None)
+    assert line is not None, err.value.problems
+    assert words in line
+
+
+def test_store_mode_is_refused_where_no_renderer_runs_the_provider_yet() -> None:
+    with pytest.raises(ConfigError) as err:
+        spec_of({"githubToken"}, isolation="shared-cli", platform="kubernetes", sessionState={"mode": "store"},
+                image=f"r.example/copilot-cli:{CLI_VERSION}", githubToken="t", storage={"storageClass": "nfs"})
+    assert any(p.startswith("fleet:sessionState.mode: store is not available on platform kubernetes")
+               for p in err.value.problems), err.value.problems
+
+
+def test_per_user_store_mode_accepts_fleet_redis_and_refuses_a_user_called_shared() -> None:
+    spec_of(isolation="per-user", platform="local", sessionState={"mode": "store"}, users=[{"id": "a"}],
+            redis={"mode": "in-cluster"})
+    with pytest.raises(ConfigError, match="fleet:redis: per-user keeps"):
+        spec_of(isolation="per-user", platform="local", users=[{"id": "a"}], redis={"mode": "in-cluster"})
+    with pytest.raises(ConfigError, match="rename user 'shared'"):
+        spec_of(isolation="per-user", platform="local", sessionState={"mode": "store"}, users=[{"id": "shared"}])
+
+
+def test_a_per_user_store_fleet_checks_the_redis_port_against_the_servers() -> None:
+    with pytest.raises(ConfigError, match="fleet:local.redisPort 4401 falls in the CLI servers' ports"):
+        spec_of(isolation="per-user", platform="local", sessionState={"mode": "store"}, users=[{"id": "a"}],
+                local={"replicaBasePort": 4401, "redisPort": 4401})

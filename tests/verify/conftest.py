@@ -23,6 +23,8 @@ from tests.helpers.kubectl_standin import install
 from tests.helpers.local_fleet import Project
 
 PATTERNS = ("shared-cli", "shared-session", "per-user")
+# The same patterns in store mode (fleet:sessionState.mode store): the CLIs under their session store providers.
+STORE_PREFIX = "store-"
 PER_USER_USERS = ["alice", "bob-smith"]
 
 
@@ -31,6 +33,7 @@ class RunningFleet:
     project: Project
     stack: str
     isolation: str
+    store: bool = False
 
     @property
     def paths(self) -> StatePaths:
@@ -45,19 +48,47 @@ class RunningFleet:
         roots = [self.paths.shared_session_state, *self.paths.servers_dir.glob("*/session-state")]
         return sorted(p for root in roots if root.is_dir() and not root.is_symlink() for p in session_dirs(root))
 
+    def store_sessions(self) -> list[str]:
+        """Store mode: every session id in the fleet's session store (every scope)."""
+        import asyncio
 
-@pytest.fixture(scope="module", params=PATTERNS)
+        import redis.asyncio as aioredis
+
+        from copilot_fleet.sessionstore import admin
+        from copilot_fleet.sessionstore.keys import StoreKeys
+
+        manifest = json.loads(self.paths.manifest.read_text())
+
+        async def listing() -> list[str]:
+            client = aioredis.from_url(self.target_document["redis_url"])
+            try:
+                return [row.session_id for scope in manifest["store_scopes"]
+                        for row in await admin.list_sessions(client, StoreKeys(scope))]
+            finally:
+                await client.aclose()
+
+        return asyncio.run(listing())
+
+
+def store_patterns() -> list[str]:
+    return [STORE_PREFIX + p for p in PATTERNS]
+
+
+@pytest.fixture(scope="module", params=[*PATTERNS, *store_patterns()])
 def running_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningFleet]:
-    isolation: str = request.param
-    project = Project.create(tmp_path_factory.mktemp(f"verify-{isolation}"))
-    stack = f"v-{isolation}"
+    param: str = request.param
+    store = param.startswith(STORE_PREFIX)
+    isolation = param.removeprefix(STORE_PREFIX)
+    project = Project.create(tmp_path_factory.mktemp(f"verify-{param}"))
+    stack = f"v-{param}"
+    state = {"mode": "store" if store else "volume"}
     if isolation == "per-user":
-        project.local_stack(stack, isolation, users=PER_USER_USERS)
+        project.local_stack(stack, isolation, users=PER_USER_USERS, sessionState=state)
     else:
-        project.local_stack(stack, isolation, replicas=2)
+        project.local_stack(stack, isolation, replicas=2, sessionState=state)
     try:
         project.run_ok("up", "--stack", stack, "--timeout", "90")
-        yield RunningFleet(project, stack, isolation)
+        yield RunningFleet(project, stack, isolation, store)
     finally:
         project.teardown(stack)
 

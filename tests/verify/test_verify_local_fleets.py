@@ -36,7 +36,9 @@ ONLY = {
     "shared-session": SHARED | {"test_shared_session_one_writer"},
 }
 KUBERNETES = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process"}
-ALL_CHECKS = EVERY_PATTERN | KUBERNETES | set().union(*ONLY.values())
+STORE = {"test_no_session_state_on_any_server", "test_resume_where_the_lease_is_not_bound_is_fenced"}
+ALL_CHECKS = EVERY_PATTERN | KUBERNETES | STORE | set().union(*ONLY.values())
+VOLUME_PATTERNS = ["shared-cli", "shared-session", "per-user"]
 
 
 def _function(nodeid: str) -> str:
@@ -64,10 +66,11 @@ def test_verify_passes(running_fleet, capsys, tmp_path) -> None:
     for check in report["checks"]:
         outcomes.setdefault(_function(check["nodeid"]), set()).add(check["outcome"])
     assert set(outcomes) == ALL_CHECKS, f"unexpected set of checks: {sorted(set(outcomes) ^ ALL_CHECKS)}"
-    applies = EVERY_PATTERN | ONLY[fleet.isolation]
+    applies = EVERY_PATTERN | ONLY[fleet.isolation] | (STORE if fleet.store else set())
+    mode = "store" if fleet.store else "volume"
     for name, seen in outcomes.items():
         expected = "passed" if name in applies else "skipped"
-        assert seen == {expected}, f"{name} on {fleet.isolation}: {seen}, expected {expected}"
+        assert seen == {expected}, f"{name} on {fleet.isolation} ({mode} mode): {seen}, expected {expected}"
 
     target = fleet.target_document
     servers = (1 if "endpoint" in target else 0) + len(target.get("replicas", [])) + len(target.get("users", {}))
@@ -77,7 +80,9 @@ def test_verify_passes(running_fleet, capsys, tmp_path) -> None:
     assert len(nagle_checks) == servers, f"{len(nagle_checks)} TCP_NODELAY checks for {servers} servers"
 
     for check in report["checks"]:
-        if check["outcome"] == "skipped" and _function(check["nodeid"]) not in KUBERNETES:
+        if _function(check["nodeid"]) in STORE and check["outcome"] == "skipped":
+            assert "store mode only" in check["message"], check
+        elif check["outcome"] == "skipped" and _function(check["nodeid"]) not in KUBERNETES:
             assert fleet.isolation in check["message"] and "only" in check["message"], check
         if _function(check["nodeid"]) in KUBERNETES:
             assert "kubernetes and azure platform only" in check["message"], check
@@ -92,6 +97,8 @@ def test_verify_passes(running_fleet, capsys, tmp_path) -> None:
 
     left = fleet.session_dirs()
     assert not left, f"verify left sessions on disk: {[p.name for p in left]}"
+    if fleet.store:
+        assert fleet.store_sessions() == [], "verify left sessions in the session store"
 
 
 def _with_wrong_tokens(document: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +110,7 @@ def _with_wrong_tokens(document: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.parametrize("running_fleet", VOLUME_PATTERNS, indirect=True)  # tokens: the same in store mode
 def test_verify_wrong_token_fails(running_fleet, capsys, tmp_path) -> None:
     fleet = running_fleet
     bad = tmp_path / "wrong-token.json"
