@@ -369,7 +369,7 @@ VmRSS is read from `/proc/<pid>/status` of the CLI process (PID from supervisord
         parts.append(f"""## Session state in a store against a shared directory
 
 The session store (docs/session-store.md) against the volume mode, side by side in one run, on processes of their
-own (after the fleet above was stopped). {'' if results.store is not None else 'Not measured in this run: the figures below are the last ones measured (`benchmarks/session_store.py` writes them too).'}
+own, not the fleet above (run_all.py measures it once that fleet is stopped). {'' if results.store is not None else 'Not measured in this run: the figures below are the last ones measured (`benchmarks/session_store.py` writes them too).'}
 
 {store_block}
 """)  # noqa: E501 - markdown for docs/: paragraphs are one line each

@@ -301,6 +301,17 @@ async def persistence(root: Path, rounds: int, seconds: float) -> dict[str, Any]
 # -- report -----------------------------------------------------------------------------------------------------
 
 
+def _mib(by_server: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.1f}" for name, value in by_server.items()) or "-"
+
+
+def _session(size: dict[str, Any]) -> str:
+    if "bytes" not in size:
+        return str(size)
+    return (f"{size['keys']} keys, {size['bytes']:,} bytes of files (events.jsonl {size['events_jsonl_bytes']:,}), "
+            f"{size['redis_memory_bytes']:,} bytes of Redis memory (MEMORY USAGE over its keys)")
+
+
 def cycle_markdown(c: dict[str, Any]) -> str:
     """The cycle figures as a markdown table and the ratios (for the console and docs/benchmarks.md)."""
     header = ["| p50 ms (p95) | " + " | ".join(OPS) + " | errors |", "|---|" + "---|" * (len(OPS) + 1)]
@@ -315,8 +326,9 @@ def cycle_markdown(c: dict[str, Any]) -> str:
              f"(target <= {RATIO_TARGET:g}: {met}); with the SDK's own connections (Nagle on): "
              f"{c['ratio_nagle_volume']:.3f}. {n} cycles per arm, interleaved.",
              f"- sessionFs requests per cycle: {c['fs_requests_per_cycle']:.1f} (each one Redis script)",
-             f"- provider RSS (MiB): idle {c['provider_rss_mib']['idle']}, after {c['provider_rss_mib']['after']}",
-             f"- one session after a cycle: {c['session']}"]
+             f"- provider RSS (MiB): idle {_mib(c['provider_rss_mib']['idle'])}, after "
+             f"{_mib(c['provider_rss_mib']['after'])}",
+             f"- one session after a cycle: {_session(c['session'])}"]
     for name, arm in c["arms"].items():
         for example in arm["errors"][:3]:
             lines.append(f"  - {name} error: {example}")
