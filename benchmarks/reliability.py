@@ -50,7 +50,8 @@ def main() -> int:
     faulthandler.dump_traceback_later(args.hard_limit, exit=True)  # the last bound: never hang forever
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="copilot-fleet-faults-"))
-    command = "benchmarks/reliability.py" + (" --quick" if args.quick else "")
+    command = "benchmarks/reliability.py" + (" --quick" if args.quick else "") + \
+        (f" --only {','.join(only)}" if set(only) != set(SCENARIOS) else "")
     info = report.RunInfo(command=command)
     began = time.monotonic()
     try:

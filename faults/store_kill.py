@@ -75,6 +75,11 @@ class Restarts:
         return failed
 
 
+def _exit_time(pid: int, timeout: float) -> float | None:
+    """When the process ended (monotonic clock), or None if it still ran after `timeout` seconds."""
+    return time.monotonic() if wait_exit(pid, timeout) else None
+
+
 def _title(what: str) -> str:
     if what == "provider":
         return "Store mode: SIGKILL the provider in the middle of a turn"
@@ -175,6 +180,9 @@ async def _one_kill(fleet: StoreFleet, app: StoreApp, restarts: Restarts, t: Tra
         killed_at = time.monotonic()
         fleet.kill(victim, "provider" if what == "provider" else "cli")
         r.bump(f"kills ({mode})")
+        cli_exit = None
+        if what == "provider" and cli_pid is not None:  # watched from the kill on, so its time is the CLI's own
+            cli_exit = asyncio.ensure_future(asyncio.to_thread(_exit_time, cli_pid, 10.0))
         try:
             await asyncio.wait_for(turn, STEP_BOUND)
             t.required.append(inflight)  # it finished before the kill landed: a completed turn
@@ -185,10 +193,10 @@ async def _one_kill(fleet: StoreFleet, app: StoreApp, restarts: Restarts, t: Tra
         except (TurnFailed, TimeoutError) as exc:
             r.error(exc)
             r.bump(f"interrupted_other_error ({mode})")
-        if what == "provider" and cli_pid is not None:
-            gone = await asyncio.to_thread(wait_exit, cli_pid, 10.0)
-            if gone:
-                r.time("cli_gone", time.monotonic() - killed_at, "provider SIGKILL until its CLI had exited")
+        if cli_exit is not None:
+            gone_at = await cli_exit
+            if gone_at is not None:
+                r.time("cli_gone", gone_at - killed_at, "provider SIGKILL until its CLI had exited")
             else:
                 r.bump("cli_survived")
                 r.check(f"kill {k}: the CLI (pid {cli_pid}) dies with its provider", False, "still running")
