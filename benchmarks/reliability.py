@@ -1,9 +1,10 @@
 """The fault suite, full size, against a throwaway local fleet; writes the figures into docs/reliability.md.
 
-    .venv/bin/python benchmarks/reliability.py          # full run, 10 to 15 minutes on 2 cores (run as root for the
+    .venv/bin/python benchmarks/reliability.py          # full run, 15 to 20 minutes on 2 cores (run as root for the
                                                         # storage faults: they need a private mount namespace)
     .venv/bin/python benchmarks/reliability.py --quick  # the CI sizes, about 3 minutes
     .venv/bin/python benchmarks/reliability.py --only sigkill,writers --no-write
+    .venv/bin/python benchmarks/reliability.py --only store-sigkill,store-provider,store-redis,store-full,store-fencing
 
 Everything runs on 127.0.0.1 in a temporary directory with free ports; every process started is stopped by PID at
 the end (also on Ctrl-C). Exit status 0 when every scenario met its targets, 1 otherwise.
@@ -25,6 +26,7 @@ from pathlib import Path
 from common import ROOT  # first: it puts the checkout root on sys.path, where the fault suite is
 from faults import report
 from faults.runner import FULL, QUICK, SCENARIOS, run_all
+from faults.store_fleet import REDIS_SETTINGS
 
 DOC = ROOT / "docs" / "reliability.md"
 
@@ -48,20 +50,30 @@ def main() -> int:
     faulthandler.dump_traceback_later(args.hard_limit, exit=True)  # the last bound: never hang forever
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="copilot-fleet-faults-"))
-    command = "benchmarks/reliability.py" + (" --quick" if args.quick else "")
+    command = "benchmarks/reliability.py" + (" --quick" if args.quick else "") + \
+        (f" --only {','.join(only)}" if set(only) != set(SCENARIOS) else "")
     info = report.RunInfo(command=command)
     began = time.monotonic()
     try:
-        results, fleet = asyncio.run(run_all(plan, workdir, only=only))
+        results, fleets = asyncio.run(run_all(plan, workdir, only=only))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     info.elapsed = time.monotonic() - began
     info.load_after = os.getloadavg()[0]
-    if fleet is not None:
+    described = []
+    if fleets.volume is not None:
+        fleet = fleets.volume
         mounts = "in a private mount namespace" if fleet.private_mounts else "without a private mount namespace"
-        info.fleet = f"shared-cli, {fleet.replica_count} CLI replicas + HAProxy + Redis + test model, {mounts}"
-        info.fleet_up_seconds = fleet.up_seconds
+        described.append(f"shared-cli, {fleet.replica_count} CLI replicas + HAProxy + Redis + test model, {mounts} "
+                         f"(`up` took {fleet.up_seconds:.1f} s)")
+    if fleets.store is not None:
+        store = fleets.store
+        described.append(f"for the store scenarios, {len(store.of('store'))} provider-backed CLIs (store mode) and "
+                         f"{len(store.of('volume'))} CLIs on one shared session-state/ (volume mode), one "
+                         f"redis-server ({' '.join(REDIS_SETTINGS)}), the test model (started in "
+                         f"{store.up_seconds:.1f} s)")
+    info.fleet = "; ".join(described)
     print()
     for r in results:
         print(r.summary())

@@ -30,11 +30,12 @@ import hops
 import latency
 import overheads
 import scale
+import session_store
 import vs_raw_sdk
 
 DOC = common.ROOT / "docs" / "benchmarks.md"
 RENDER_TARGET_S = 3.0
-PARTS = ("latency", "overheads", "vs_raw", "floor", "hops", "verify", "scale", "startup", "render")
+PARTS = ("latency", "overheads", "vs_raw", "floor", "hops", "verify", "scale", "store", "startup", "render")
 
 
 @dataclass
@@ -50,12 +51,13 @@ class Sizes:
     vs_raw_iterations: int
     floor_turns: int
     service_cycles: int
+    store_cycles: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
-            return cls((1, 2), 4, 2, (2, 4), 1.0, 1, (10,), False, 2, 3, 2)
-        return cls((1, 10, 50), 100, 30, scale.LEVELS, 3.0, 3, (10, 100, 1000), True, 30, 40, 20)
+            return cls((1, 2), 4, 2, (2, 4), 1.0, 1, (10,), False, 2, 3, 2, 3)
+        return cls((1, 10, 50), 100, 30, scale.LEVELS, 3.0, 3, (10, 100, 1000), True, 30, 40, 20, 20)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Results:
     startup_doc: Path | None = None  # where the start-up figures were written
     render_rows: list[dict[str, Any]] = field(default_factory=list)
     render_doc: Path | None = None
+    store: dict[str, Any] | None = None  # benchmarks/session_store.py's figures (its `results` shape)
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -125,6 +128,16 @@ def run_render(sizes: tuple[int, ...], floor: bool, doc: Path) -> tuple[list[dic
         if render_scaling.main(argv + ([] if floor else ["--no-floor"])) != 0:
             raise RuntimeError("benchmarks/render_scaling.py failed")
         return list(json.loads(raw.read_text())["rows"]), doc
+
+
+def run_store(cycles: int) -> dict[str, Any]:
+    """benchmarks/session_store.py's cycle part (store against volume, its own processes), in its results shape."""
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "load": "/".join(f"{x:.1f}" for x in os.getloadavg())}
+    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+        results["cycles"] = common.run(session_store.run_cycles(Path(tmp), cycles))
+    results["load_end"] = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return results
 
 
 def run_fleet_parts(results: Results, sizes: Sizes, skip: set[str]) -> None:
@@ -209,6 +222,12 @@ def _targets(results: Results) -> str:
                      "met" if ok else "**MISSED**",
                      "" if ok else "the Pulumi SDK's: its per-registration cost under mocks (the SDK floor column) "
                                    "is most of the render; docs/render-benchmark.md splits ours from it"])
+    if results.store is not None:
+        c = results.store["cycles"]
+        ok = c["ratio_store_volume"] <= session_store.RATIO_TARGET
+        rows.append(["session state in the store / on a shared directory: create, turn, resume on the other "
+                     "server, turn", f"p50 ratio <= {session_store.RATIO_TARGET:g}", f"{c['ratio_store_volume']:.3f}",
+                     "met" if ok else "**MISSED**", "" if ok else "see the session store section"])
     if results.scale is not None:
         rows.append(["sessions on one replica (no error, p99 send <= 2 s)",
                      "report (fleet:maxSessionsPerReplica default 50)",
@@ -216,6 +235,15 @@ def _targets(results: Results) -> str:
     if not rows:
         return ""
     return "## Targets\n\n" + common.table(["figure", "target", "measured", "", "if missed: whose, why"], rows) + "\n"
+
+
+def _kept_block(doc: Path) -> str:
+    """The session store block of the document as it is, for a run that did not measure it."""
+    text = doc.read_text() if doc.exists() else ""
+    if session_store.BEGIN not in text or session_store.END not in text:
+        return ""
+    _, _, rest = text.partition(session_store.BEGIN)
+    return session_store.BEGIN + rest.partition(session_store.END)[0] + session_store.END
 
 
 def write_doc(results: Results, doc: Path, quick: bool) -> None:
@@ -336,6 +364,15 @@ VmRSS is read from `/proc/<pid>/status` of the CLI process (PID from supervisord
 
 ![scale]({rel}/scale.png)
 """)  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
+    store_block = session_store.doc_block(results.store) if results.store is not None else _kept_block(doc)
+    if store_block:
+        parts.append(f"""## Session state in a store against a shared directory
+
+The session store (docs/session-store.md) against the volume mode, side by side in one run, on processes of their
+own, not the fleet above (run_all.py measures it once that fleet is stopped). {'' if results.store is not None else 'Not measured in this run: the figures below are the last ones measured (`benchmarks/session_store.py` writes them too).'}
+
+{store_block}
+""")  # noqa: E501 - markdown for docs/: paragraphs are one line each
     if results.startup_doc is not None:
         parts.append(f"""## `copilot-fleet up` until ready, and idle memory
 
@@ -370,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(load_start=os.getloadavg())
 
     run_fleet_parts(results, sizes, skip)
+    if "store" not in skip:
+        results.store = _step(results, "store", lambda: run_store(sizes.store_cycles))
     if "hops" not in skip:
         results.service = _step(results, "hops: service path", lambda: hops.service_path(sizes.service_cycles))
     if "startup" not in skip:
@@ -394,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             "haproxy": results.haproxy.to_json() if results.haproxy else None,
             "service": results.service.to_json() if results.service else None,
             "verify": results.verify, "scale": results.scale.to_json() if results.scale else None,
-            "render": results.render_rows, "failures": results.failures, "seconds": results.seconds,
+            "render": results.render_rows, "store": results.store, "failures": results.failures,
+            "seconds": results.seconds,
             "load": [results.load_start, results.load_end]}, indent=1, default=str))
     print(f"wrote {doc}")
     return 1 if results.failures else 0

@@ -1,6 +1,10 @@
 """The session store against a shared directory, side by side in one run, and what a Redis crash loses.
 
     .venv/bin/python benchmarks/session_store.py [--cycles N] [--quick] [--skip persistence] [--json FILE]
+        [--no-write]
+
+The cycle figures are written into docs/benchmarks.md (its "Session state in a store" block, between markers;
+`benchmarks/run_all.py` measures and writes the same block) unless --quick or --no-write; everything is printed.
 
 1. The cycle: lease (bound to the server in store mode), create on server A, turn, detach, release; lease, resume
    on server B, turn, detach, release. Three arms, interleaved (the order rotates every round): `volume` (two bare
@@ -47,6 +51,9 @@ from tests.helpers import store_processes as procs  # the tests' processes; `com
 
 OPS = ("create", "turn", "resume", "turn on B", "cycle")
 KEYS = StoreKeys("shared")
+RATIO_TARGET = 1.25  # store / volume, cycle p50, TCP_NODELAY on every connection
+DOC = common.ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- session-store:begin -->", "<!-- session-store:end -->"
 
 
 def rss_mib(pid: int) -> float:
@@ -205,6 +212,18 @@ class Bench:
                 await (await arm.client(arm.b, self.token)).delete_session(sid)
 
 
+async def run_cycles(root: Path, n: int, quick: bool = False) -> dict[str, Any]:
+    """The cycle part on its own processes under `root`, stopped by PID at the end."""
+    bench = Bench(root, quick)
+    try:
+        bench.start()
+        out = await bench.cycles(n, 900)
+    finally:
+        bench.stop()
+    out["fs_requests_per_cycle"] = bench.fs_requests_per_cycle()
+    return out
+
+
 # -- persistence ------------------------------------------------------------------------------------------------
 
 
@@ -282,25 +301,72 @@ async def persistence(root: Path, rounds: int, seconds: float) -> dict[str, Any]
 # -- report -----------------------------------------------------------------------------------------------------
 
 
+def _mib(by_server: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.1f}" for name, value in by_server.items()) or "-"
+
+
+def _session(size: dict[str, Any]) -> str:
+    if "bytes" not in size:
+        return str(size)
+    return (f"{size['keys']} keys, {size['bytes']:,} bytes of files (events.jsonl {size['events_jsonl_bytes']:,}), "
+            f"{size['redis_memory_bytes']:,} bytes of Redis memory (MEMORY USAGE over its keys)")
+
+
+def cycle_markdown(c: dict[str, Any]) -> str:
+    """The cycle figures as a markdown table and the ratios (for the console and docs/benchmarks.md)."""
+    header = ["| p50 ms (p95) | " + " | ".join(OPS) + " | errors |", "|---|" + "---|" * (len(OPS) + 1)]
+    rows = []
+    for name, arm in c["arms"].items():
+        cells = [f"{arm['stats'][op]['p50']:.1f} ({arm['stats'][op]['p95']:.1f})" for op in OPS]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {len(arm['errors'])} |")
+    met = "met" if c["ratio_store_volume"] <= RATIO_TARGET else "**MISSED**"
+    n = int(next(iter(c["arms"].values()))["stats"]["cycle"]["n"])
+    lines = [*header, *rows, "",
+             f"- cycle p50 ratio store / volume, TCP_NODELAY on every connection: **{c['ratio_store_volume']:.3f}** "
+             f"(target <= {RATIO_TARGET:g}: {met}); with the SDK's own connections (Nagle on): "
+             f"{c['ratio_nagle_volume']:.3f}. {n} cycles per arm, interleaved.",
+             f"- sessionFs requests per cycle: {c['fs_requests_per_cycle']:.1f} (each one Redis script)",
+             f"- provider RSS (MiB): idle {_mib(c['provider_rss_mib']['idle'])}, after "
+             f"{_mib(c['provider_rss_mib']['after'])}",
+             f"- one session after a cycle: {_session(c['session'])}"]
+    for name, arm in c["arms"].items():
+        for example in arm["errors"][:3]:
+            lines.append(f"  - {name} error: {example}")
+    return "\n".join(lines)
+
+
+def doc_block(results: dict[str, Any]) -> str:
+    """The block of docs/benchmarks.md: how the cycle is measured, and this run's figures."""
+    return f"""{BEGIN}
+Measured by `benchmarks/session_store.py` on {results['when']} (load average {results['load']} at the start,
+{results.get('load_end', '?')} at the end). Two servers per mode: `volume` is two bare CLIs sharing one
+session-state/ directory, `store` two provider-backed CLIs (`python -m copilot_fleet.sessionstore`) on one
+redis-server (AOF, `appendfsync everysec`); the test model as the BYOK provider. Each cycle: lease (bound to the
+server in store mode), create on A, turn, detach, release; lease, resume on B, turn (`recall`, checked), detach,
+release. `store, Nagle on` is the store arm with the application's SDK connections as SDK 1.0.25 opens them; every
+other application connection has TCP_NODELAY, and the provider's connection to its CLI always has it.
+
+{cycle_markdown(results['cycles'])}
+{END}"""
+
+
+def write_block(doc: Path, block: str) -> None:
+    """Replace the block between the markers in `doc` (or append it under its own heading)."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n## Session state in a store against a shared directory\n\n" + block + "\n"
+    doc.write_text(text)
+
+
 def report(results: dict[str, Any]) -> str:
     out = [f"# Session store benchmark ({results['when']}, load average {results['load']})", ""]
     c = results.get("cycles")
     if c:
-        out += ["## Cycle: create on A, turn, resume on B, turn (ms)", "",
-                "| arm | op | n | p50 | p95 | p99 | errors |", "|---|---|---|---|---|---|---|"]
-        for name, arm in c["arms"].items():
-            for op, s in arm["stats"].items():
-                out.append(f"| {name} | {op} | {int(s['n'])} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | "
-                           f"{len(arm['errors'])} |")
-        out += ["", f"- cycle p50 ratio store / volume (TCP_NODELAY everywhere): **{c['ratio_store_volume']:.3f}** "
-                    "(target <= 1.25)",
-                f"- cycle p50 ratio store with the SDK's Nagle / volume: {c['ratio_nagle_volume']:.3f}",
-                f"- sessionFs requests per cycle: {c['fs_requests_per_cycle']:.1f}",
-                f"- provider RSS (MiB): idle {c['provider_rss_mib']['idle']}, after {c['provider_rss_mib']['after']}",
-                f"- one session after a cycle: {c['session']}", ""]
-        for name, arm in c["arms"].items():
-            for example in arm["errors"][:3]:
-                out.append(f"  - {name} error: {example}")
+        out += ["## Cycle: create on A, turn, resume on B, turn (ms)", "", cycle_markdown(c), ""]
     p = results.get("persistence")
     if p:
         out += ["## What a redis-server crash (SIGKILL) loses", "",
@@ -321,6 +387,7 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 cycles, 1 crash round per policy")
     p.add_argument("--skip", default="", help="comma-separated: cycles, persistence")
     p.add_argument("--json", type=Path)
+    p.add_argument("--no-write", action="store_true", help=f"do not write the cycle figures into {DOC}")
     args = p.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - {"cycles", "persistence"}
@@ -331,13 +398,7 @@ async def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
         root = Path(tmp)
         if "cycles" not in skip:
-            bench = Bench(root / "cycles", args.quick)
-            try:
-                bench.start()
-                results["cycles"] = await bench.cycles(3 if args.quick else args.cycles, 900)
-            finally:
-                bench.stop()
-            results["cycles"]["fs_requests_per_cycle"] = bench.fs_requests_per_cycle()
+            results["cycles"] = await run_cycles(root / "cycles", 3 if args.quick else args.cycles, args.quick)
         if "persistence" not in skip:
             results["persistence"] = await persistence(root / "persistence", 1 if args.quick else 3,
                                                        1.0 if args.quick else 3.0)
@@ -345,6 +406,9 @@ async def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     print(report(results))
+    if "cycles" in results and not (args.quick or args.no_write):
+        write_block(DOC, doc_block(results))
+        print(f"wrote the cycle figures into {DOC}")
     return 0
 
 

@@ -15,7 +15,19 @@ process started is stopped by PID):
 - bad_input.bad_input            bad session ids, other users' ids, broken target files, wrong credentials
 - secrets_audit.secrets_audit    no secret in state files, logs, process arguments or rendered manifests
 
-`runner.run_all` runs them in order against one fleet (`fleet_under_test.FleetUnderTest`);
-`benchmarks/reliability.py` is the one command, and writes docs/reliability.md (`report`). tests/faults/ runs the
-same code at CI sizes.
+Store mode (session state in Redis through the session filesystem provider), beside the volume mode where it applies,
+on processes of their own (`store_fleet.StoreFleet`, driven by `store_app.StoreApp`):
+
+- store_kill.store_sigkill        a CLI SIGKILLed mid-turn (both modes), or the provider (store): the turn is sent
+                                  again on another server, no completed turn lost, the CLI dies with its provider
+- store_redis.redis_restart       Redis crashed or stopped under a turn (both modes): what is lost, what the
+                                  application sees, time to recover
+- store_full.store_full           Redis at maxmemory with noeviction: clear refusals, nothing acknowledged lost,
+                                  writes resume once space is freed
+- store_pause.paused_holders      a lease holder frozen past its TTL, a takeover, the thaw: diverged histories,
+                                  store against volume
+
+`runner.run_all` runs them in order, the volume-mode ones against one fleet (`fleet_under_test.FleetUnderTest`),
+then the store ones; `benchmarks/reliability.py` is the one command, and writes docs/reliability.md (`report`).
+tests/faults/ runs the same code at CI sizes.
 """

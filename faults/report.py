@@ -1,5 +1,6 @@
 """docs/reliability.md: the figures of a fault run, one table per scenario, between markers (the text around them
-is written by hand and kept)."""
+is written by hand and kept). The volume-mode fleet's scenarios and the store-mode ones (`store-*`, their own
+processes) have a block each, so a run of either part rewrites only its own figures."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from faults.measure import ScenarioResult
 
 BEGIN, END = "<!-- faults:begin -->", "<!-- faults:end -->"
+STORE_BEGIN, STORE_END = "<!-- store-faults:begin -->", "<!-- store-faults:end -->"
+STORE_PREFIX = "store-"
 
 
 @dataclass
@@ -23,7 +26,6 @@ class RunInfo:
     load_after: float | None = None
     elapsed: float = 0.0
     fleet: str = ""  # what the fleet under test was
-    fleet_up_seconds: float = 0.0
 
 
 def _cpu_model() -> str:
@@ -63,16 +65,16 @@ def _key_figures(r: ScenarioResult) -> str:
     return ", ".join(parts)
 
 
-def render(results: list[ScenarioResult], info: RunInfo) -> str:
+def render(results: list[ScenarioResult], info: RunInfo, markers: tuple[str, str] = (BEGIN, END)) -> str:
     from copilot_fleet import CLI_VERSION, SDK_VERSION
 
     load_after = f"{info.load_after:.1f}" if info.load_after is not None else "?"
     lines = [
-        BEGIN,
+        markers[0],
         f"Measured by `{info.command}` on {info.started:%Y-%m-%d %H:%M} UTC: {os.cpu_count()} cores "
         f"({_cpu_model()}), load average {info.load_before:.1f} before and {load_after} after (other jobs shared "
         f"the machine: times are upper bounds), Linux {platform.release()}; Copilot CLI {CLI_VERSION}, "
-        f"github-copilot-sdk {SDK_VERSION}. Fleet under test: {info.fleet} (`up` took {info.fleet_up_seconds:.1f} s). "
+        f"github-copilot-sdk {SDK_VERSION}. Fleet under test: {info.fleet}. "
         f"Whole run: {info.elapsed / 60:.1f} min.",
         "",
         "| scenario | runs | failed runs | figures (target 0 unless noted) | targets |",
@@ -108,7 +110,7 @@ def render(results: list[ScenarioResult], info: RunInfo) -> str:
             lines += [f"- {_cell(c.what)}: {_cell(c.detail[:240])}" for c in failed[:8]]
         for note in r.notes:
             lines += ["", f"Note: {note}"]
-    lines.append(END)
+    lines.append(markers[1])
     return "\n".join(lines)
 
 
@@ -117,13 +119,19 @@ def _anchor(title: str) -> str:
 
 
 def write(doc: Path, results: list[ScenarioResult], info: RunInfo) -> None:
-    """Replace the text between the markers (or append it) in `doc`."""
-    block = render(results, info)
+    """Replace the text between the markers (or append it) in `doc`: the store scenarios' block and the others'
+    block, each only when the run has results for it."""
     text = doc.read_text() if doc.exists() else "# Reliability\n\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+    fleet = [r for r in results if not r.name.startswith(STORE_PREFIX)]
+    store = [r for r in results if r.name.startswith(STORE_PREFIX)]
+    for part, (begin, end) in ((fleet, (BEGIN, END)), (store, (STORE_BEGIN, STORE_END))):
+        if not part:
+            continue
+        block = render(part, info, (begin, end))
+        if begin in text and end in text:
+            head, _, rest = text.partition(begin)
+            _, _, tail = rest.partition(end)
+            text = head + block + tail
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)

@@ -1,8 +1,10 @@
-"""The whole fault suite against one local fleet, in a fixed order, each scenario bounded in count and time.
+"""The whole fault suite, in a fixed order, each scenario bounded in count and time.
 
-`FULL` is what `benchmarks/reliability.py` runs to write docs/reliability.md (10 to 15 minutes on 2 cores); `QUICK`
-is the CI size. Order matters only for the last two: the storage faults mount over session-state (nothing else
-may run meanwhile), and the secrets audit runs last, when every log has something in it.
+`FULL` is what `benchmarks/reliability.py` runs to write docs/reliability.md (15 to 20 minutes on 2 cores); `QUICK`
+is the CI size. The volume-mode scenarios run against one local shared-cli fleet; order matters only for the last
+two: the storage faults mount over session-state (nothing else may run meanwhile), and the secrets audit runs last,
+when every log has something in it. The store-mode scenarios (`store-*`) run afterwards, once that fleet is
+stopped, against their own processes (faults/store_fleet.py: providers and bare CLIs side by side, one Redis).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ from faults.measure import ScenarioResult
 from faults.restart import restart_identity
 from faults.secrets_audit import secrets_audit
 from faults.storage import storage_faults
+from faults.store_fleet import StoreFleet, why_not_runnable
+from faults.store_full import store_full
+from faults.store_kill import store_sigkill
+from faults.store_pause import paused_holders
+from faults.store_redis import redis_restart
 from faults.writers import two_writers, writers_without_lease
 
 Progress = Callable[[str], None]
-SCENARIOS = ("bad-config", "sigkill", "writers", "redis", "flapping", "restart", "janitor", "bad-input", "storage",
-             "secrets")
+FLEET_SCENARIOS = ("sigkill", "writers", "redis", "flapping", "restart", "janitor", "bad-input", "storage", "secrets")
+STORE_SCENARIOS = ("store-sigkill", "store-provider", "store-redis", "store-full", "store-fencing")
+SCENARIOS = ("bad-config", *FLEET_SCENARIOS, *STORE_SCENARIOS)
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,22 @@ class Plan:
     storage_reply_timeout: float = 10
     config_commands: tuple[str, ...] | None = None  # None: every invalid config also through the real command
     render_audit: bool = True
+    store_servers: int = 3  # per mode
+    store_kills: int = 20  # per mode
+    store_provider_kills: int = 10
+    store_redis_restarts: int = 4
+    store_full_rounds: int = 3
+    store_pause_rounds: int = 4  # per mode
+    store_budget: float = 300  # per scenario
 
 
 FULL = Plan()
 QUICK = Plan(kills=5, kill_sessions=1, kill_budget=90, writer_rounds=5, control_attempts=1, writer_budget=60,
              outages=2, outage_attempts=2, outage_budget=60, flap_seconds=10, flap_workers=3, restarts=2,
              restart_budget=60, janitor_rounds=1, janitor_budget=40, free_pages=(0, 3),
-             storage_reply_timeout=3, config_commands=("replicas-string", "yaml-malformed", "per-user-port-clash"))
+             storage_reply_timeout=3, config_commands=("replicas-string", "yaml-malformed", "per-user-port-clash"),
+             store_servers=2, store_kills=3, store_provider_kills=2, store_redis_restarts=2, store_full_rounds=1,
+             store_pause_rounds=1, store_budget=150)
 
 
 QUIET_LOGGERS = ("copilot", "copilot_fleet.client", "copilot_fleet.pod.janitor")
@@ -90,8 +107,16 @@ async def _bounded(coro: object, seconds: float, name: str) -> ScenarioResult:
         return r.finish()
 
 
+@dataclass
+class Fleets:
+    """What the run started, for the report."""
+
+    volume: FleetUnderTest | None = None
+    store: StoreFleet | None = None
+
+
 async def run_all(plan: Plan, workdir: Path, *, only: Sequence[str] = SCENARIOS,
-                  progress: Progress = print) -> tuple[list[ScenarioResult], FleetUnderTest | None]:
+                  progress: Progress = print) -> tuple[list[ScenarioResult], Fleets]:
     quiet_logs()
     results: list[ScenarioResult] = []
     config_result: ScenarioResult | None = None
@@ -100,9 +125,29 @@ async def run_all(plan: Plan, workdir: Path, *, only: Sequence[str] = SCENARIOS,
         config_result = await asyncio.to_thread(bad_config.invalid_configs, workdir / "configs",
                                                 subprocess_ids=plan.config_commands)
         results.append(config_result)
-    live = [s for s in only if s != "bad-config"]
-    if not live:
-        return results, None
+    fleets = Fleets()
+    if any(s in only for s in FLEET_SCENARIOS):
+        fleets.volume = await _fleet_scenarios(plan, workdir, only, results, config_result, progress)
+    if any(s in only for s in STORE_SCENARIOS):
+        fleets.store = await _store_scenarios(plan, workdir, only, results, progress)
+    return results, fleets
+
+
+async def _run_steps(steps: list[tuple[str, Callable[[], object], float]], only: Sequence[str],
+                     results: list[ScenarioResult], progress: Progress, after: Callable[[], object]) -> None:
+    for name, make, bound in steps:
+        if name not in only:
+            continue
+        progress(f"{name}: starting")
+        began = time.monotonic()
+        result = await _bounded(make(), bound, name)
+        results.append(result)
+        progress(f"{result.summary()}\n  ({time.monotonic() - began:.0f} s)")
+        await asyncio.to_thread(after)
+
+
+async def _fleet_scenarios(plan: Plan, workdir: Path, only: Sequence[str], results: list[ScenarioResult],
+                           config_result: ScenarioResult | None, progress: Progress) -> FleetUnderTest:
     fleet = FleetUnderTest(workdir / "fleet", replicas=plan.replicas)
     progress(f"starting a shared-cli fleet of {plan.replicas} replicas in {fleet.dir}")
     await asyncio.to_thread(fleet.start)
@@ -127,16 +172,12 @@ async def run_all(plan: Plan, workdir: Path, *, only: Sequence[str] = SCENARIOS,
             ("storage", lambda: storage_faults(fleet, free_pages=plan.free_pages,
                                                reply_timeout=plan.storage_reply_timeout, progress=progress), 400),
         ]
-        for name, make, bound in steps:
-            if name not in only:
-                continue
-            progress(f"{name}: starting")
-            began = time.monotonic()
-            result = await _bounded(make(), bound, name)
-            results.append(result)
-            progress(f"{result.summary()}\n  ({time.monotonic() - began:.0f} s)")
-            if not await asyncio.to_thread(fleet.wait_healthy, None, 120):
+
+        def healthy_again() -> None:
+            if not fleet.wait_healthy(None, 120):
                 progress("warning: the fleet did not become healthy again within 120 s")
+
+        await _run_steps(steps, only, results, progress, healthy_again)
         if config_result is not None:
             await asyncio.to_thread(bad_config.bad_config_while_running, fleet, config_result)
         if "secrets" in only:
@@ -144,4 +185,46 @@ async def run_all(plan: Plan, workdir: Path, *, only: Sequence[str] = SCENARIOS,
             results.append(await asyncio.to_thread(secrets_audit, fleet, render=plan.render_audit))
     finally:
         await asyncio.to_thread(fleet.stop)
-    return results, fleet
+    return fleet
+
+
+async def _store_scenarios(plan: Plan, workdir: Path, only: Sequence[str], results: list[ScenarioResult],
+                           progress: Progress) -> StoreFleet | None:
+    why_not = why_not_runnable()
+    if why_not is not None:
+        for name in STORE_SCENARIOS:
+            if name in only:
+                results.append(ScenarioResult(name, name, skipped=why_not))
+        return None
+    fleet = StoreFleet(workdir / "store", providers=plan.store_servers, volume_clis=plan.store_servers)
+    progress(f"starting {plan.store_servers} store-mode and {plan.store_servers} volume-mode servers in {fleet.root}")
+    await asyncio.to_thread(fleet.start)
+    progress(f"store fleet up in {fleet.up_seconds:.1f} s")
+    budget = plan.store_budget
+    steps: list[tuple[str, Callable[[], object], float]] = [
+        ("store-sigkill", lambda: store_sigkill(fleet, kills=plan.store_kills, budget=budget, progress=progress),
+         budget + 240),
+        ("store-provider", lambda: store_sigkill(fleet, kills=plan.store_provider_kills, budget=budget,
+                                                 what="provider", progress=progress), budget + 240),
+        ("store-redis", lambda: redis_restart(fleet, rounds=plan.store_redis_restarts, budget=budget,
+                                              progress=progress), budget + 240),
+        ("store-full", lambda: store_full(fleet, rounds=plan.store_full_rounds, budget=budget, progress=progress),
+         budget + 240),
+        ("store-fencing", lambda: paused_holders(fleet, rounds=plan.store_pause_rounds, budget=budget,
+                                                 progress=progress), budget + 300),
+    ]
+
+    def every_server_up() -> None:  # a scenario cut short by its bound may leave a server killed or Redis down
+        if fleet.redis.proc is None or fleet.redis.proc.poll() is not None:
+            fleet.start_redis()
+        for server in fleet.servers:
+            server.resume()
+            if not server.running():
+                fleet.reap(server)
+                fleet.start_server(server)
+
+    try:
+        await _run_steps(steps, only, results, progress, every_server_up)
+    finally:
+        await asyncio.to_thread(fleet.stop)
+    return fleet

@@ -130,3 +130,20 @@ def test_report_replaces_only_its_block(tmp_path: Path) -> None:
     assert "| lost_turns | 0 | 0 | completed turns missing |" in text
     assert "| resume | 875 ms | 1.50 s | 2 | kill until attached elsewhere |" in text
     assert "Skipped: not root" in text
+
+
+def test_store_scenarios_have_their_own_block(tmp_path: Path) -> None:
+    fleet = ScenarioResult("sigkill", "SIGKILL a CLI replica in the middle of a turn", runs=1)
+    store = ScenarioResult("store-full", "Store mode: Redis full (maxmemory, noeviction)", runs=1)
+    store.target("lost_turns", max=0, meaning="completed turns missing after space was freed")
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"intro\n{report.BEGIN}\nvolume figures\n{report.END}\nmiddle\n"
+                   f"{report.STORE_BEGIN}\nold store figures\n{report.STORE_END}\nend\n")
+    report.write(doc, [store], report.RunInfo(command="benchmarks/reliability.py --only store-full"))
+    text = doc.read_text()
+    assert "volume figures" in text and "old store figures" not in text
+    assert "| lost_turns | 0 | 0 | completed turns missing after space was freed |" in text
+    assert text.index(report.STORE_BEGIN) > text.index("middle") and text.endswith("end\n")
+    report.write(doc, [fleet], report.RunInfo(command="benchmarks/reliability.py --only sigkill"))
+    text = doc.read_text()
+    assert "volume figures" not in text and "| lost_turns | 0 | 0 | completed turns missing after" in text

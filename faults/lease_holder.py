@@ -1,8 +1,9 @@
 """An application process that holds a session's lease and takes one turn on one CLI server; a test pauses it.
 
-Run by the fencing test as its own process (so SIGSTOP freezes its lease renewal the way a stalled application
-server would). It prints JSON lines: `attached`, `turn_started` (the CLI began the turn), then `reply` or `error`,
-then `lease` (lost or not). Connection token: $COPILOT_CONNECTION_TOKEN; Redis URL: $STORE_TEST_REDIS_URL.
+Run by the paused-holder round (faults/store_pause.py) as its own process, so SIGSTOP freezes its lease renewal the
+way a stalled application server would. It prints JSON lines: `attached`, `turn_started` (the CLI began the turn),
+then `reply` or `error`, then `lease` (lost or not). Connection token: $COPILOT_CONNECTION_TOKEN; Redis URL:
+$STORE_TEST_REDIS_URL.
 """
 
 from __future__ import annotations
