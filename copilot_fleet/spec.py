@@ -103,7 +103,7 @@ _QUANTITY_FACTORS = {
 
 def quantity_value(q: str) -> float:
     """The number a Kubernetes quantity stands for ('512Mi' -> 536870912.0, '250m' -> 0.25)."""
-    m = _QUANTITY.match(q)
+    m = _QUANTITY.fullmatch(q)
     if not m:
         raise ValueError(f"{q!r} is not a Kubernetes quantity (examples: 250m, 1, 512Mi, 10Gi)")
     return float(m.group(1)) * _QUANTITY_FACTORS[m.group(3)]
@@ -122,7 +122,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def _check_dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError("must be a DNS label: lowercase letters, digits and '-', starting and ending "
                          "with a letter or digit, at most 63 characters")
     return value
@@ -138,7 +138,7 @@ _USER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,37}[a-z0-9])?$")
 
 
 def _check_user_id(value: str) -> str:
-    if not _USER_ID.match(value):
+    if not _USER_ID.fullmatch(value):
         raise ValueError("user ids are 1-39 lowercase letters, digits and '-', starting and ending with a letter "
                          f"or digit, got {value!r}")
     return value
@@ -160,7 +160,7 @@ _CRON_FIELD = re.compile(r"^[\d*/,\-]+$")
 
 def _check_cron(value: str) -> str:
     fields = value.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
         raise ValueError(f"must be a 5-field cron schedule such as '*/15 * * * *', got {value!r}")
     return value
 
@@ -811,7 +811,7 @@ def _azure_problems(spec: FleetSpec) -> list[str]:
                      f"({disks} each) for {len(spec.users)} users: leave persistentHome unset (an emptyDir home; "
                      "sessions resume from the user's share), or add nodes")
     name = az.resource_group_name
-    if name is not None and (not _AZURE_GROUP_NAME.match(name) or name.endswith(".")):
+    if name is not None and (not _AZURE_GROUP_NAME.fullmatch(name) or name.endswith(".")):
         p.append(f"fleet:azure.resourceGroupName: 1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in "
                  f"'.' (got {name!r})")
     return p

@@ -32,7 +32,7 @@ def _short_hash(text: str, length: int) -> str:
 def storage_account_name(volume: str, suffix: str) -> str:
     """`cf` + 8 hex of the session volume + the stack suffix: 3-24 lowercase letters and digits, globally unique."""
     name = f"cf{_short_hash(volume, 8)}{suffix}"
-    if not _STORAGE_ACCOUNT.match(name):
+    if not _STORAGE_ACCOUNT.fullmatch(name):
         raise AzureNameError(f"storage account name {name!r}: 3-24 lowercase letters and digits")
     return name
 
@@ -41,7 +41,7 @@ def vault_name(stack: str, suffix: str) -> str:
     """`kv-<stack, trimmed>-<suffix>`: 3-24 letters, digits and '-', starting with a letter."""
     stem = re.sub(r"[^a-z0-9]+", "-", stack.lower()).strip("-")[: 24 - len("kv--") - len(suffix)].strip("-")
     name = f"kv-{stem}-{suffix}" if stem else f"kv-{suffix}"
-    if not _VAULT.match(name) or "--" in name:
+    if not _VAULT.fullmatch(name) or "--" in name:
         raise AzureNameError(f"key vault name {name!r}: 3-24 letters, digits and single '-', starting with a letter")
     return name
 

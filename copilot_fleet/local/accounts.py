@@ -30,8 +30,10 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from copilot_fleet.local.errors import LocalFleetError
+from copilot_fleet.pod import procfs
 
 MAX_NAME = 32  # useradd's limit
 NOLOGIN = "/usr/sbin/nologin"
@@ -154,6 +156,52 @@ def of_stack(fleet_id: str, stack: str) -> list[str]:
     removes when the state directory that listed them is gone (deleted by hand)."""
     mark = f"copilot-fleet {fleet_id} {stack} "
     return sorted(entry.pw_name for entry in pwd.getpwall() if entry.pw_gecos.startswith(mark))
+
+
+def _uids(pid: int) -> set[int]:
+    """Real, effective, saved and file-system uid of a process (empty when it is gone)."""
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:"))
+    except (OSError, StopIteration):
+        return set()
+    return {int(u) for u in line.split()[1:]}
+
+
+def processes_of(uids: set[int]) -> list[int]:
+    """Live processes running as any of `uids` (by any of their uids)."""
+    return [pid for pid in procfs.all_pids() if _uids(pid) & uids and procfs.is_alive(pid)]
+
+
+def stop_processes(names: list[str], fleet_id: str, rounds: int = 20) -> list[str]:
+    """SIGKILL every process that runs as one of the fleet's users (only users whose comment marks them as this
+    fleet's); returns what was stopped, described. supervisord's session is not enough: a session's tool run can
+    leave its server's session (`setsid`, and the CLI's shell tool starts each command in a session of its own), so
+    it would outlive `down`, hold the fleet's ports for the next `up` (whose probes then hand it the connection
+    token) and keep `userdel` from removing its user. Each user's processes are signalled by a helper running as
+    that user (`kill -9 -1`: every process of the user at once, so none can fork past a scan); bounded rounds for
+    what is forked meanwhile."""
+    accounts = {name: a for name in names if (a := lookup(name)) is not None
+                and pwd.getpwnam(name).pw_gecos.startswith(f"copilot-fleet {fleet_id} ")}
+    uids = {a.uid for a in accounts.values()}
+    if not uids:
+        return []
+    stopped = {pid: procfs.describe(pid) for pid in processes_of(uids)}
+    for _ in range(rounds):
+        if not processes_of(uids):
+            return list(stopped.values())
+        for account in accounts.values():
+            subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=account.uid, group=account.gid, extra_groups=[],
+                           env={"PATH": "/usr/bin:/bin"}, cwd="/", stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30, check=False)
+        deadline = time.monotonic() + 5.0
+        while (left := processes_of(uids)) and time.monotonic() < deadline:
+            stopped.update({pid: procfs.describe(pid) for pid in left if pid not in stopped})
+            time.sleep(0.02)
+    left = processes_of(uids)
+    if left:
+        raise LocalFleetError("processes of the fleet's users could not be stopped: "
+                              + ", ".join(procfs.describe(p) for p in left))
+    return list(stopped.values())
 
 
 def remove(names: list[str], fleet_id: str) -> list[str]:

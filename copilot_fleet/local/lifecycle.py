@@ -28,7 +28,7 @@ from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.operate import drained_servers, restore_rotation
-from copilot_fleet.local.paths import StatePaths, make_private_dir, stack_lock, write_private
+from copilot_fleet.local.paths import StatePaths, make_private_dir, make_socket_dir, stack_lock, write_private
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, fleet_accounts, secret_names
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.stack import load_local_spec, stack_platform
@@ -143,9 +143,10 @@ def _check_ports(plan: FleetPlan) -> None:
 
 def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecrets) -> None:
     paths = plan.paths
-    for d in (paths.root, paths.secrets_dir, paths.config_dir, paths.logs_dir, paths.run_dir, paths.servers_dir,
-              paths.work_dir, paths.otel_dir):
+    for d in (paths.root, paths.secrets_dir, paths.config_dir, paths.logs_dir, paths.servers_dir, paths.work_dir,
+              paths.otel_dir):
         make_private_dir(d)
+    make_socket_dir(paths.run_dir)
     write_new(paths, secrets)
     if plan.target.redis_url is not None:  # for the janitor's --redis-url-file
         write_private(plan.redis_url_file, plan.target.redis_url.get_secret_value() + "\n")
@@ -193,6 +194,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     creds = _stack_credentials(project_dir, spec)
     secrets = load_or_generate(paths, secret_names(topology))
     plan = _plan(topology, paths, tools, secrets, creds)
+    _stop_strays(plan, out)
     _check_ports(plan)
     configs = _render(plan, tools, secrets)
     # 2. State, then supervisord, which starts every program.
@@ -222,6 +224,17 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     shutil.rmtree(paths.root / "drain", ignore_errors=True)  # a fresh HAProxy has every replica in rotation
     phases = {"checks": t1 - t0, "supervisord": t2 - t1, "servers": time.monotonic() - t2}
     return UpResult(plan=plan, started=[p.name for p in plan.programs], ready_seconds=ready, phases=phases)
+
+
+def _stop_strays(plan: FleetPlan, out: TextIO) -> None:
+    """Before a fresh start, nothing may run as the fleet's users: what does was left by a session's tool run that
+    outlived its fleet (a supervisord that was killed, a `down` of an earlier version) and could hold a port the
+    new fleet's probes would send a token to."""
+    if plan.accounts is None:
+        return
+    stopped = accounts.stop_processes(sorted(plan.accounts.all()), plan.accounts.fleet_id)
+    if stopped:
+        _say(out, f"stopped {len(stopped)} process(es) left running as the fleet's users: {', '.join(stopped)}")
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
@@ -451,6 +464,7 @@ def _leftovers(paths: StatePaths, stack: str, purge: bool, out: TextIO) -> bool:
         _say(out, f"left from an earlier fleet {stack} whose {paths.display(paths.root)} was removed: {what}; "
                   f"`copilot-fleet down --stack {stack} --purge` removes them")
         return False
+    accounts.stop_processes(users, paths.fleet_id)  # a tool run's leftovers: userdel refuses a user that runs
     if data:
         shutil.rmtree(data_root)  # fd-based on Linux: a link a server made inside is removed, not followed
     removed = accounts.remove(users, paths.fleet_id)
@@ -483,11 +497,13 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
             if survivors:
                 raise LocalFleetError("could not stop " + ", ".join(procfs.describe(p) for p in survivors))
             paths.supervisor_record.unlink(missing_ok=True)
+        unix_users, fleet_id = _fleet_users(paths)
+        # What a session's tool run left outside supervisord's session (it can leave it) runs as a fleet user.
+        strays = accounts.stop_processes(unix_users, fleet_id) if unix_users and fleet_id else []
         removed_users: list[str] = []
         if purge:
             run_dir = paths.run_dir
             _check_purgeable(paths)
-            unix_users, fleet_id = _fleet_users(paths)
             data_root = paths.data_root
             shutil.rmtree(paths.root)  # links to the data directory go, never what they point to
             if run_dir.exists() and not run_dir.is_relative_to(paths.root):
@@ -503,6 +519,9 @@ def down(project_dir: Path, stack: str, *, purge: bool = False, out: TextIO | No
                   "unsupervised (none left)")
     else:
         _say(out, f"fleet {stack} was not running")
+    if strays:
+        _say(out, f"stopped {len(strays)} process(es) a session had left running as the fleet's users outside "
+                  f"supervisord: {', '.join(strays)}")
     if purge:
         _say(out, f"removed {paths.display(paths.root)} (sessions, secrets, logs)")
         if removed_users:

@@ -33,9 +33,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,10 +195,42 @@ class StatePaths:
 
 
 def make_private_dir(path: Path) -> Path:
-    """mkdir -p with mode 0700 on every directory this creates, and on `path` itself even if it existed."""
+    """mkdir -p with mode 0700 on every directory this creates, and on `path` itself even if it existed.
+
+    `path` itself must not be a link: in a fleet started as root some of these directories sit in a server's own
+    home (a per-user server's session-state/), where a session's tool run can put a link, and `up` (root) would
+    otherwise chmod whatever it points to (`/usr`, `/etc`). The mode is set through a descriptor opened without
+    following a link, so a link swapped in after the check changes nothing either."""
+    if path.is_symlink():
+        raise LocalFleetError(f"{path} is a link (to {os.readlink(path)}), where a directory of the fleet's own "
+                              "belongs; nothing was changed through it. Remove the link (or run down --purge)")
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise LocalFleetError(f"{path} is not a directory of the fleet's own (a link was put in its place?); "
+                              f"nothing was changed through it: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
+
+
+def make_socket_dir(path: Path) -> Path:
+    """The directory of the fleet's unix sockets and supervisord's pid file. Under /tmp (a long project path) its
+    name is predictable, so another local user could have made it first, or put a link there: supervisord (root)
+    would then write its pid file through the owner's links and keep its sockets where that user can swap them.
+    It must be a real directory of this process's user; anything else is refused."""
+    with suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    st = os.stat(path, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        what = "a link" if stat.S_ISLNK(st.st_mode) else f"owned by uid {st.st_uid}"
+        raise LocalFleetError(f"{path} (the fleet's socket directory) is {what}, not a directory of this user's: "
+                              "someone else made it first; nothing was started. Remove it, or move the project to "
+                              "a shorter path (the sockets then live in the state directory)")
+    return make_private_dir(path)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -306,12 +306,16 @@ class Janitor:
     async def run(self) -> Report:
         started = time.monotonic()
         report = Report(str(self.state_dir), self.ttl, self.dry_run, leased=self.leases is not None)
-        # The operator names the directory (it may be reached through a link of theirs); nothing inside it is
-        # followed.
-        state_fd = _open_dir(self.state_dir.resolve()) if self.state_dir.is_dir() else None
+        # The operator names the directory; the directories above it may be reached through links of theirs, but
+        # not the directory itself: a per-user server's session-state/ sits in its home, where a session's tool run
+        # can put a link to any directory, which this (root) janitor would then clean. Nothing inside is followed.
+        state_fd = _open_dir(self.state_dir)
         try:
             if state_fd is None:
-                report.fatal = f"{self.state_dir} is not a directory (the session-state volume is not mounted?)"
+                why = ("is a link, not the directory itself (refused: whoever made it chose where the janitor "
+                       "deletes)" if self.state_dir.is_symlink() else
+                       "is not a directory (the session-state volume is not mounted?)")
+                report.fatal = f"{self.state_dir} {why}"
                 return report
             if self.leases is not None:
                 from copilot_fleet.client.errors import LeaseUnavailable

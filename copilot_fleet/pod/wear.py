@@ -9,7 +9,9 @@ connections) and then fails liveness, so the kubelet restarts the container afte
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from copilot_fleet.pod import procfs
 
 # What the CLI logs (at info) when a process attaches a session.
 _SESSION_LOG = re.compile(rb"\[INFO\] (?:Created|Resumed) session: ")
+_MATCH_MAX = len(b"[INFO] Resumed session: ")  # every match is this long (Created/Resumed)
+_CHUNK = 1 << 20
 
 
 def _started_at(pid: int) -> float | None:
@@ -43,11 +47,31 @@ def sessions_served(home: Path, pid: int) -> int | None:
         return None
     total = 0
     for log in logs:
-        try:
-            total += len(_SESSION_LOG.findall(log.read_bytes()))
-        except OSError:
+        count = _count_sessions(log)
+        if count is None:
             return None
+        total += count
     return total
+
+
+def _count_sessions(log: Path) -> int | None:
+    """Session lines in one log, read in bounded pieces. The log sits in the server's home, which a session's tool
+    run can write: a link there (to /dev/zero, a FIFO, another user's file) is not followed and anything but a
+    regular file is not read, so a local recycler (root) can neither be hung nor made to read without end."""
+    try:
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        count, tail = 0, b""
+        while chunk := f.read(_CHUNK):
+            data = tail + chunk
+            count += len(_SESSION_LOG.findall(data))
+            # Carry the end of the piece over, for a line cut in two: shorter than a match, it never counts twice.
+            tail = data[-(_MATCH_MAX - 1):]
+    return count
 
 
 @dataclass(frozen=True)
