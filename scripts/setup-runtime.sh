@@ -7,7 +7,8 @@
 #     localhost/local-stand-in/debian:bookworm-minbase   for debian:12.8-slim
 #     localhost/local-stand-in/node:bookworm-debian      for node:22.12.0-bookworm-slim (Debian's Node 18 + npm)
 #     localhost/local-stand-in/redis:bookworm-debian     for the in-cluster Redis image (Debian's redis-server)
-#   the CLI image, images/cli/Dockerfile built on the stand-ins: localhost/copilot-fleet/copilot-cli:local
+#   the CLI image, images/cli/Dockerfile built on the stand-ins: localhost/copilot-fleet/copilot-cli:local (or the
+#   tag in $COPILOT_FLEET_RUNTIME_CLI_IMAGE: checkouts that run the tier side by side each build their own)
 # The stand-ins trust this machine's CA bundle (HTTPS to the package registries goes through it); images built
 # from the real public bases, as users build them, do not change. Safe to run again: each step is skipped when
 # its image exists (the CLI image build is incremental through podman's layer cache). Prints each step's time.
@@ -28,7 +29,7 @@ STAND_IN=localhost/local-stand-in
 DEBIAN_IMAGE=$STAND_IN/debian:bookworm-minbase
 NODE_IMAGE=$STAND_IN/node:bookworm-debian
 REDIS_IMAGE=$STAND_IN/redis:bookworm-debian
-CLI_IMAGE=localhost/copilot-fleet/copilot-cli:local
+CLI_IMAGE=${COPILOT_FLEET_RUNTIME_CLI_IMAGE:-localhost/copilot-fleet/copilot-cli:local}
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 # runc: crun refuses hybrid cgroups here. nofile only: podman's default nproc limit cannot be set on this kind of
 # machine, and builds fail on it.

@@ -40,7 +40,8 @@ import yaml
 from tests.helpers.kubelet import Node, RunningPod
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI_IMAGE = "localhost/copilot-fleet/copilot-cli:local"
+# scripts/setup-runtime.sh builds it under this tag (checkouts running the tier side by side set their own).
+CLI_IMAGE = os.environ.get("COPILOT_FLEET_RUNTIME_CLI_IMAGE", "localhost/copilot-fleet/copilot-cli:local")
 REDIS_IMAGE = "localhost/local-stand-in/redis:bookworm-debian"
 
 MODEL_HOST = "test-model.runtime.invalid"  # .invalid: a name no real network resolves
