@@ -236,3 +236,20 @@ def test_the_autoscaler_scales_the_shared_replicas(mode: str, kube: Any, make_fl
 def test_no_autoscaler_without_the_key(kube: Any, make_fleet: Callable[..., Any]) -> None:
     fleet = make_fleet(values=store_values(kube, "shared-session"), secret_keys={"provider"})
     assert fleet.of_kind("HorizontalPodAutoscaler") == []
+
+
+def test_verify_checks_store_pods_from_their_specs(fleet: Any) -> None:
+    """verify's pod check for store mode reads the pod specs (no shell exec'd into a container holding the store
+    URL): it passes on the rendered pods and fails on a pod that mounts a claim at session-state/."""
+    import copy
+
+    from copilot_fleet.smoke_tests import test_host_kubernetes as host
+
+    pods = [{"metadata": {"name": f"{s['metadata']['name']}-0"}, "spec": s["spec"]["template"]["spec"]}
+            for s in cli_sets(fleet)]
+    target = fleet.target()
+    host.test_store_mode_pods_keep_no_session_state({"items": pods}, target)
+    broken = copy.deepcopy(pods[0])
+    broken["spec"]["volumes"].append({"name": "sessions", "persistentVolumeClaim": {"claimName": "x"}})
+    with pytest.raises(AssertionError, match="mounts claims"):
+        host.test_store_mode_pods_keep_no_session_state({"items": [broken]}, target)
