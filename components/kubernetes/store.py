@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi_random as random
 
 from copilot_fleet.components.kubernetes import pod, secrets
 from copilot_fleet.components.kubernetes.meta import REDIS, REDIS_PORT, FleetMeta
@@ -72,12 +73,16 @@ def store_scopes(topology: Topology) -> list[str]:
     return [g.store_scope for g in topology.groups if g.store_scope is not None]
 
 
-def generate_credentials(topology: Topology, opts: pulumi.ResourceOptions) -> StoreCredentials:
-    from copilot_fleet.components.kubernetes.redis import redis_password
+def _password(name: str, opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    # As redis.redis_password (which imports this module): 40 letters and digits, a secret.
+    return pulumi.Output.secret(random.RandomPassword(name, length=40, special=False, opts=opts).result)
 
+
+def generate_credentials(topology: Topology, opts: pulumi.ResourceOptions) -> StoreCredentials:
+    """The admin password keeps the volume mode's resource name (`copilot-redis-password`)."""
     return StoreCredentials(
-        admin_password=redis_password(f"{REDIS}-password", opts),
-        scope_passwords={scope: redis_password(f"{ACL_USER_PREFIX}{scope}-password", opts)
+        admin_password=_password(f"{REDIS}-password", opts),
+        scope_passwords={scope: _password(f"{ACL_USER_PREFIX}{scope}-password", opts)
                          for scope in store_scopes(topology)},
     )
 
