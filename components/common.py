@@ -49,13 +49,15 @@ class FleetEndpoints:
 
     Addresses are `host:port`. `endpoint` is the load-balanced entry (None for `per-user`), `replicas` the direct
     per-replica addresses, `users` each user's own server (`per-user` only), `redis_url` the lease store (a secret;
-    None when the pattern has no lease store).
+    None when the pattern has no lease store), `session_state` what a client needs in store mode.
     """
 
     endpoint: pulumi.Input[str] | None = None
     replicas: list[pulumi.Input[str]] = field(default_factory=list)
     users: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     redis_url: pulumi.Input[str] | None = None
+    # Store mode: the target's `session_state` (docs/target.md): scopes and each server's id; None in volume mode.
+    session_state: Mapping[str, Any] | None = None
 
 
 def child_options(parent: pulumi.Resource, opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:

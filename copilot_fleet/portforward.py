@@ -100,6 +100,10 @@ def localize(target: Target, local: Mapping[str, str]) -> Target:
         "replicas": [local.get(a, a) for a in target.replicas],
         "users": {user: local.get(a, a) for user, a in target.users.items()},
     }
+    if target.session_state.server_ids:
+        # Store mode: a server keeps its id (what its provider registered) under its local address.
+        update["session_state"] = target.session_state.model_copy(update={"server_ids": {
+            local.get(address, address): server for address, server in target.session_state.server_ids.items()}})
     if target.redis_url is not None:
         url = target.redis_url.get_secret_value()
         address = redis_address(url)

@@ -23,7 +23,7 @@ Deployer = Callable[[Topology, "ConnectionTokens"], "FleetEndpoints | Mapping[st
 
 # The keys of the target (docs/target.md), exported one stack output each, in this order.
 TARGET_KEYS = ("stack", "platform", "isolation", "endpoint", "replicas", "users", "connection_token",
-               "user_tokens", "redis_url", "provider", "model", "namespace")
+               "user_tokens", "redis_url", "provider", "model", "namespace", "session_state")
 
 
 def run() -> dict[str, Any]:
@@ -102,5 +102,7 @@ def target_outputs(spec: FleetSpec, topology: Topology, tokens: ConnectionTokens
         "model": spec.session_model,
         # Where the pods run: verify's pod checks and port-forwards look there (Kubernetes and AKS alike).
         "namespace": spec.namespace if spec.platform in ("kubernetes", "azure") else None,
+        # Store mode only: an old target (and the volume mode) has none.
+        "session_state": dict(endpoints.session_state) if endpoints.session_state is not None else None,
     }
     return {key: target[key] for key in TARGET_KEYS if target[key] is not None}

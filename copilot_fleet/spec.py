@@ -229,6 +229,13 @@ class RedisSpec(_Section):
     # 7.2.12: 7.2.11 fixed Lua CVEs (CVE-2025-49844 and others) the leases' scripts would expose.
     image: Image = "redis:7.2.12-alpine"
     storage_size: Quantity = "1Gi"
+    # The in-cluster Redis container's memory (request and limit). None: 256Mi for leases only; 1Gi in store mode,
+    # where Redis holds every session and stops taking writes at half of it (maxmemory, noeviction): the other half
+    # is for an AOF rewrite's copy-on-write and client buffers, so the kernel's OOM killer never ends it.
+    memory: Quantity | None = None
+
+    def memory_limit(self, store_mode: bool) -> str:
+        return self.memory or ("1Gi" if store_mode else "256Mi")
 
 
 def _check_cidr(value: str) -> str:
@@ -257,6 +264,18 @@ class SessionStateSpec(_Section):
     mode: SessionStateMode = "volume"
     # The store's durability on the fleet's own Redis: what a machine crash may lose (docs/session-store.md).
     appendfsync: Literal["everysec", "always"] = "everysec"
+
+
+class AutoscalingSpec(_Section):
+    """A HorizontalPodAutoscaler (autoscaling/v2) for the shared patterns' CLI replicas: between fleet:replicas and
+    `maxReplicas`, on the replicas' CPU use relative to their request (fleet:resources.requests.cpu). Scaling in
+    removes one replica per `scaleDownPeriod` at most, after the use stayed low for `scaleDownStabilization`: each
+    removed replica stops through its grace period (sessions on it resume on the others)."""
+
+    max_replicas: Annotated[int, Field(ge=2, le=200)]
+    cpu_utilization: Annotated[int, Field(ge=10, le=100)] = 70
+    scale_down_stabilization: Annotated[Duration, Field(ge=0, le=3600)] = 300
+    scale_down_period: Annotated[Duration, Field(ge=15, le=1800)] = 60
 
 
 class LoadBalancerSpec(_Section):
@@ -407,6 +426,8 @@ class FleetSpec(_Section):
     model: str = "gpt-4.1"
     storage: StorageSpec = StorageSpec()
     session_state: SessionStateSpec = SessionStateSpec()
+    # Shared patterns on kubernetes/azure: scale the CLI replicas between fleet:replicas and maxReplicas.
+    autoscaling: AutoscalingSpec | None = None
     redis: RedisSpec = RedisSpec()
     load_balancer: LoadBalancerSpec = LoadBalancerSpec()
     session_ttl: Duration = 7 * 86400
@@ -467,7 +488,8 @@ class FleetSpec(_Section):
         """COPILOT_HOME on a volume of its own per replica (storage.persistentHome; default: not for per-user)."""
         if self.storage.persistent_home is not None:
             return self.storage.persistent_home
-        return self.shares_session_state
+        # Store mode: the home holds the CLI's config and logs only (no session, no session index): an emptyDir.
+        return self.shares_session_state and not self.store_mode
 
     @property
     def session_model(self) -> str:
@@ -582,6 +604,7 @@ def _cross_field_problems(spec: FleetSpec) -> list[str]:
             p.append(f"fleet:recycle.maxRssMb: {spec.recycle.max_rss_mb} MiB is not below the container's memory "
                      f"limit (fleet:resources.limits.memory {spec.resources.limits.memory} = {limit_mib:g} MiB): "
                      "the OOM killer would stop the server first, without a drain")
+    p.extend(_autoscaling_problems(spec))
     if spec.idle_timeout and spec.idle_timeout < 60:
         p.append(f"fleet:idleTimeout: at least 60 seconds, or 0 to disable (got {spec.idle_timeout})")
     if spec.session_ttl < 3600:
@@ -721,7 +744,7 @@ _DATA_DISKS = {"standard_d2s_v5": 4, "standard_d4s_v5": 8, "standard_d8s_v5": 16
 
 
 # Platforms whose renderers run the store mode's provider beside each CLI (the others refuse it, with a message).
-STORE_MODE_PLATFORMS: tuple[str, ...] = ("local",)
+STORE_MODE_PLATFORMS: tuple[str, ...] = ("local", "kubernetes", "azure")
 
 
 def _session_state_problems(spec: FleetSpec) -> list[str]:
@@ -739,13 +762,45 @@ def _session_state_problems(spec: FleetSpec) -> list[str]:
     if spec.isolation == "per-user" and "shared" in spec.user_ids:
         p.append("fleet:users: in store mode a user's store scope is the user id, and 'shared' is the scope of the "
                  "shared patterns' servers (whose store user may read every session's lease): rename user 'shared'")
+    if spec.platform in ("kubernetes", "azure") and spec.redis.mode == "external":
+        p.append("fleet:redis.mode: store mode on a cluster runs its own Redis (in-cluster): the store needs one ACL "
+                 "user per store scope, append-only persistence and maxmemory-policy noeviction, which the fleet can "
+                 "only set on a Redis it runs; remove redis.mode external (and redis.url)")
+    if (spec.platform in ("kubernetes", "azure")
+            and quantity_value(spec.redis.storage_size) < quantity_value(spec.redis.memory_limit(True))):
+        p.append(f"fleet:redis.storageSize: {spec.redis.storage_size} is less than the store's memory "
+                 f"(fleet:redis.memory {spec.redis.memory_limit(True)}): the append-only file holds up to half of it "
+                 "and a rewrite writes a second copy beside it; give at least as much storage as memory")
+    if spec.platform == "azure":
+        for key, name in (("redis_sku", "redisSku"), ("redis_capacity", "redisCapacity"),
+                          ("file_share_quota_gb", "fileShareQuotaGb")):
+            if key in spec.azure.model_fields_set:
+                p.append(f"fleet:azure.{name}: store mode has no Azure Cache for Redis and no Azure Files share (the "
+                         "store is a Redis on AKS with its own disk: fleet:redis.memory and storageSize); remove it")
     storage_keys = spec.storage.model_fields_set
-    for key, name in (("size", "size"), ("access_mode", "accessMode")):
+    for key, name in (("size", "size"), ("access_mode", "accessMode"), ("storage_class", "storageClass")):
         if key in storage_keys:
             p.append(f"fleet:storage.{name}: sets the session volume, which fleet:sessionState.mode store does not "
                      "have (session state lives in Redis); remove it (storage.homeSize and storage.persistentHome "
                      "still apply)")
     return p
+
+
+def _autoscaling_problems(spec: FleetSpec) -> list[str]:
+    """fleet:autoscaling: a HorizontalPodAutoscaler over the shared replicas of a cluster's fleet."""
+    auto = spec.autoscaling
+    if auto is None:
+        return []
+    if spec.platform not in ("kubernetes", "azure"):
+        return [f"fleet:autoscaling: a HorizontalPodAutoscaler needs a cluster (platform kubernetes or azure), not "
+                f"{spec.platform}; remove it"]
+    if not spec.shares_session_state:
+        return ["fleet:autoscaling: per-user runs exactly one server per user; autoscaling is for the shared "
+                "patterns' replicas (shared-cli, shared-session)"]
+    if auto.max_replicas <= spec.replicas:
+        return [f"fleet:autoscaling.maxReplicas: {auto.max_replicas} must be above fleet:replicas ({spec.replicas}), "
+                "the number of replicas the autoscaler keeps at least"]
+    return []
 
 
 def _local_port_problems(spec: FleetSpec) -> list[str]:

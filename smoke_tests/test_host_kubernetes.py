@@ -101,8 +101,39 @@ def test_pods_running(cluster, target) -> None:
                                                  f"{servers} servers")
 
 
+# Store mode: a shell exec'd into a CLI container would get the container's environment, the store URL included,
+# where a concurrent tool run could read it (docs/kubernetes.md, Store mode): these checks read the pods' specs.
+NO_EXEC_IN_STORE_MODE = ("store mode: no shell is exec'd into a CLI container (it would get the store URL, readable "
+                         "by a concurrent tool run); the pod specs are checked instead")
+
+
+def test_store_mode_pods_keep_no_session_state(cluster, target) -> None:
+    """pods (store mode): no session volume, the provider under an init, the store URL from a Secret only"""
+    if not target.store_mode:
+        pytest.skip("applies to store mode only")
+    secret_values = target.secret_values()
+    for pod in cluster["items"]:
+        name, spec = pod["metadata"]["name"], pod["spec"]
+        claims = [v["name"] for v in spec.get("volumes") or [] if "persistentVolumeClaim" in v]
+        assert not claims, f"{name}: store mode, yet the CLI pod mounts claims {claims}"
+        (container,) = [c for c in spec["containers"] if "copilot_fleet.sessionstore" in (c.get("command") or [])]
+        mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
+        assert not [m for m in mounts if m.endswith("/session-state")], f"{name}: a volume at session-state/"
+        store_env = [e for e in container.get("env") or [] if e["name"] == "COPILOT_FLEET_STORE_REDIS_URL"]
+        assert store_env and "secretKeyRef" in (store_env[0].get("valueFrom") or {}), (
+            f"{name}: the store URL does not come from a Secret")
+        args = container.get("args") or []
+        cli_args = args[args.index("--") + 1:] if "--" in args else []
+        level = cli_args[cli_args.index("--log-level") + 1] if "--log-level" in cli_args[:-1] else None
+        assert level not in DEBUG_LEVELS, f"{name}: the CLI runs with --log-level {level}: prompts go to disk"
+        leaked = [key for key, value in secret_values.items() if any(value in a for a in args)]
+        assert not leaked, f"{name}: {leaked} visible in the container's arguments"
+
+
 def test_session_state_mounted_and_writable(cluster, target) -> None:
     """pods: session-state/ mounted, writable, shared where the pattern shares it"""
+    if target.store_mode:
+        pytest.skip(NO_EXEC_IN_STORE_MODE)
     marker = f".copilot-fleet-verify-{secrets.token_hex(4)}"
     writer = cluster["pods"][0]
     homes = {}
@@ -128,6 +159,8 @@ def test_session_state_mounted_and_writable(cluster, target) -> None:
 
 def test_cli_process(cluster, target) -> None:
     """pods: CLI up, not at --log-level debug/all, no secret in its arguments"""
+    if target.store_mode:
+        pytest.skip(NO_EXEC_IN_STORE_MODE)
     secret_values = target.secret_values()
     for pod in cluster["pods"]:
         found = _host(cluster, pod).run(CLI_PROCESSES)

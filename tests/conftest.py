@@ -26,9 +26,12 @@ EXAMPLE_STACKS: dict[str, tuple[str, str]] = {
     "k8s-shared-cli": ("kubernetes", "shared-cli"),
     "k8s-shared-session": ("kubernetes", "shared-session"),
     "k8s-per-user": ("kubernetes", "per-user"),
+    "k8s-store-shared-session": ("kubernetes", "shared-session"),
+    "k8s-store-per-user": ("kubernetes", "per-user"),
     "azure-shared-cli": ("azure", "shared-cli"),
     "azure-shared-session": ("azure", "shared-session"),
     "azure-per-user": ("azure", "per-user"),
+    "azure-store-shared-cli": ("azure", "shared-cli"),
 }
 
 

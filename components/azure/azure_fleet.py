@@ -1,5 +1,7 @@
 """AzureFleet: a fleet on Azure. AKS runs the Kubernetes fleet; Azure Files holds `session-state/`; Key Vault holds
-every credential; Azure Cache for Redis is the lease store of the shared patterns.
+every credential; Azure Cache for Redis is the lease store of the shared patterns. In store mode
+(fleet:sessionState.mode store) there is no share: the session store is a Redis on AKS with its append-only file on
+an Azure Disk (why not Azure Cache for Redis: see below, and docs/azure.md).
 
 Order of creation (each step waits for what it reads):
 resource group -> AKS (+ Log Analytics) -> sync identity federated with the cluster's OIDC issuer -> shares,
@@ -29,7 +31,9 @@ from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints
 from copilot_fleet.components.kubernetes import KubernetesFleet, KubernetesFleetArgs, PlatformHooks, StaticVolume
 from copilot_fleet.components.kubernetes.meta import FleetMeta
 from copilot_fleet.components.kubernetes.pod import RUN_AS_USER
+from copilot_fleet.components.kubernetes.redis import in_cluster_url
 from copilot_fleet.components.kubernetes.secrets import secret_material
+from copilot_fleet.components.kubernetes.store import StoreCredentials, add_store_material, generate_credentials
 from copilot_fleet.topology import Topology
 
 FILE_CSI_DRIVER = "file.csi.azure.com"
@@ -115,7 +119,17 @@ class AzureFleet(pulumi.ComponentResource):
 
         cache: LeaseCache | None = None
         external_redis: pulumi.Input[str] | None = None
-        if topology.lease_store == "in-cluster":
+        store_credentials: StoreCredentials | None = None
+        lease_store_url: pulumi.Input[str] | None = None
+        if topology.store_mode:
+            # Store mode: the session store is a Redis StatefulSet on AKS, its append-only file on an Azure Disk (the
+            # cluster's default class), not Azure Cache for Redis: the store needs one ACL user per scope with key
+            # patterns (Redis 7 selectors; Azure Cache for Redis runs Redis 6 and authenticates with access keys or
+            # Entra ID), multi-key Lua scripts on one primary (no cluster), appendfsync as the stack says (Azure
+            # Cache persists to AOF only on Premium, with no choice of fsync) and noeviction. docs/azure.md.
+            store_credentials = generate_credentials(topology, child)
+            lease_store_url = in_cluster_url(meta, store_credentials.admin_password)
+        elif topology.lease_store == "in-cluster":
             # On Azure "in-cluster" means: this stack runs the lease store, as Azure Cache for Redis.
             cache = LeaseCache("lease-store", LeaseCacheArgs(
                 resource_group_name=rg, location=az.location,
@@ -127,12 +141,18 @@ class AzureFleet(pulumi.ComponentResource):
 
         # The Secrets the pods read (in-cluster Redis is never deployed here, so no Redis password Secret; the
         # janitor's lease store URL is the cache's).
-        material = secret_material(topology, args.tokens, None, external_redis)
+        if store_credentials is not None:
+            material = add_store_material(
+                secret_material(topology, args.tokens, store_credentials.admin_password, lease_store_url), meta,
+                topology, store_credentials)
+        else:
+            material = secret_material(topology, args.tokens, None, external_redis)
+            lease_store_url = external_redis
         layout = secret_layout(
             material,
             {v: StorageCredentials(s.account_name, s.account_key) for v, s in shares.items()},
             redis_key=cache.access_key if cache is not None else None,
-            redis_url=external_redis,
+            redis_url=lease_store_url,
         )
         vault = SecretVault("vault", SecretVaultArgs(
             resource_group_name=rg, location=az.location,
@@ -189,6 +209,7 @@ class AzureFleet(pulumi.ComponentResource):
             source_ranges=tuple(spec.load_balancer.source_ranges),
             platform=PlatformHooks(session_volume=session_volume, manage_secrets=False,
                                    external_redis_url=external_redis),
+            store_credentials=store_credentials,
         ), opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
             depends_on=[namespace, sync.ready, *image_pull])))
         drift = set(self.kubernetes.secret_material) ^ set(material)

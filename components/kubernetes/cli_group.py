@@ -16,7 +16,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
 from copilot_fleet.components.common import child_options
-from copilot_fleet.components.kubernetes import network, pod, storage
+from copilot_fleet.components.kubernetes import network, pod, secrets, storage, store
 from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.janitor import janitor_cron_job
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
@@ -65,6 +65,12 @@ def client_service_spec(args: CliGroupArgs) -> dict[str, Any]:
     return spec
 
 
+def cli_container(meta: FleetMeta, group: CliGroup, hooks: PlatformHooks) -> dict[str, Any]:
+    """The CLI container; in store mode its session store provider starts the CLI (components/kubernetes/store.py)."""
+    container = pod.cli_container(meta, group, hooks.extra_volume_mounts)
+    return store.provider_container(meta, group, container) if group.store_scope is not None else container
+
+
 def pod_template(args: CliGroupArgs) -> dict[str, Any]:
     meta, group, hooks = args.meta, args.group, args.hooks
     spec: dict[str, Any] = {
@@ -73,9 +79,11 @@ def pod_template(args: CliGroupArgs) -> dict[str, Any]:
         "enable_service_links": False,
         "security_context": pod.pod_security_context(),
         "termination_grace_period_seconds": meta.spec.termination_grace_seconds,
-        "containers": [pod.cli_container(meta, group, hooks.extra_volume_mounts)],
+        "containers": [cli_container(meta, group, hooks)],
         "volumes": [
-            {"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}},
+            # Store mode: no session volume (the provider serves session state from the store).
+            *([] if group.session_volume is None else
+              [{"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}}]),
             *pod.cli_scratch_volumes(),
             *([] if meta.spec.home_is_persistent else [pod.ephemeral_home_volume(meta)]),
             *hooks.extra_volumes,
@@ -106,8 +114,11 @@ class CliGroupDeployment(pulumi.ComponentResource):
     def __init__(self, name: str, args: CliGroupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("copilot-fleet:kubernetes:CliGroup", name, None, opts)
         meta, group = args.meta, args.group
+        self.group = group
         child = child_options(self, opts)
-        self.session_claim = storage.session_volume_claim(meta, group, child, args.hooks.session_volume)
+        self.session_claim = (None if group.session_volume is None else
+                              storage.session_volume_claim(meta, group, child, args.hooks.session_volume))
+        autoscaled = meta.spec.autoscaling is not None and group.user is None
         self.stateful_set = apps.StatefulSet(
             group.name,
             metadata=meta.metadata(group.name, CLI, group),
@@ -124,7 +135,10 @@ class CliGroupDeployment(pulumi.ComponentResource):
                 "persistent_volume_claim_retention_policy": ({"when_deleted": "Retain", "when_scaled": "Retain"}
                                                              if meta.spec.home_is_persistent else None),
             },
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.session_claim])),
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[self.session_claim] if self.session_claim is not None else None,
+                # fleet:autoscaling: the HorizontalPodAutoscaler owns the replica count once the set exists.
+                ignore_changes=["spec.replicas"] if autoscaled else None)),
         )
         # fleet:serviceAnnotations: the client Service is the one clients (and cloud load balancers) see.
         self.service = core.Service(

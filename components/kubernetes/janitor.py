@@ -41,10 +41,11 @@ RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi", "ephemeral-storage": "
              "limits": {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}}
 
 
-def janitor_command(session_ttl: int, lease_store: bool) -> list[str]:
-    """The container command: `copilot_fleet.pod.janitor` once over the mounted volume (tests parse it with the
-    janitor's own argument parser)."""
-    command = ["python3", "-m", "copilot_fleet.pod.janitor", "--session-state", MOUNT, "--ttl", f"{session_ttl}s"]
+def janitor_command(session_ttl: int, lease_store: bool, store_scope: str | None = None) -> list[str]:
+    """The container command: `copilot_fleet.pod.janitor` once over the mounted volume, or in store mode over the
+    group's store scope (tests parse it with the janitor's own argument parser)."""
+    where = ["--store-scope", store_scope] if store_scope is not None else ["--session-state", MOUNT]
+    command = ["python3", "-m", "copilot_fleet.pod.janitor", *where, "--ttl", f"{session_ttl}s"]
     if lease_store:
         command += ["--redis-url-file", f"{LEASE_STORE_DIR}/{LEASE_STORE_FILE}", "--require-leases"]
     return command
@@ -55,10 +56,12 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
     """`lease_store`: the Secret key holding the lease store URL; None when the fleet has no lease store."""
     spec = meta.spec
     name = meta.janitor(group)
-    mounts: list[dict[str, Any]] = [{"name": "sessions", "mount_path": MOUNT}]
-    volumes: list[dict[str, Any]] = [
-        {"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}},
-    ]
+    # Store mode: no volume, the sessions are in the store (the lease store) and the janitor deletes them there.
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    if group.session_volume is not None:
+        mounts.append({"name": "sessions", "mount_path": MOUNT})
+        volumes.append({"name": "sessions", "persistent_volume_claim": {"claim_name": group.volume_name()}})
     if lease_store is not None:
         # A file, never an env value or an argument: those show in `kubectl describe` and in /proc/<pid>/cmdline.
         mounts.append({"name": "lease-store", "mount_path": LEASE_STORE_DIR, "read_only": True})
@@ -76,17 +79,17 @@ def janitor_cron_job(meta: FleetMeta, group: CliGroup, opts: pulumi.ResourceOpti
             "name": "janitor",
             "image": spec.image,
             "image_pull_policy": image_pull_policy(spec.image),
-            "command": janitor_command(spec.session_ttl, lease_store is not None),
+            "command": janitor_command(spec.session_ttl, lease_store is not None, group.store_scope),
             # The root filesystem is read-only: no bytecode to write; print each line as it comes.
             "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
             "resources": RESOURCES,
             "security_context": container_security_context(),
-            "volume_mounts": mounts,
+            "volume_mounts": mounts or None,
         }],
-        "volumes": volumes,
+        "volumes": volumes or None,
         **placement(meta),
     }
-    if spec.storage.access_mode == "ReadWriteOnce":
+    if spec.storage.access_mode == "ReadWriteOnce" and group.session_volume is not None:
         pod_spec["affinity"] = {"pod_affinity": {"required_during_scheduling_ignored_during_execution": [{
             "label_selector": {"match_labels": meta.selector(CLI, group)},
             "topology_key": "kubernetes.io/hostname",

@@ -9,7 +9,8 @@ import pulumi
 import pulumi_kubernetes.core.v1 as core
 
 from copilot_fleet.components.common import ConnectionTokens, FleetEndpoints, child_options
-from copilot_fleet.components.kubernetes import network, secrets
+from copilot_fleet.components.kubernetes import network, secrets, store
+from copilot_fleet.components.kubernetes.autoscaler import cli_autoscaler
 from copilot_fleet.components.kubernetes.cli_group import CliGroupArgs, CliGroupDeployment
 from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, REDIS, SERVICE_ACCOUNT, FleetMeta
@@ -35,6 +36,8 @@ class KubernetesFleetArgs:
     client_namespace_selector: Mapping[str, str] | None = None
     source_ranges: Sequence[str] = ()
     create_namespace: bool = True
+    # Store mode: the store's passwords when the platform made them (Azure, for Key Vault); else made here.
+    store_credentials: store.StoreCredentials | None = None
 
 
 class KubernetesFleet(pulumi.ComponentResource):
@@ -68,7 +71,17 @@ class KubernetesFleet(pulumi.ComponentResource):
             child = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[self.namespace]))
 
         in_cluster_redis = (topology.lease_store == "in-cluster" and hooks.external_redis_url is None)
-        password = redis_password(f"{REDIS}-password", child) if in_cluster_redis else None
+        # Store mode: the admin password and one per store scope, made here unless the platform made them (Azure
+        # keeps every credential in Key Vault, so it makes them before the vault).
+        self.store_credentials: store.StoreCredentials | None = None
+        if topology.store_mode:
+            if not in_cluster_redis:
+                raise ValueError("store mode on a cluster runs its own Redis: the topology names no in-cluster "
+                                 "lease store, or the platform gave an external one")
+            self.store_credentials = args.store_credentials or store.generate_credentials(topology, child)
+            password: pulumi.Output[str] | None = self.store_credentials.admin_password
+        else:
+            password = redis_password(f"{REDIS}-password", child) if in_cluster_redis else None
         # The lease store URL: the target's redis_url, and what the janitor takes leases with (a Secret file).
         redis_url: pulumi.Output[str] | None = None
         if password is not None:
@@ -78,6 +91,9 @@ class KubernetesFleet(pulumi.ComponentResource):
         elif topology.lease_store == "external" and spec.redis.url is not None:
             redis_url = pulumi.Output.secret(spec.redis.url.get_secret_value())
         self.secret_material = secrets.secret_material(topology, args.tokens, password, redis_url)
+        if self.store_credentials is not None:
+            self.secret_material = store.add_store_material(self.secret_material, meta, topology,
+                                                            self.store_credentials)
         self.secrets = secrets.create_secrets(meta, self.secret_material, child) if hooks.manage_secrets else {}
 
         def after_secrets(*names: str) -> pulumi.ResourceOptions:
@@ -113,7 +129,8 @@ class KubernetesFleet(pulumi.ComponentResource):
         )
         self.default_deny = network.default_deny(meta, child)
         if spec.egress.mode == "restricted":
-            network.cli_egress(meta, spec.egress, child)
+            network.cli_egress(meta, spec.egress, child,
+                               [store.cli_store_egress_rule(meta)] if topology.store_mode else ())
             configured = spec.redis.url.get_secret_value() if spec.redis.url is not None else None
             network.janitor_egress(meta, None if redis_url is None else "in-cluster" if in_cluster_redis
                                    else "external", child, network.external_store_ports(configured))
@@ -123,7 +140,8 @@ class KubernetesFleet(pulumi.ComponentResource):
             self.redis = InClusterRedis(REDIS, InClusterRedisArgs(
                 meta, secrets_checksum=secrets.checksum(self.secret_material, (secrets.REDIS_SECRET,))), password,
                                         opts=after_secrets(secrets.REDIS_SECRET, IMAGE_PULL_SECRET))
-            network.redis_ingress(meta, clients, child)
+            network.redis_ingress(meta, clients, child,
+                                  [store.store_ingress_peer(meta)] if topology.store_mode else ())
             if spec.egress.mode == "restricted":
                 network.redis_egress(meta, child)
         janitor_lease_store = (secrets.janitor_redis_url_ref()
@@ -141,11 +159,17 @@ class KubernetesFleet(pulumi.ComponentResource):
                     secrets_checksum=secrets.checksum(self.secret_material,
                                                       (secrets.FLEET_CREDENTIALS, meta.credentials_secret(group))),
                 ),
-                opts=after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
-                                   secrets.JANITOR_CREDENTIALS, IMAGE_PULL_SECRET),
+                opts=pulumi.ResourceOptions.merge(
+                    after_secrets(secrets.FLEET_CREDENTIALS, meta.credentials_secret(group),
+                                  secrets.JANITOR_CREDENTIALS, IMAGE_PULL_SECRET),
+                    # Store mode: a provider exits (and its pod restarts) until the store answers.
+                    pulumi.ResourceOptions(depends_on=[self.redis] if topology.store_mode and self.redis else None)),
             )
             for group in topology.groups
         ]
+        self.autoscalers = [a for d in self.groups
+                            if (a := cli_autoscaler(meta, d.group, pulumi.ResourceOptions.merge(
+                                child, pulumi.ResourceOptions(depends_on=[d.stateful_set])))) is not None]
 
         shared = topology.shared_group
         self.endpoints = FleetEndpoints(
@@ -153,5 +177,6 @@ class KubernetesFleet(pulumi.ComponentResource):
             replicas=[a for g in topology.groups if g.user is None for a in meta.replica_addresses(g)],
             users={g.user: meta.group_service_address(g) for g in topology.groups if g.user is not None},
             redis_url=redis_url,
+            session_state=store.session_state_target(meta, topology) if topology.store_mode else None,
         )
         self.register_outputs({"endpoint": self.endpoints.endpoint, "redis_url": redis_url})

@@ -5,7 +5,8 @@
   that also carry `copilot-fleet/user: <id>`, so no user's pods reach another user's server, and from the pods
   of a trusted backend that serves every user (`fleet:backendSelector`), when one is named;
 - Redis: only from the client pods (the fleet client takes the leases) and the janitor pods (the janitor takes a
-  session's lease before it deletes the session); not from the CLI pods, which never use it.
+  session's lease before it deletes the session); not from the CLI pods, which never use it, except in store mode,
+  where their providers keep the sessions in it.
 
 Clients in other namespaces are admitted when `client_namespace_selector` is given (namespaceSelector AND
 podSelector in one peer); without it only client pods in the fleet's namespace match. `source_ranges` (CIDRs) admit
@@ -91,8 +92,10 @@ def allow_rule(rule: EgressRule) -> dict[str, Any]:
     return {"to": [peer], "ports": [{"port": p, "protocol": rule.protocol} for p in rule.ports]}
 
 
-def cli_egress(meta: FleetMeta, egress: EgressSpec, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
-    """Every CLI pod of the fleet: DNS, public addresses on the public ports, the allow rules."""
+def cli_egress(meta: FleetMeta, egress: EgressSpec, opts: pulumi.ResourceOptions,
+               extra_rules: Sequence[Mapping[str, Any]] = ()) -> networking.NetworkPolicy:
+    """Every CLI pod of the fleet: DNS, public addresses on the public ports, the allow rules (and in store mode the
+    in-cluster store: `extra_rules`)."""
     name = CLI_EGRESS_POLICY
     public = {"to": [{"ip_block": {"cidr": "0.0.0.0/0", "except": NOT_PUBLIC_V4}},
                      {"ip_block": {"cidr": "::/0", "except": NOT_PUBLIC_V6}}],
@@ -101,7 +104,7 @@ def cli_egress(meta: FleetMeta, egress: EgressSpec, opts: pulumi.ResourceOptions
         name,
         metadata=meta.metadata(name, CLI),
         spec={"pod_selector": {"match_labels": meta.selector(CLI)}, "policy_types": ["Egress"],
-              "egress": [dns_rule(), public, *(allow_rule(r) for r in egress.allow)]},
+              "egress": [dns_rule(), public, *(allow_rule(r) for r in egress.allow), *extra_rules]},
         opts=opts,
     )
 
@@ -177,10 +180,12 @@ def cli_ingress(meta: FleetMeta, group: CliGroup, clients: ClientPeers,
     )
 
 
-def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOptions) -> networking.NetworkPolicy:
+def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOptions,
+                  extra_peers: Sequence[Mapping[str, Any]] = ()) -> networking.NetworkPolicy:
     name = f"{REDIS}-ingress"
-    # Not the CLI pods: the servers never use the lease store (clients and the janitor take the leases), and a
-    # session's tool run on a server must not reach it.
+    # Not the CLI pods in the volume mode: the servers never use the lease store (clients and the janitor take the
+    # leases), and a session's tool run on a server must not reach it. In store mode the CLI pods' providers keep
+    # the sessions there (`extra_peers`): a tool run then reaches the port, without any password.
     janitor_pods = {"pod_selector": {"match_labels": meta.selector(JANITOR)}}
     return networking.NetworkPolicy(
         name,
@@ -190,7 +195,7 @@ def redis_ingress(meta: FleetMeta, clients: ClientPeers, opts: pulumi.ResourceOp
             "policy_types": ["Ingress"],
             # Redis is never exposed outside the cluster: no ipBlock peers here.
             "ingress": [{
-                "from": [janitor_pods, clients.peers()[0]],
+                "from": [janitor_pods, clients.peers()[0], *extra_peers],
                 "ports": [{"port": REDIS_PORT, "protocol": "TCP"}],
             }],
         },

@@ -20,7 +20,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_random as random
 
 from copilot_fleet.components.common import child_options
-from copilot_fleet.components.kubernetes import secrets
+from copilot_fleet.components.kubernetes import secrets, store
 from copilot_fleet.components.kubernetes.meta import LEASE_STORE, REDIS, REDIS_PORT, FleetMeta
 from copilot_fleet.components.kubernetes.pod import (
     container_security_context,
@@ -29,12 +29,14 @@ from copilot_fleet.components.kubernetes.pod import (
     pod_annotations,
     pod_security_context,
 )
+from copilot_fleet.spec import quantity_value
 
 # The `redis` user of the official images (alpine and debian variants alike).
 REDIS_UID = 999
 DATA = "/data"
 AUTH_DIR = "/etc/copilot-redis"
 AUTH_FILE = f"{AUTH_DIR}/auth.conf"
+STORE_FILE = f"{AUTH_DIR}/store.conf"  # store mode: the ACL users of the store scopes (components/kubernetes/store.py)
 HEADLESS_SERVICE = f"{REDIS}-headless"  # governs the StatefulSet (stable pod DNS); clients use the REDIS Service
 
 
@@ -90,6 +92,16 @@ class InClusterRedis(pulumi.ComponentResource):
             f'REDISCLI_AUTH="$(sed -n "s/^requirepass //p" {AUTH_FILE})" redis-cli -p {REDIS_PORT} ping '
             "| grep -q PONG"]}}
         auth = secrets.redis_auth_config_ref()
+        # Store mode: Redis holds every session (docs/session-store.md): durable as the stack says, never evicting,
+        # one ACL user per store scope; its memory is its own (request = limit) and writes stop at half of it.
+        memory_limit = spec.redis.memory_limit(spec.store_mode)
+        appendfsync = spec.session_state.appendfsync if spec.store_mode else "everysec"
+        memory_request = memory_limit if spec.store_mode else "64Mi"
+        store_args: list[str] = []
+        store_items: list[dict[str, str]] = []
+        if spec.store_mode:
+            store_args = store.redis_store_args(quantity_value(memory_limit), STORE_FILE)
+            store_items = [{"key": store.STORE_CONFIG_KEY, "path": "store.conf"}]
         template_metadata: dict[str, object] = {"labels": meta.labels(LEASE_STORE),
                                                 "annotations": pod_annotations(meta, args.secrets_checksum)}
         self.stateful_set = apps.StatefulSet(
@@ -113,14 +125,15 @@ class InClusterRedis(pulumi.ComponentResource):
                             "image_pull_policy": image_pull_policy(spec.redis.image),
                             "command": ["redis-server"],
                             # The config file first (the password), then the options.
-                            "args": [AUTH_FILE, "--appendonly", "yes", "--appendfsync", "everysec", "--dir", DATA,
-                                     "--port", str(REDIS_PORT)],
+                            "args": [AUTH_FILE, "--appendonly", "yes", "--appendfsync", appendfsync, "--dir", DATA,
+                                     "--port", str(REDIS_PORT), *store_args],
                             "ports": [{"name": "redis", "container_port": REDIS_PORT, "protocol": "TCP"}],
                             "readiness_probe": {**ping, "period_seconds": 5, "timeout_seconds": 3},
                             "liveness_probe": {**tcp, "period_seconds": 20, "timeout_seconds": 5},
                             # Data is on its volume; only /tmp (64Mi) and its output are node-local.
-                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi", "ephemeral-storage": "32Mi"},
-                                          "limits": {"cpu": "500m", "memory": "256Mi",
+                            "resources": {"requests": {"cpu": "50m", "memory": memory_request,
+                                                       "ephemeral-storage": "32Mi"},
+                                          "limits": {"cpu": "500m", "memory": memory_limit,
                                                      "ephemeral-storage": "128Mi"}},
                             "security_context": container_security_context(),
                             "volume_mounts": [{"name": "data", "mount_path": DATA},
@@ -131,7 +144,8 @@ class InClusterRedis(pulumi.ComponentResource):
                             {"name": "tmp", "empty_dir": {"size_limit": "64Mi"}},
                             # 0440: the owner (root) and the fsGroup (Redis' group) read it, nobody else.
                             {"name": "auth", "secret": {"secret_name": auth.name, "default_mode": 0o440,
-                                                        "items": [{"key": auth.key, "path": "auth.conf"}]}},
+                                                        "items": [{"key": auth.key, "path": "auth.conf"},
+                                                                  *store_items]}},
                         ],
                         **placement(meta),
                     },

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import time
 import urllib.error
@@ -97,28 +95,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def provider_not_ready(service: Service) -> str | None:
-    """Store mode: why the server's session store provider does not count as registered (None: it does). Its ready
-    file is written only once the provider registered with the CLI, names the provider's pid and the CLI's port, and
-    is removed when it stops; a file left by a killed provider names a pid that is gone."""
+    """Store mode: why the server's session store provider does not count as registered (None: it does), from its
+    ready file (copilot_fleet.pod.provider_ready, the same rule the Kubernetes health probe applies)."""
     if service.ready_file is None:
         return None
-    try:
-        info = json.loads(Path(service.ready_file).read_text())
-    except FileNotFoundError:
-        return "the session store provider has not registered yet"
-    except (OSError, ValueError) as exc:
-        return f"the provider's ready file {service.ready_file} cannot be read: {exc}"
-    if not isinstance(info, dict) or info.get("port") != service.port:
-        return f"the provider's ready file names port {info.get('port') if isinstance(info, dict) else None}"
-    try:
-        os.kill(int(info.get("pid", 0)), 0)
-    except ProcessLookupError:
-        return f"the provider that registered (pid {info.get('pid')}) is gone"
-    except PermissionError:
-        pass  # alive, run by another user (root)
-    except (OverflowError, ValueError):
-        return "the provider's ready file names no pid"
-    return None
+    from copilot_fleet.pod.provider_ready import not_ready
+
+    return not_ready(Path(service.ready_file), service.port)
 
 
 def probe(service: Service, secrets: dict[str, str], timeout: float = DEFAULT_TIMEOUT) -> ProbeResult:

@@ -12,7 +12,10 @@ matters for a Kubernetes exec probe that runs every few seconds in every pod.
 Command line (Kubernetes exec probe, HAProxy external check, scripts):
 
     python -m copilot_fleet.pod.health --host 127.0.0.1 --port 4321 [--token-file F] [--timeout 2] [--json]
-        [--recycle-rss-mb MIB] [--recycle-sessions N] [--home DIR]
+        [--recycle-rss-mb MIB] [--recycle-sessions N] [--home DIR] [--ready-file FILE]
+
+With `--ready-file` (store mode) the server is healthy only once its session store provider registered: the file
+exists, names this port and a live provider (copilot_fleet/pod/provider_ready.py).
 
 With recycle bounds, a server that answers but whose process (found from the listening port, so on this machine)
 is past a bound fails too: that is how a Kubernetes pod gets recycled (copilot_fleet/pod/wear.py).
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT,
                    help=f"seconds for the whole check (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--ready-file", type=Path, default=None, metavar="FILE",
+                   help="store mode: the session store provider's ready file; the server counts as healthy only "
+                        "once its provider registered (copilot_fleet.pod.provider_ready)")
     bounds = p.add_argument_group(
         "recycle bounds (fleet:recycle)",
         "fail, although the server answers, once the CLI listening on --port on this machine is past a bound: on "
@@ -254,14 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recycle_reasons(port: int, home: Path | None, max_rss_mb: int | None, max_sessions: int | None,
-                    pid: int | None = None) -> list[str]:
-    """Why the CLI (`pid`, else the one listening on `port` here) is past its recycle bounds (empty: it is not, or
-    it cannot be told)."""
+                    pid: int | None = None, ready_file: Path | None = None) -> list[str]:
+    """Why the CLI (`pid`; in store mode the provider's child named in its ready file; else the one listening on
+    `port` here) is past its recycle bounds (empty: it is not, or it cannot be told)."""
     from copilot_fleet.pod.ports import port_holder_pid
+    from copilot_fleet.pod.provider_ready import cli_pid
     from copilot_fleet.pod.wear import measure
 
     if pid is None:
-        pid = port_holder_pid(port)
+        pid = cli_pid(ready_file) if ready_file is not None else port_holder_pid(port)
     if pid is None:
         return []  # not visible from here (another user's process, another host): the bound cannot be judged
     return measure(pid, home).over(max_rss_mb, max_sessions)
@@ -284,10 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     result = check(address, token, args.timeout)
+    if result.ok and args.ready_file is not None:
+        from copilot_fleet.pod.provider_ready import not_ready
+
+        waiting = not_ready(args.ready_file, parse_address(address)[1])
+        if waiting is not None:
+            result = replace(result, ok=False, error=f"answers, but {waiting}: no session may start before")
     if result.ok and (args.recycle_rss_mb is not None or args.recycle_sessions is not None):
         home = args.home or os.environ.get(HOME_ENV)
         reasons = recycle_reasons(parse_address(address)[1], Path(home) if home else None,
-                                  args.recycle_rss_mb, args.recycle_sessions, args.pid)
+                                  args.recycle_rss_mb, args.recycle_sessions, args.pid, args.ready_file)
         if reasons:
             result = replace(result, ok=False, error=f"answers, but is past its recycle bound ({'; '.join(reasons)}): "
                                                      "drain and restart it")

@@ -195,6 +195,10 @@ class Provider:
 
     async def start(self) -> None:
         config = self.config
+        if config.ready_file is not None:
+            # One left by an instance that was killed (in a pod: the container before a restart, on the same
+            # emptyDir) must not make this one look registered before it is.
+            config.ready_file.unlink(missing_ok=True)
         try:
             await self.redis.ping()
         except redis.exceptions.RedisError as exc:

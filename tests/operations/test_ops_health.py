@@ -218,3 +218,35 @@ def test_probe_fails_a_server_past_its_recycle_bounds(ops_fleet: OpsFleet) -> No
 
     bad = _probe("--port", port, "--recycle-rss-mb", "0", env=env)
     assert bad.returncode == 2 and "--recycle-rss-mb" in bad.stderr
+
+
+def test_probe_with_a_ready_file_needs_the_provider_registered(ops_fleet: OpsFleet, tmp_path) -> None:
+    """Store mode: a CLI that answers is healthy only once its provider's ready file exists, names its port and a
+    live provider; the recycle bounds then measure the CLI the file names (the provider's child)."""
+    import json
+
+    server = ops_fleet.a
+    env = {"COPILOT_CONNECTION_TOKEN": ops_fleet.token, "COPILOT_HOME": str(server.home)}
+    ready = tmp_path / "provider.ready"
+    args = ("--port", str(server.port), "--ready-file", str(ready))
+
+    missing = _probe(*args, env=env)
+    assert missing.returncode == 1 and "has not registered yet" in missing.stdout, missing.stdout
+
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()
+    for info, words in (({"pid": os.getpid(), "port": server.port + 1, "cli_pid": server.proc.pid},
+                         f"names port {server.port + 1}"),
+                        ({"pid": dead_pid.pid, "port": server.port, "cli_pid": server.proc.pid}, "is gone"),
+                        ({"port": server.port}, "names no pid")):
+        ready.write_text(json.dumps(info))
+        result = _probe(*args, env=env)
+        assert result.returncode == 1 and words in result.stdout, (info, result.stdout)
+    ready.write_text("{not json")
+    assert _probe(*args, env=env).returncode == 1
+
+    ready.write_text(json.dumps({"pid": os.getpid(), "port": server.port, "cli_pid": server.proc.pid}))
+    fine = _probe(*args, env=env)
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    fat = _probe(*args, "--recycle-rss-mb", "64", env=env)
+    assert fat.returncode == 1 and "MiB > 64 MiB" in fat.stdout, fat.stdout

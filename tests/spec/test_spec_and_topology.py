@@ -289,12 +289,52 @@ def test_session_state_mistakes_name_the_key(values: dict[str, Any], key: str, w
     assert words in line
 
 
-def test_store_mode_is_refused_where_no_renderer_runs_the_provider_yet() -> None:
+CLUSTER = {"image": f"r.example/copilot-cli:{CLI_VERSION}", "githubToken": "t"}
+
+
+@pytest.mark.parametrize("platform", ["kubernetes", "azure"])
+def test_store_mode_runs_on_clusters_with_their_own_redis_on_an_emptydir_home(platform: str) -> None:
+    spec = spec_of({"githubToken"}, isolation="shared-cli", platform=platform, sessionState={"mode": "store"},
+                   **CLUSTER)
+    topology = build_topology(spec)
+    assert topology.store_mode and topology.lease_store == "in-cluster" and topology.session_volumes == []
+    assert not spec.home_is_persistent  # config and logs only: nothing a resume needs
+    assert spec.redis.memory_limit(spec.store_mode) == "1Gi"
+
+
+@pytest.mark.parametrize(("values", "key", "words"), [
+    ({"storage": {"storageClass": "nfs-client"}}, "fleet:storage.storageClass", "does not have"),
+    ({"redis": {"mode": "external", "url": "rediss://:p@r.example:6380/0"}}, "fleet:redis.mode", "runs its own"),
+    ({"redis": {"memory": "4Gi"}}, "fleet:redis.storageSize", "at least as much storage as memory"),
+    ({"autoscaling": {"maxReplicas": 2}}, "fleet:autoscaling.maxReplicas", "must be above fleet:replicas (2)"),
+    ({"autoscaling": {"maxReplicas": 4, "cpuUtilization": 5}}, "fleet:autoscaling.cpuUtilization", "10"),
+    ({"autoscaling": {"cpuUtilization": 50}}, "fleet:autoscaling.maxReplicas", ""),
+])
+def test_store_mode_and_autoscaling_mistakes_on_clusters_name_the_key(values: dict[str, Any], key: str,
+                                                                      words: str) -> None:
+    secret = {"githubToken", "redis"} if "redis" in values else {"githubToken"}
     with pytest.raises(ConfigError) as err:
-        spec_of({"githubToken"}, isolation="shared-cli", platform="kubernetes", sessionState={"mode": "store"},
-                image=f"r.example/copilot-cli:{CLI_VERSION}", githubToken="t", storage={"storageClass": "nfs"})
-    assert any(p.startswith("fleet:sessionState.mode: store is not available on platform kubernetes")
-               for p in err.value.problems), err.value.problems
+        spec_of(secret, isolation="shared-cli", platform="kubernetes", sessionState={"mode": "store"},
+                **CLUSTER, **values)
+    line = next((p for p in err.value.problems if p.startswith(key)), None)
+    assert line is not None, err.value.problems
+    assert words in line
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"isolation": "per-user", "users": [{"id": "a", "githubToken": "t"}], "autoscaling": {"maxReplicas": 3}},
+     "per-user runs exactly one server per user"),
+    ({"platform": "local", "autoscaling": {"maxReplicas": 3}}, "needs a cluster"),
+    ({"platform": "azure", "azure": {"redisSku": "Premium", "redisCapacity": 1}}, "no Azure Cache for Redis"),
+])
+def test_autoscaling_and_azure_cache_keys_are_refused_where_they_do_nothing(values: dict[str, Any],
+                                                                            words: str) -> None:
+    merged: dict[str, Any] = {"isolation": "shared-cli", "platform": "kubernetes", "sessionState": {"mode": "store"},
+                              **CLUSTER, **values}
+    secret = {"githubToken", "users"} if "users" in values else {"githubToken"}
+    with pytest.raises(ConfigError) as err:
+        spec_of(secret, **merged)
+    assert any(words in p for p in err.value.problems), err.value.problems
 
 
 def test_per_user_store_mode_accepts_fleet_redis_and_refuses_a_user_called_shared() -> None:

@@ -35,7 +35,8 @@ ONLY = {
     "shared-cli": SHARED,
     "shared-session": SHARED | {"test_shared_session_one_writer"},
 }
-KUBERNETES = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process"}
+KUBERNETES = {"test_pods_running", "test_session_state_mounted_and_writable", "test_cli_process",
+              "test_store_mode_pods_keep_no_session_state"}
 STORE = {"test_no_session_state_on_any_server", "test_resume_where_the_lease_is_not_bound_is_fenced"}
 ALL_CHECKS = EVERY_PATTERN | KUBERNETES | STORE | set().union(*ONLY.values())
 VOLUME_PATTERNS = ["shared-cli", "shared-session", "per-user"]
