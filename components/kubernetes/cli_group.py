@@ -16,7 +16,7 @@ import pulumi_kubernetes.core.v1 as core
 import pulumi_kubernetes.policy.v1 as policy
 
 from copilot_fleet.components.common import child_options
-from copilot_fleet.components.kubernetes import network, pod, secrets, storage, store
+from copilot_fleet.components.kubernetes import network, pod, storage, store
 from copilot_fleet.components.kubernetes.hooks import PlatformHooks
 from copilot_fleet.components.kubernetes.janitor import janitor_cron_job
 from copilot_fleet.components.kubernetes.meta import CLI, HEADLESS_SERVICE, SERVICE_ACCOUNT, FleetMeta
