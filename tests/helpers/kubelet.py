@@ -164,19 +164,27 @@ class Node:
     def start(self) -> Node:
         used = set()
         for line in podman("network", "ls", "--format", "{{.Name}}").stdout.split():
-            inspected = json.loads(podman("network", "inspect", line).stdout or "[]")
+            inspected = json.loads(podman("network", "inspect", line, check=False).stdout or "[]")  # may be gone
             for net in inspected:
                 for sub in net.get("subnets") or []:
                     used.add(ipaddress.ip_network(sub["subnet"]))
+        self.network = f"{self.prefix}-net"
+        # Another run on this machine (another checkout's tier) may take a free subnet between the listing above
+        # and the create below: podman then refuses it as "already used", and the next free one is tried.
         for third in range(100, 250):
             candidate = ipaddress.IPv4Network(f"10.89.{third}.0/24")
-            if not any(candidate.overlaps(u) for u in used):
+            if any(candidate.overlaps(u) for u in used):
+                continue
+            created = podman("network", "create", "--subnet", str(candidate), self.network, check=False)
+            if created.returncode == 0:
                 self.subnet = candidate
                 break
+            if "already used" not in created.stderr:
+                raise RuntimeError(f"podman network create {self.network} --subnet {candidate} exited "
+                                   f"{created.returncode}: {created.stderr.strip()[-2000:]}")
+            used.add(candidate)
         if self.subnet is None:
             raise RuntimeError("no free 10.89.x.0/24 subnet for the pod network")
-        self.network = f"{self.prefix}-net"
-        podman("network", "create", "--subnet", str(self.subnet), self.network)
         self._created_network = True
         self.root.mkdir(parents=True, exist_ok=True)
         return self
