@@ -239,11 +239,7 @@ def _targets(results: Results) -> str:
 
 def _kept_block(doc: Path) -> str:
     """The session store block of the document as it is, for a run that did not measure it."""
-    text = doc.read_text() if doc.exists() else ""
-    if session_store.BEGIN not in text or session_store.END not in text:
-        return ""
-    _, _, rest = text.partition(session_store.BEGIN)
-    return session_store.BEGIN + rest.partition(session_store.END)[0] + session_store.END
+    return common.marked_block(doc, session_store.BEGIN, session_store.END)
 
 
 def write_doc(results: Results, doc: Path, quick: bool) -> None:
