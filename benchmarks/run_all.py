@@ -360,6 +360,14 @@ VmRSS is read from `/proc/<pid>/status` of the CLI process (PID from supervisord
 
 ![scale]({rel}/scale.png)
 """)  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
+    scale_store = common.marked_block(doc, scale.STORE_BEGIN, scale.STORE_END)
+    if scale_store:  # measured on a fleet of its own by `scale.py --store`, not by this run: kept as it is
+        parts.append(f"""{scale.STORE_HEADING}
+
+Not measured by run_all.py: the figures below are the last ones `benchmarks/scale.py --store` wrote.
+
+{scale_store}
+""")
     store_block = session_store.doc_block(results.store) if results.store is not None else _kept_block(doc)
     if store_block:
         parts.append(f"""## Session state in a store against a shared directory
