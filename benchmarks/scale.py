@@ -374,8 +374,8 @@ def plot(r: ScaleResult, path: Path) -> Path:
 def store_block(r: ScaleResult, when: str, load: str, load_end: str, image: str) -> str:
     """The store-mode block of docs/benchmarks.md: how it is measured, and this run's figures."""
     return f"""{STORE_BEGIN}
-Measured by `benchmarks/scale.py --store` on {when} (load average {load} at the start, {load_end} at the end, on
-2 cores: other jobs shared the machine, so the times are upper bounds). A 1-replica shared-cli local fleet with
+Measured by `benchmarks/scale.py --store` on {when}; load average {load} at the start,
+{load_end} at the end (2 cores: other jobs shared the machine, so the times are upper bounds). A 1-replica shared-cli local fleet with
 `fleet:sessionState: {{mode: store}}`: the CLI behind its session store provider, session state in the fleet's
 redis-server. Every session is attached through the fleet client (`FleetClient`, one SDK client, TCP_NODELAY), which
 leases it and binds the lease to the replica; closing detaches and releases; deleting takes the lease again and
