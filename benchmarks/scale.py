@@ -373,15 +373,18 @@ def plot(r: ScaleResult, path: Path) -> Path:
 
 def store_block(r: ScaleResult, when: str, load: str, load_end: str, image: str) -> str:
     """The store-mode block of docs/benchmarks.md: how it is measured, and this run's figures."""
+    cores = os.cpu_count() or 1
+    busy = max(float(x) for x in (*load.split("/"), *load_end.split("/"))) > 0.75 * cores
+    shared = ": other jobs shared the machine, so the times are upper bounds" if busy else ""
     return f"""{STORE_BEGIN}
 Measured by `benchmarks/scale.py --store` on {when}; load average {load} at the start,
-{load_end} at the end (2 cores: other jobs shared the machine, so the times are upper bounds). A 1-replica shared-cli local fleet with
-`fleet:sessionState: {{mode: store}}`: the CLI behind its session store provider, session state in the fleet's
-redis-server. Every session is attached through the fleet client (`FleetClient`, one SDK client, TCP_NODELAY), which
-leases it and binds the lease to the replica; closing detaches and releases; deleting takes the lease again and
-deletes from the store. Levels, sends and stop rules as in volume mode above. VmRSS of the CLI (its pid from the
-provider's ready file) and of the provider; Redis `used_memory` (INFO memory), which includes the leases and
-bindings.
+{load_end} at the end ({cores} cores{shared}).
+A 1-replica shared-cli local fleet with `fleet:sessionState: {{mode: store}}`: the CLI behind its session store
+provider, session state in the fleet's redis-server. Every session is attached through the fleet client
+(`FleetClient`, one SDK client, TCP_NODELAY), which leases it and binds the lease to the replica; closing detaches
+and releases; deleting takes the lease again and deletes from the store. Levels, sends and stop rules as in volume
+mode above. VmRSS of the CLI (its pid from the provider's ready file) and of the provider; Redis `used_memory`
+(INFO memory), which includes the leases and bindings.
 
 {report(r)}
 
