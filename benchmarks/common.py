@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
+from copilot_fleet.local.operate import cli_service  # noqa: E402
 from copilot_fleet.local.paths import StatePaths  # noqa: E402
 from copilot_fleet.local.supervisor import Supervisor, read_record  # noqa: E402
-from copilot_fleet.pod import procfs  # noqa: E402
+from copilot_fleet.pod import procfs, provider_ready  # noqa: E402
 from copilot_fleet.pod.ports import free_port_block  # noqa: E402
 from copilot_fleet.sessiondir import INUSE_LOCK_GLOB  # noqa: E402
 from copilot_fleet.target import Target, load_target  # noqa: E402
@@ -100,14 +101,16 @@ def fleet_env() -> dict[str, str]:
     return env
 
 
-def shared_cli_stack(replicas: int) -> str:
-    """A throwaway shared-cli local stack on a free block of ports (replicas, then endpoint, redis, model)."""
+def shared_cli_stack(replicas: int, *, store: bool = False) -> str:
+    """A throwaway shared-cli local stack on a free block of ports (replicas, then endpoint, redis, model); with
+    `store`, session state in the session store (each CLI behind its provider, docs/session-store.md)."""
     base = free_port_block(replicas + 3)
+    state = "  fleet:sessionState:\n    mode: store\n" if store else ""
     return f"""config:
   fleet:isolation: shared-cli
   fleet:platform: local
   fleet:replicas: {replicas}
-  fleet:local:
+{state}  fleet:local:
     replicaBasePort: {base}
     endpointPort: {base + replicas}
     redisPort: {base + replicas + 1}
@@ -117,20 +120,22 @@ def shared_cli_stack(replicas: int) -> str:
 
 @dataclass
 class LocalFleet:
-    """A shared-cli fleet (replicas, Redis, HAProxy, test model) in a temp project with free ports."""
+    """A shared-cli fleet (replicas, Redis, HAProxy, test model) in a temp project with free ports; with `store`,
+    session state in the session store (the supervised program of each replica is then its provider)."""
 
     dir: Path
     replicas: int
     target: Target | None = None
     up_seconds: float = 0.0
+    store: bool = False
 
     @classmethod
-    def create(cls, replicas: int = 2) -> LocalFleet:
+    def create(cls, replicas: int = 2, *, store: bool = False) -> LocalFleet:
         where = Path(tempfile.mkdtemp(prefix="copilot-fleet-bench-"))
         (where / "stacks").mkdir()
         (where / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-        (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(shared_cli_stack(replicas))
-        return cls(where, replicas)
+        (where / "stacks" / f"Pulumi.{STACK}.yaml").write_text(shared_cli_stack(replicas, store=store))
+        return cls(where, replicas, store=store)
 
     @property
     def paths(self) -> StatePaths:
@@ -159,11 +164,29 @@ class LocalFleet:
         return int(self.supervisor().processes()[name]["pid"])
 
     def rss_mib(self, name: str) -> float:
-        """VmRSS of a fleet process, from /proc/<pid>/status."""
-        kib = procfs.rss_kib(self.pid(name))
-        if kib is None:
-            raise RuntimeError(f"{name} has no VmRSS (not running?)")
-        return kib / 1024
+        """VmRSS of a fleet process (the supervised one: in store mode the provider), from /proc/<pid>/status."""
+        return _rss_mib(self.pid(name), name)
+
+    def ready_file(self, name: str) -> Path:
+        """Store mode: the ready file of replica `name`'s provider (as the fleet's manifest names it)."""
+        ready = cli_service(self.paths, STACK, name).ready_file
+        if ready is None:
+            raise RuntimeError(f"{name} has no session store provider: this fleet is not in store mode")
+        return Path(ready)
+
+    def cli_pid(self, name: str) -> int:
+        """The CLI's own pid: supervisord's in volume mode; in store mode the provider's child, which the provider's
+        ready file names (the supervised process is the provider)."""
+        if not self.store:
+            return self.pid(name)
+        pid = provider_ready.cli_pid(self.ready_file(name))
+        if pid is None:
+            raise RuntimeError(f"{name}: the provider's ready file {self.ready_file(name)} names no CLI pid")
+        return pid
+
+    def cli_rss_mib(self, name: str) -> float:
+        """VmRSS of replica `name`'s CLI process."""
+        return _rss_mib(self.cli_pid(name), f"the CLI of {name}")
 
     def replica_of(self, session_id: str) -> str | None:
         """The address of the replica that has `session_id` attached: the CLI writes
@@ -191,6 +214,13 @@ class LocalFleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _rss_mib(pid: int, what: str) -> float:
+    kib = procfs.rss_kib(pid)
+    if kib is None:
+        raise RuntimeError(f"{what} (pid {pid}) has no VmRSS (not running?)")
+    return kib / 1024
 
 
 # --- SDK ------------------------------------------------------------------------------------------------------
@@ -313,3 +343,24 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def marked_block(doc: Path, begin: str, end: str) -> str:
+    """The block of `doc` between the markers `begin` and `end`, markers included ("" if it has none)."""
+    text = doc.read_text() if doc.exists() else ""
+    if begin not in text or end not in text:
+        return ""
+    _, _, rest = text.partition(begin)
+    return begin + rest.partition(end)[0] + end
+
+
+def write_marked_block(doc: Path, begin: str, end: str, block: str, heading: str) -> None:
+    """Replace the block between the markers in `doc`, or append it under `heading` (a markdown heading line)."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
+    doc.write_text(text)

@@ -239,11 +239,7 @@ def _targets(results: Results) -> str:
 
 def _kept_block(doc: Path) -> str:
     """The session store block of the document as it is, for a run that did not measure it."""
-    text = doc.read_text() if doc.exists() else ""
-    if session_store.BEGIN not in text or session_store.END not in text:
-        return ""
-    _, _, rest = text.partition(session_store.BEGIN)
-    return session_store.BEGIN + rest.partition(session_store.END)[0] + session_store.END
+    return common.marked_block(doc, session_store.BEGIN, session_store.END)
 
 
 def write_doc(results: Results, doc: Path, quick: bool) -> None:
@@ -364,6 +360,14 @@ VmRSS is read from `/proc/<pid>/status` of the CLI process (PID from supervisord
 
 ![scale]({rel}/scale.png)
 """)  # noqa: E501 - markdown for docs/: table rows and paragraphs are one line each
+    scale_store = common.marked_block(doc, scale.STORE_BEGIN, scale.STORE_END)
+    if scale_store:  # measured on a fleet of its own by `scale.py --store`, not by this run: kept as it is
+        parts.append(f"""{scale.STORE_HEADING}
+
+Not measured by run_all.py: the figures below are the last ones `benchmarks/scale.py --store` wrote.
+
+{scale_store}
+""")
     store_block = session_store.doc_block(results.store) if results.store is not None else _kept_block(doc)
     if store_block:
         parts.append(f"""## Session state in a store against a shared directory

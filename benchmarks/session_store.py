@@ -352,14 +352,7 @@ other application connection has TCP_NODELAY, and the provider's connection to i
 
 def write_block(doc: Path, block: str) -> None:
     """Replace the block between the markers in `doc` (or append it under its own heading)."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n## Session state in a store against a shared directory\n\n" + block + "\n"
-    doc.write_text(text)
+    common.write_marked_block(doc, BEGIN, END, block, "## Session state in a store against a shared directory")
 
 
 def report(results: dict[str, Any]) -> str:

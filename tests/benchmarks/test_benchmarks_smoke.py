@@ -186,3 +186,27 @@ def test_sockopts_reads_and_sets_another_process_socket() -> None:
         finally:
             child.kill()
             child.wait(timeout=10)
+
+
+def test_scale_in_store_mode_attaches_through_the_fleet_client_and_reads_both_processes() -> None:
+    """`scale.py --store` at its smallest size on a 1-replica store-mode fleet: every session leased and bound (a
+    write that is not would fail the send), the CLI's and the provider's memory as two processes, Redis growing
+    with the sessions, and a recycle that waits for the new provider to register."""
+    if not common.CLI.exists():
+        pytest.skip(f"Copilot CLI not installed at {common.CLI}")
+    fleet = common.LocalFleet.create(replicas=1, store=True)
+    try:
+        fleet.up()
+        name = fleet.replica_name(0)
+        provider, cli = fleet.pid(name), fleet.cli_pid(name)
+        assert provider != cli
+        r = common.run(scale.measure(fleet, (1, 2), settle=0.5))
+        assert [lv.sessions for lv in r.levels] == [1, 2] and all(lv.errors == 0 for lv in r.levels), \
+            r.error_examples
+        assert all(lv.provider_rss_mib > 10 and lv.rss_mib > 50 for lv in r.levels)
+        assert r.levels[-1].redis_mib > r.idle_redis_mib  # the sessions' state is in Redis
+        assert fleet.cli_pid(name) != cli and r.after_recycle_rss_mib > 60  # a new CLI under a new provider
+        assert "provider VmRSS MiB" in scale.report(r)
+    finally:
+        fleet.down()
+    assert not fleet.fleet_pids(), "processes of the benchmark fleet survived down"
