@@ -6,7 +6,7 @@
 #
 # --procs: busy processes (default 3 per core); --seconds: the burner's hard bound (default 5400). Stacks that are
 # running are refused (this starts and stops its own fleets). Prints one line per step with its time and the load
-# average, and exits 1 if any step failed. Results of a run: docs/reliability.md ("Under CPU load").
+# average, and exits 1 if any step failed. Results of a run: docs/verification.md ("Under CPU load").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
