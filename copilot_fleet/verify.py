@@ -27,12 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from copilot_fleet import timescale
 from copilot_fleet.errors import FleetError
 
 Outcome = Literal["passed", "failed", "skipped"]
 
 RESULTS_OPTION = "--verify-results"
-DEFAULT_TIMEOUT_SECONDS = 120.0
+# Bounds on an idle machine; the defaults are scaled to the machine's load when a run starts (timescale.py).
+DEFAULT_TIMEOUT_SECONDS = 120.0  # the whole run
+DEFAULT_SMOKE_TIMEOUT_SECONDS = 30.0  # any single wait of a check (--smoke-timeout): a turn, a connect, a lease
 _MESSAGE_LIMIT = 400
 
 _SYMBOL: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
@@ -137,7 +140,8 @@ def run_smoke_tests(
     project_dir: Path | None,
     target_label: str,
     fleet_state: Path | None = None,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    timeout: float | None = None,
+    smoke_timeout: float | None = None,
     select: str | None = None,
     stream_output: bool = False,
     extra_args: Sequence[str] = (),
@@ -147,12 +151,15 @@ def run_smoke_tests(
     """Run the smoke suite against `target_file` in a child pytest; return the report when it ends.
 
     `timeout` bounds the whole run: the child (and anything it started in its process group) is killed then, and
-    the report says so. `on_result` is called as each check finishes (for live progress). `stream_output` passes
-    pytest's own output through instead of keeping it for the report. `pass_fds`: descriptors the child inherits
-    (a `target_file` of the form /dev/fd/N).
+    the report says so. `smoke_timeout` bounds each single wait of a check. Either defaults to its DEFAULT_ value
+    scaled to the machine's load (`copilot_fleet.timescale`). `on_result` is called as each check finishes (for
+    live progress). `stream_output` passes pytest's own output through instead of keeping it for the report.
+    `pass_fds`: descriptors the child inherits (a `target_file` of the form /dev/fd/N).
     """
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+    timeout = timescale.scaled(DEFAULT_TIMEOUT_SECONDS) if timeout is None else timeout
+    smoke_timeout = timescale.scaled(DEFAULT_SMOKE_TIMEOUT_SECONDS) if smoke_timeout is None else smoke_timeout
+    if not timeout > 0 or not smoke_timeout > 0:
+        raise ValueError(f"timeouts must be > 0 seconds, got {timeout} (run) and {smoke_timeout} (single wait)")
     suite = find_smoke_tests(project_dir)
     report = VerifyReport(target=target_label)
     with tempfile.TemporaryDirectory(prefix="copilot-fleet-verify-") as tmp:
@@ -165,6 +172,7 @@ def run_smoke_tests(
             "-p", "copilot_fleet.verify", RESULTS_OPTION, str(results_path),
             "-p", "no:cacheprovider", "--color=no", "--no-header",
             "-q" if stream_output else "-qq", "--tb=short", "-rN",
+            f"--smoke-timeout={smoke_timeout:g}",
         ]
         if fleet_state is not None:
             argv += ["--fleet-state", str(fleet_state)]
@@ -198,7 +206,8 @@ def run_smoke_tests(
                         report.timed_out = True
                         _stop_group(child)
                         report.problem = (f"the run was stopped after {timeout:g} s (checks still running are "
-                                          "not reported); raise --timeout or look for a hung server")
+                                          "not reported); look for a hung server, or raise --timeout on a busy "
+                                          f"machine (or {timescale.ENV_VAR}, which scales every default bound)")
                         break
                 for result in reader.read_new():  # anything written between the last poll and the exit
                     report.checks.append(result)

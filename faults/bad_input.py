@@ -32,7 +32,7 @@ from copilot_fleet.client import (
 from copilot_fleet.target import Target, TargetError, load_target
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, reply_watching, snapshot_tree, tree_changes
+from faults.sessions import SMALL, call_timeout, reply_watching, snapshot_tree, tree_changes
 
 BAD_SESSION_IDS = {
     "empty": "",
@@ -73,8 +73,8 @@ async def bad_input(fleet: FleetUnderTest, workdir: Path) -> ScenarioResult:
     secrets = secret_values(fleet)
     workdir.mkdir(parents=True, exist_ok=True)
     async with ClientPool() as pool:
-        alice = FleetClient(target, user="alice", pool=pool, call_timeout=30)
-        mallory = FleetClient(target, user="mallory", pool=pool, call_timeout=30)
+        alice = FleetClient(target, user="alice", pool=pool, call_timeout=call_timeout())
+        mallory = FleetClient(target, user="mallory", pool=pool, call_timeout=call_timeout())
         s = await alice.create_session("private", **SMALL)
         await reply_watching(s, "remember: alicesecret")
         await s.close()
@@ -206,7 +206,7 @@ def _credential_cases(fleet: FleetUnderTest, pool: ClientPool) -> list[Case]:
         return target.model_copy(update=update)
 
     async def create(t: Target, user: str) -> Any:
-        async with FleetClient(t, user=user, pool=pool, call_timeout=30) as fc:
+        async with FleetClient(t, user=user, pool=pool, call_timeout=call_timeout()) as fc:
             return await fc.create_session("bad", **SMALL)
 
     return [

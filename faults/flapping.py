@@ -20,7 +20,7 @@ from copilot_fleet.client import ClientPool, FleetClient, FleetClientError
 from copilot_fleet.local import lbstats
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
+from faults.sessions import SMALL, ReplicaGone, call_timeout, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 OP_BOUND = 40.0  # seconds: an operation slower than this counts as an unbounded error
@@ -54,7 +54,7 @@ async def replica_flapping(fleet: FleetUnderTest, *, duration: float, workers: i
     async def worker(i: int) -> None:
         user = f"flap{i}"
         async with ClientPool(connect_timeout=5) as pool, \
-                FleetClient(endpoint_only, user=user, pool=pool, call_timeout=30) as fc:
+                FleetClient(endpoint_only, user=user, pool=pool, call_timeout=call_timeout()) as fc:
             sid: str | None = None
             completed: list[str] = []
             sent: set[str] = set()

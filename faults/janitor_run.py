@@ -20,7 +20,7 @@ from copilot_fleet.pod.janitor import DEFAULT_LOCK_GRACE, Janitor, last_activity
 from copilot_fleet.sessiondir import LOCKS_DIR, WORKSPACE, is_session_id
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
+from faults.sessions import SMALL, call_timeout, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 DAY = 86400
@@ -75,7 +75,7 @@ async def janitor_live(fleet: FleetUnderTest, *, rounds: int, budget: float,
             if time.monotonic() > deadline:
                 r.notes.append(f"stopped after {k} rounds: the time budget ran out")
                 break
-            fc = FleetClient(fleet.target, user=f"jan{k}", pool=pool, call_timeout=30)
+            fc = FleetClient(fleet.target, user=f"jan{k}", pool=pool, call_timeout=call_timeout())
             open_handles = []
             failed_before = len(r.failed_checks)
             try:

@@ -23,7 +23,7 @@ from copilot_fleet.sessiondir import EVENTS
 from faults.fleet_under_test import FleetUnderTest, Identity
 from faults.history import check_history
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, ReplicaGone, close_quietly, recalled_words, reply_watching
+from faults.sessions import SMALL, ReplicaGone, call_timeout, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 
@@ -77,7 +77,7 @@ async def sigkill_mid_turn(fleet: FleetUnderTest, *, kills: int, budget: float, 
     rotation = 0
 
     async with ClientPool(connect_timeout=5) as pool:
-        clients = {u: FleetClient(target, user=u, pool=pool, call_timeout=30) for u in tracked}
+        clients = {u: FleetClient(target, user=u, pool=pool, call_timeout=call_timeout()) for u in tracked}
         try:
             for t in tracked.values():
                 session = await clients[t.user].create_session("kill", **SMALL)

@@ -23,7 +23,7 @@ from copilot_fleet.client import ClientPool, FleetClient, LeaseLost, LeaseUnavai
 from copilot_fleet.local import probes
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
+from faults.sessions import SMALL, call_timeout, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 
@@ -48,7 +48,7 @@ async def redis_outage(fleet: FleetUnderTest, *, outages: int, attempts: int, bu
     deadline = time.monotonic() + budget
 
     async with ClientPool() as pool:
-        bystander = FleetClient(target, user="bystander", pool=pool, lease_ttl=lease_ttl, call_timeout=30)
+        bystander = FleetClient(target, user="bystander", pool=pool, lease_ttl=lease_ttl, call_timeout=call_timeout())
         try:
             b = await bystander.create_session("outage", **SMALL)
             bystander_sid = b.session_id
@@ -85,8 +85,8 @@ async def _one_outage(fleet: FleetUnderTest, k: int, mode: str, pool: ClientPool
     target = fleet.target
     failed = False
     r.runs += 1
-    holder_client = FleetClient(target, user=f"holder{k}", pool=pool, lease_ttl=lease_ttl, call_timeout=30)
-    newcomer = FleetClient(target, user=f"newcomer{k}", pool=pool, lease_ttl=lease_ttl, call_timeout=30)
+    holder_client = FleetClient(target, user=f"holder{k}", pool=pool, lease_ttl=lease_ttl, call_timeout=call_timeout())
+    newcomer = FleetClient(target, user=f"newcomer{k}", pool=pool, lease_ttl=lease_ttl, call_timeout=call_timeout())
     holder = None
     try:
         holder = await holder_client.create_session("outage", **SMALL)

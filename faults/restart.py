@@ -17,7 +17,7 @@ from pathlib import Path
 from copilot_fleet.client import ClientPool, FleetClient, ReplicaUnavailable
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, recalled_words, reply_watching
+from faults.sessions import SMALL, call_timeout, recalled_words, reply_watching
 from faults.writers import pinned
 
 Progress = Callable[[str], None]
@@ -45,7 +45,7 @@ async def restart_identity(fleet: FleetUnderTest, *, restarts: int, budget: floa
             name = names[k % len(names)]
             how = "supervisorctl restart" if k % 2 == 0 else "SIGKILL + autorestart"
             fc = FleetClient(pinned(fleet.target, fleet.address_of(name)), user=f"restart{k}", pool=pool,
-                             call_timeout=30)
+                             call_timeout=call_timeout())
             try:
                 await asyncio.to_thread(fleet.wait_healthy, [name], 90)
                 s = await fc.create_session("restart", **SMALL)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from copilot_fleet.client import SessionDisconnected
 from copilot_fleet.errors import FleetError
+from copilot_fleet.timescale import scaled
 
 if TYPE_CHECKING:
     from copilot_fleet.client import FleetSession
@@ -30,6 +31,13 @@ SMALL: dict[str, Any] = {
 }
 
 _RECALLED = re.compile(r"recalled: (.*)$", re.MULTILINE)
+
+
+def call_timeout() -> float:
+    """The fleet client's bound on one call to a CLI server in the scenarios: 30 s on an idle machine, times the
+    machine's time scale. A create or a turn takes several times longer on a busy machine; the scenarios judge how
+    the fleet handles faults, not how fast the machine is."""
+    return scaled(30)
 
 
 class ReplicaGone(FleetError, ConnectionError):
@@ -47,10 +55,11 @@ def recalled_words(reply: str | None) -> list[str] | None:
     return [] if body == "(nothing)" else [w.strip() for w in body.split(",") if w.strip()]
 
 
-async def reply_watching(session: FleetSession, prompt: str, *, timeout: float = 60.0) -> str | None:
-    """`session.reply(prompt)`, with the end of the connection to its server raised as ReplicaGone."""
+async def reply_watching(session: FleetSession, prompt: str, *, timeout: float | None = None) -> str | None:
+    """`session.reply(prompt)`, with the end of the connection to its server raised as ReplicaGone (`timeout`:
+    by default 60 s times the machine's time scale)."""
     try:
-        return await session.reply(prompt, timeout=timeout)
+        return await session.reply(prompt, timeout=scaled(60) if timeout is None else timeout)
     except SessionDisconnected as exc:
         raise ReplicaGone(str(exc)) from exc
 

@@ -32,7 +32,15 @@ from copilot_fleet.sessiondir import EVENTS
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching, snapshot_tree, tree_changes
+from faults.sessions import (
+    SMALL,
+    call_timeout,
+    close_quietly,
+    recalled_words,
+    reply_watching,
+    snapshot_tree,
+    tree_changes,
+)
 
 Progress = Callable[[str], None]
 PAGE = 4096
@@ -75,7 +83,7 @@ async def storage_faults(fleet: FleetUnderTest, *, free_pages: tuple[int, ...] =
         return r.finish()
     state = fleet.session_state
     async with ClientPool() as pool:
-        fc = FleetClient(fleet.target, user="storage", pool=pool, call_timeout=30)
+        fc = FleetClient(fleet.target, user="storage", pool=pool, call_timeout=call_timeout())
         try:
             await _read_only(fleet, fc, state, reply_timeout, r)
             progress("storage: read-only done")

@@ -25,7 +25,7 @@ from copilot_fleet.target import Target
 from faults.fleet_under_test import FleetUnderTest
 from faults.history import check_history
 from faults.measure import ScenarioResult
-from faults.sessions import SMALL, close_quietly, recalled_words, reply_watching
+from faults.sessions import SMALL, call_timeout, close_quietly, recalled_words, reply_watching
 
 Progress = Callable[[str], None]
 
@@ -71,9 +71,10 @@ async def two_writers(fleet: FleetUnderTest, *, rounds: int, sessions: int, budg
     sids: dict[str, str] = {}
 
     async with ClientPool() as pool_a, ClientPool() as pool_b:
+        bound = call_timeout()
         apps = {
-            "A": {u: FleetClient(pinned(target, replicas[0]), user=u, pool=pool_a, call_timeout=30) for u in users},
-            "B": {u: FleetClient(pinned(target, replicas[1]), user=u, pool=pool_b, call_timeout=30) for u in users},
+            "A": {u: FleetClient(pinned(target, replicas[0]), user=u, pool=pool_a, call_timeout=bound) for u in users},
+            "B": {u: FleetClient(pinned(target, replicas[1]), user=u, pool=pool_b, call_timeout=bound) for u in users},
         }
         try:
             for u in users:

@@ -6,7 +6,8 @@ optional state directory of a local fleet adds host checks (files, modes, proces
 
 Checks are plain (synchronous) tests that drive coroutines on one event loop for the whole run (`aio.run`), so
 one SDK client per CLI server is opened once (`pool`) and stopped once at the end: every `CopilotClient.stop()`
-costs about a second. Every wait is bounded by `--smoke-timeout`.
+costs about a second. Every wait is bounded by `--smoke-timeout` (by default 30 s times the machine's time scale,
+copilot_fleet/timescale.py: longer on a busy machine).
 
 Helpers live here (not in an importable module) so that the suite works under any pytest import mode and when
 copied into someone else's CI.
@@ -25,11 +26,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from copilot_fleet import timescale
 from copilot_fleet.target import Target, TargetError, load_target
+from copilot_fleet.verify import DEFAULT_SMOKE_TIMEOUT_SECONDS
 
 T = TypeVar("T")
 
 TARGET_KEY = pytest.StashKey[Target]()
+TIMEOUT_KEY = pytest.StashKey[float]()
 
 # Users for fleets whose servers are shared (per-user fleets bring their own). The second contains '-', the case
 # that breaks an ownership check that splits the id on '-'.
@@ -44,8 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fleet-state", metavar="DIR", default=None,
                     help="a local fleet's state directory (<project>/.fleet/<stack>): enables host checks on "
                          "this machine (process list, ports, file modes, logs)")
-    group.addoption("--smoke-timeout", metavar="SECONDS", type=float, default=30.0,
-                    help="upper bound for any single wait: a model turn, a connect, a lease (default 30)")
+    group.addoption("--smoke-timeout", metavar="SECONDS", type=float, default=None,
+                    help=f"upper bound for any single wait: a model turn, a connect, a lease (default "
+                         f"{DEFAULT_SMOKE_TIMEOUT_SECONDS:g} s times the machine's time scale: the load average per "
+                         f"core, or {timescale.ENV_VAR})")
     group.addoption("--kube-context", metavar="NAME", default=None,
                     help="kubectl context for the in-pod checks (default: the current context)")
     group.addoption("--kube-namespace", metavar="NS", default=None,
@@ -72,8 +78,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if state is not None and not Path(state).is_dir():
         raise pytest.UsageError(f"--fleet-state: {state} is not a directory (expected <project>/.fleet/<stack>)")
     config.addinivalue_line("markers", "applies(isolation=(...), platform=(...)): where a check applies")
-    if not config.getoption("--smoke-timeout") > 0:
+    given = config.getoption("--smoke-timeout")
+    if given is not None and not given > 0:
         raise pytest.UsageError("--smoke-timeout must be a positive number of seconds")
+    try:
+        config.stash[TIMEOUT_KEY] = given if given is not None else timescale.scaled(DEFAULT_SMOKE_TIMEOUT_SECONDS)
+    except timescale.TimeScaleError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,8 @@ def _descriptor(path: Path) -> tuple[int, ...]:
 
 @pytest.fixture(scope="session")
 def timeout(pytestconfig: pytest.Config) -> float:
-    return float(pytestconfig.getoption("--smoke-timeout"))
+    """The bound for any single wait (--smoke-timeout, or its default scaled to this machine's load)."""
+    return pytestconfig.stash[TIMEOUT_KEY]
 
 
 @pytest.fixture(scope="session")

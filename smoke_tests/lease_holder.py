@@ -2,8 +2,10 @@
 
 Started by test_shared_session.py as a separate process so that it can die the hard way (SIGKILL) while holding
 the lease: nothing in it gets to release anything, which is what a crashed application server looks like.
-Prints `HOLDING <address>` once it holds the lease and its turn is answered; exits on its own after --hold
-seconds if nobody kills it (a bound, not the expected path).
+Prints one line per step, so that the test waits for each step as an event and can say which one did not come:
+`READY` (started, target read), `JOINED <address>` (holds the lease), `HOLDING <address> <answer>` (its turn is
+answered), or `FAILED <error>`. Exits on its own after --hold seconds if nobody kills it (a bound, not the expected
+path).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from copilot_fleet.target import load_target
 
 async def hold(args: argparse.Namespace) -> int:
     target = load_target(args.target)
+    print("READY", flush=True)
     async with FleetClient(target, user=args.user, lease_ttl=args.ttl, call_timeout=args.timeout) as fleet:
         session = await fleet.join_shared_session(args.name, wait=args.timeout)
+        print(f"JOINED {session.address}", flush=True)
         answer = await session.reply(args.prompt, timeout=args.timeout)
         print(f"HOLDING {session.address} {answer!r}", flush=True)
         await asyncio.sleep(args.hold)  # the lease renews in the background meanwhile

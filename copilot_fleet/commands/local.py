@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "under supervisord, on 127.0.0.1, and wait until each answers. Running it on a "
                                    "fleet that is up changes nothing.")
     _stack_arg(p)
-    p.add_argument("--timeout", type=_seconds, default=60.0,
-                   help="seconds to wait for every server to answer (default 60)")
+    p.add_argument("--timeout", type=_seconds, default=None,
+                   help="seconds to wait for every server to answer (default 60, times the machine's time scale on "
+                        "a busy machine: the load average per core, or COPILOT_FLEET_TIME_SCALE)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop a local fleet; session data stays unless --purge",

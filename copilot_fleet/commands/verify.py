@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="label selector of the CLI pods (default app.kubernetes.io/name=copilot-cli,"
                         "app.kubernetes.io/instance=STACK)")
     p.add_argument("-k", dest="select", metavar="EXPR", help="run only the checks matching EXPR (pytest -k)")
-    p.add_argument("--timeout", type=_seconds, default=120.0,
-                   help="stop the whole run after this many seconds (default 120)")
+    p.add_argument("--timeout", type=_seconds, default=None,
+                   help="stop the whole run after this many seconds (default 120, times the machine's time scale "
+                        "on a busy machine: the load average per core, or COPILOT_FLEET_TIME_SCALE)")
     p.add_argument("--json", dest="json_file", metavar="FILE", help="also write the report as JSON to FILE")
     p.add_argument("-v", "--verbose", action="store_true", help="show pytest's own output as it runs")
     p.set_defaults(func=cmd_verify)
@@ -205,11 +206,27 @@ def _resolved(args: argparse.Namespace, project_dir: Path | None) -> Iterator[Re
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from copilot_fleet.verify import CheckResult, VerifyError, run_smoke_tests
+    from copilot_fleet import timescale
+    from copilot_fleet.verify import (
+        DEFAULT_SMOKE_TIMEOUT_SECONDS,
+        DEFAULT_TIMEOUT_SECONDS,
+        CheckResult,
+        VerifyError,
+        run_smoke_tests,
+    )
 
+    # One factor for the run (the load average now, or COPILOT_FLEET_TIME_SCALE): the whole run and every single
+    # wait of its checks get longer together on a busy machine. A --timeout given is taken as it is.
+    scale, why = timescale.measure()
+    smoke_timeout = DEFAULT_SMOKE_TIMEOUT_SECONDS * scale
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT_SECONDS * scale
     project_dir = _project_dir(args)
     with _resolved(args, project_dir) as resolved:
         print(f"copilot-fleet verify: {resolved.label}", flush=True)
+        if scale > 1:
+            print(f"  bounds   {args.timeout:.0f} s for the run, {smoke_timeout:.0f} s for any single wait: "
+                  f"x{scale:g} for a busy machine ({why})", flush=True)
         if resolved.forwards is not None:
             print("\n".join(f"  forward  {line}" for line in resolved.forwards.describe()), flush=True)
 
@@ -223,7 +240,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         passed_on = [f"--{name.replace('_', '-')}={value}" for name, value in options.items() if value is not None]
         try:
             report = run_smoke_tests(resolved.path, project_dir=project_dir, target_label=resolved.label,
-                                     fleet_state=resolved.fleet_state, timeout=args.timeout, select=args.select,
+                                     fleet_state=resolved.fleet_state, timeout=args.timeout,
+                                     smoke_timeout=smoke_timeout, select=args.select,
                                      stream_output=args.verbose, extra_args=passed_on,
                                      pass_fds=() if resolved.fd is None else (resolved.fd,),
                                      on_result=None if args.verbose else progress)

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from copilot_fleet import cli_logs
+from copilot_fleet import cli_logs, timescale
 from copilot_fleet.local import accounts, confine, lbstats, probes, sealed_cli
 from copilot_fleet.local import supervisor as sv
 from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisord_conf, tasks_conf
 from copilot_fleet.local.errors import LocalFleetError
-from copilot_fleet.local.operate import drained_servers, restore_rotation
+from copilot_fleet.local.operate import drained_servers, haproxy_command, restore_rotation
 from copilot_fleet.local.paths import StatePaths, make_private_dir, make_socket_dir, stack_lock, write_private
 from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, fleet_accounts, secret_names
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
@@ -39,7 +39,7 @@ from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import stack_file
 from copilot_fleet.topology import Topology, build_topology
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 60.0  # on an idle machine; scaled to the machine's load (copilot_fleet/timescale.py)
 _PROBE_TIMEOUT = 1.0
 _POLL = 0.1
 
@@ -62,9 +62,13 @@ class DownResult:
 
 # --- up ---------------------------------------------------------------------------------------------------------
 
-def up(project_dir: Path, stack: str, *, timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None,
+def up(project_dir: Path, stack: str, *, timeout: float | None = None, env: Mapping[str, str] | None = None,
        out: TextIO | None = None) -> UpResult:
+    """Start the stack's fleet, or what of it is not running, and wait until every server answers: within `timeout`
+    seconds (default DEFAULT_TIMEOUT times the machine's time scale: CLI servers start slower on a busy machine)."""
     out = out or sys.stdout
+    if timeout is None:
+        timeout = timescale.scaled(DEFAULT_TIMEOUT, env)
     env = dict(os.environ if env is None else env)
     spec = load_local_spec(project_dir, stack)
     topology = build_topology(spec)
@@ -222,6 +226,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
         raise
     write_private(paths.target_file, json.dumps(plan.target.to_json_dict(), indent=2) + "\n")
     shutil.rmtree(paths.root / "drain", ignore_errors=True)  # a fresh HAProxy has every replica in rotation
+    _forget_start_checks(plan)
     phases = {"checks": t1 - t0, "supervisord": t2 - t1, "servers": time.monotonic() - t2}
     return UpResult(plan=plan, started=[p.name for p in plan.programs], ready_seconds=ready, phases=phases)
 
@@ -327,10 +332,20 @@ def _wait_ready(plan: FleetPlan, supervisor: sv.Supervisor, secrets: dict[str, s
                 last[name] = result.detail
         if pending and time.monotonic() >= deadline:
             raise _not_ready(plan, sorted(pending), last, infos,
-                             f"did not become ready within {deadline - began:.0f} s")
+                             f"did not become ready within {deadline - began:.0f} s (`up --timeout`; by default "
+                             f"{DEFAULT_TIMEOUT:g} s times the load average per core)")
         if pending:
             time.sleep(_POLL)
     return ready
+
+
+def _forget_start_checks(plan: FleetPlan) -> None:
+    """Zero HAProxy's counters once every replica is UP: its first checks ran while the CLI servers were still
+    starting and were refused, and `status` would show them as failed checks (CHK FAIL) of a healthy fleet forever.
+    From here on the count means what an operator reads it as: checks that failed while the fleet was up."""
+    if any(p.name == "haproxy" for p in plan.programs):
+        with contextlib.suppress(OSError):  # the counters are cosmetic: never fail a started fleet over them
+            haproxy_command(plan.paths.haproxy_socket, "clear counters all")
 
 
 def _all_backends_up(plan: FleetPlan, result: probes.ProbeResult) -> probes.ProbeResult:

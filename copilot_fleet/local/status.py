@@ -47,7 +47,7 @@ class ServiceStatus:
     health: str = ""  # what the probe saw
     latency_ms: float | None = None
     balancer: str | None = None  # HAProxy's view of a replica (UP, DOWN, DRAIN, MAINT, ...)
-    check_failures: int | None = None  # HAProxy's failed health checks of the replica since HAProxy started
+    check_failures: int | None = None  # HAProxy's failed health checks of the replica since the fleet was up
     drained: bool = False  # taken out of rotation by `copilot-fleet drain`
     sessions_on_disk: int | None = None
     sessions_shared: bool = False

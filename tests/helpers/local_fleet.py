@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from copilot_fleet import timescale
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.pod import procfs
@@ -69,10 +70,11 @@ class Project:
 
     def run(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`copilot-fleet --project-dir DIR ARGS...` as a subprocess."""
+        """`copilot-fleet --project-dir DIR ARGS...` as a subprocess, within `timeout` seconds on an idle machine
+        (scaled: the command's own default bounds, such as up's, grow with the load as well)."""
         return subprocess.run([sys.executable, "-m", "copilot_fleet.cli", "--project-dir", str(self.dir), *args],
                               env=dict(env) if env is not None else fleet_env(), capture_output=True, text=True,
-                              timeout=timeout, input=stdin, check=False)
+                              timeout=timescale.scaled(timeout), input=stdin, check=False)
 
     def run_ok(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         proc = self.run(*args, env=env)
@@ -120,14 +122,19 @@ def service(status: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` until it returns something true (returned), for `timeout` seconds on an idle machine times
+    the machine's time scale (what is waited for, a restart, a health check, takes longer on a busy machine)."""
+    factor, why = timescale.measure()
+    bound = timeout * factor
+    deadline = time.monotonic() + bound
     last = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"{what}: not true within {timeout} s (last: {last!r})")
+    raise AssertionError(f"waited for {what}: not so within {bound:.0f} s ({timeout:g} s x{factor:g}, {why}); "
+                         f"last seen: {last!r}")
 
 
 # --- SDK sessions ---------------------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ async def _close(client: Any) -> None:
 
 
 async def _reply(session: Any, prompt: str) -> str:
-    event = await session.send_and_wait(prompt, timeout=60)
+    event = await session.send_and_wait(prompt, timeout=timescale.scaled(60))
     assert event is not None, f"no reply to {prompt!r}"
     return str(event.data.content)
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from copilot_fleet import timescale
+
 REDIS_SERVER = "/usr/bin/redis-server"
 ROOT = Path(__file__).resolve().parents[2]
 CLI_BINARY = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
@@ -75,7 +77,7 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, password=self.password, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timescale.scaled(10)
         try:
             while True:
                 try:
@@ -116,8 +118,10 @@ def running_redis() -> Iterator[RedisServer]:
 
 def wait_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float, what: str) -> re.Match[str]:
     """Wait for `pattern` on the process's stdout (read in a thread so the wait is bounded); a process that does not
-    print it in time (or exits first) is stopped, and the error shows the end of what it printed."""
+    print it in time (or exits first) is stopped, and the error shows the end of what it printed. `timeout` is for
+    an idle machine and is scaled to this one's load (a process starts several times slower on a busy machine)."""
     assert proc.stdout is not None
+    factor, why = timescale.measure()
     found: list[re.Match[str]] = []
     seen: list[str] = []
 
@@ -132,10 +136,12 @@ def wait_line(proc: subprocess.Popen[str], pattern: re.Pattern[str], timeout: fl
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    thread.join(timeout)
+    thread.join(timeout * factor)
     if not found:
+        ended = "" if proc.poll() is None else f" (it exited with status {proc.returncode})"
         stop_process(proc)
-        raise RuntimeError(f"{what} did not report ready within {timeout} s; output: {''.join(seen)[-2000:]}")
+        raise RuntimeError(f"{what} did not print {pattern.pattern!r} within {timeout * factor:.0f} s ({timeout:g} s "
+                           f"x{factor:g}, {why}){ended}; its output: {''.join(seen)[-2000:]}")
     # Keep draining stdout so the process never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stdout or []], daemon=True).start()
     return found[0]

@@ -36,6 +36,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Project]:
     try:
         up = project.run_ok("up", "--stack", STACK)
         assert "ready  copilot-cli-0" in up.stdout and "ready  haproxy" in up.stdout
+        # HAProxy's checks were refused while the CLI servers started; a fleet that is up has failed none.
+        status = project.status(STACK)
+        assert {n: h.service(status, n)["check_failures"] for n in ("copilot-cli-0", "copilot-cli-1")} == {
+            "copilot-cli-0": 0, "copilot-cli-1": 0}, "the start's refused checks count as failed checks (CHK FAIL)"
         yield project
     finally:
         project.teardown(STACK)

@@ -179,4 +179,3 @@ async def test_at_the_default_cap_of_50_with_eviction_cost(ops_fleet: OpsFleet) 
               f"{statistics.median(detach) * 1000:.0f} ms, max {max(detach) * 1000:.0f} ms; create incl. eviction "
               f"median {statistics.median(create_with_eviction) * 1000:.0f} ms; resume of an evicted session "
               f"median {statistics.median(resume) * 1000:.0f} ms, max {max(resume) * 1000:.0f} ms")
-    assert time.perf_counter() - started < 60

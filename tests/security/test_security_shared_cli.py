@@ -153,6 +153,14 @@ def test_the_token_alone_starts_mcp_commands_only_as_the_cli_user(project: h.Pro
     assert leaked == [], f"the MCP command read {leaked}"
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), None)
+
+
 def test_a_killed_verify_leaves_no_secret_behind(project: h.Project, tmp_path: Path) -> None:
     """SIGKILL `verify` mid-run: no file holding a secret may remain in its temp directory."""
     tmp = tmp_path / "tmp"
@@ -169,8 +177,11 @@ def test_a_killed_verify_leaves_no_secret_behind(project: h.Project, tmp_path: P
             if line.startswith(("  PASS", "  FAIL", "  SKIP")):
                 break
         assert seen and seen[-1].startswith(("  PASS", "  FAIL", "  SKIP")), f"verify ran no check: {seen}"
-        # The smoke tests' child pytest (`-p copilot_fleet.verify`), in a session of its own.
-        child_session = [p for p in procfs.all_pids() if "copilot_fleet.verify" in (procfs.cmdline(p) or [])]
+        # The smoke tests' child pytest (`-p copilot_fleet.verify`) of THIS verify, in a session of its own: never
+        # another verify on the machine (a parallel test run's, a user's), which a match on the name alone would kill.
+        child_session = [p for p in procfs.all_pids()
+                         if "copilot_fleet.verify" in (procfs.cmdline(p) or []) and _parent(p) == proc.pid]
+        assert child_session, "verify's child pytest was not found among its children"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:

@@ -242,7 +242,8 @@ def test_concurrent_requests_do_not_wait_for_each_other(server: Any) -> None:
         t.join(timeout=20)
     elapsed = time.monotonic() - started
     assert sorted(results) == sorted(f"{MARKER} n{i}" for i in range(8))
-    assert elapsed < 3.0, f"8 one-second turns took {elapsed:.1f} s: requests are serialised"
+    # Taken one at a time they would take 8 s, two at a time 4 s, however fast or busy the machine is.
+    assert elapsed < 4.0, f"8 one-second turns took {elapsed:.1f} s: requests wait for each other"
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(server: Any) -> None:
