@@ -40,6 +40,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from copilot_fleet import cli_logs
 from copilot_fleet.errors import FleetError
 
 from .cli_process import CliProcess, cli_environment
@@ -215,6 +216,9 @@ class Provider:
             block_local_session_state(config.copilot_home)
             if config.cli_user is not None:
                 hand_over(config.copilot_home, config.cli_user, config.cli_group)
+            # The CLI writes a log per start and nothing removes them: a server that restarts often (a crash
+            # loop, recycling) would fill its home. Keep room for the start about to happen; never through a link.
+            cli_logs.prune(config.copilot_home / "logs", keep=cli_logs.KEEP - 1)
         except OSError as exc:
             raise ProviderStartError(f"could not prepare COPILOT_HOME {config.copilot_home}: {exc}") from exc
         env = cli_environment(os.environ, config.copilot_home, config.token)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from copilot_fleet import cli_logs
 from tests.helpers.store_processes import (
     CLI_BINARY,
     READY,
@@ -127,6 +128,28 @@ def test_a_leftover_local_session_state_is_refused(tmp_path: Path, redis_server:
     with pytest.raises(RuntimeError, match="holds sessions kept on this server's own disk"):
         start_provider(tmp_path, "p", redis_server.url, token)
     assert home.is_dir()  # nothing deleted
+
+
+def test_old_per_start_logs_are_pruned_before_the_cli_starts(tmp_path: Path, redis_server: RedisServer,
+                                                              token: str) -> None:
+    """A provider restarted over and over (a crash loop, recycling) must not fill its CLI's home with logs: it keeps
+    the newest few, and a link planted among them is never followed (nor counted: it is not a log)."""
+    logs = tmp_path / "p" / "home" / "logs"
+    logs.mkdir(parents=True)
+    planted = [f"process-{1_700_000_000_000 + i}-{999_999_990 + i}.log" for i in range(8)]  # no such PIDs
+    for name in planted:
+        (logs / name).write_text("old start\n")
+    outside = tmp_path / "outside.log"
+    outside.write_text("not the CLI's\n")
+    (logs / "process-1600000000000-999999999.log").symlink_to(outside)
+    provider = start_provider(tmp_path, "p", redis_server.url, token)
+    try:
+        left = sorted(p.name for p in logs.iterdir() if p.name.startswith("process-") and not p.is_symlink())
+        assert [n for n in planted if n in left] == planted[-(cli_logs.KEEP - 1):], left
+        assert len(left) == cli_logs.KEEP, left  # the newest old ones and this start's own
+        assert outside.read_text() == "not the CLI's\n"
+    finally:
+        stop_process(provider.proc, STOP_BOUND)
 
 
 # -- the start-up race --------------------------------------------------------------------------------------------
