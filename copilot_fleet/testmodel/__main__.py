@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server.start()
     auth = "API key required" if api_key else "no authentication"
-    print(f"test model listening on {server.host}:{server.port}", flush=True)
+    # The log line first: whoever waits for the ready line on stdout then finds it written (a test under load
+    # read the log between the two lines and found it empty).
     print(f"testmodel: serving {server.base_url} ({auth})", file=sys.stderr, flush=True)
+    print(f"test model listening on {server.host}:{server.port}", flush=True)
     while not stop.wait(1.0):
         pass
     server.stop()
