@@ -12,7 +12,7 @@
 # average is printed when the burn starts and when it stops.
 set -euo pipefail
 
-usage() { sed -n '4,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { { echo 'usage:'; sed -n '4,7p' "$0" | sed 's/^# \{0,1\}/  /'; } >&2; exit 2; }
 
 cores=$(nproc)
 procs=$((3 * cores))

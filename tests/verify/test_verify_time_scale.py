@@ -145,3 +145,56 @@ def test_a_failed_or_dead_holder_ends_the_wait_at_once(script: str, says: str) -
         assert time.monotonic() - began < 300, "the wait ran to its bound instead of ending with the process"
     finally:
         _finish(proc)
+
+
+# --- the burner that proves it (scripts/cpu-burner.sh) ----------------------------------------------------------
+
+BURNER = ROOT / "scripts/cpu-burner.sh"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def test_the_burner_starts_bounded_busy_processes_and_stops_them_by_pid(tmp_path: Path) -> None:
+    pidfile = tmp_path / "burn.pids"
+    started = subprocess.run(["bash", str(BURNER), "start", "--procs", "2", "--seconds", "120", "--pidfile",
+                              str(pidfile)], capture_output=True, text=True, timeout=60, check=False)
+    pids = [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
+    try:
+        assert started.returncode == 0 and "2 busy processes" in started.stderr, started.stderr
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        # Each is bounded on its own: `timeout --signal=KILL 120` holds even if nobody runs `stop`.
+        assert all(Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[:3] == [b"timeout", b"--signal=KILL", b"120"]
+                   for p in pids)
+        again = subprocess.run(["bash", str(BURNER), "start", "--pidfile", str(pidfile)], capture_output=True,
+                               text=True, timeout=60, check=False)
+        assert again.returncode == 1 and "a burn is running" in again.stderr
+    finally:
+        stopped = subprocess.run(["bash", str(BURNER), "stop", "--pidfile", str(pidfile)], capture_output=True,
+                                 text=True, timeout=60, check=False)
+    assert stopped.returncode == 0 and "stopped 2 processes" in stopped.stderr, stopped.stderr
+    deadline = time.monotonic() + timescale.scaled(30)
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "a busy process outlived stop"
+    assert not pidfile.exists()
+
+
+def test_the_burner_runs_a_command_and_passes_its_status_on() -> None:
+    proc = subprocess.run(["bash", str(BURNER), "run", "--procs", "1", "--seconds", "60", "--", "sh", "-c",
+                           "exit 3"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "the command ended with status 3" in proc.stderr and "stopped 2 processes" in proc.stderr  # + the sampler
+
+
+@pytest.mark.parametrize(("args", "says"), [(["start", "--procs", "0"], "--procs must be 1 to 9999"),
+                                            (["start", "--seconds", "soon"], "--seconds must be 1 to 999999"),
+                                            (["run", "--procs", "1"], "run needs a command after --"),
+                                            (["burn"], "Usage")])
+def test_the_burner_refuses_bad_arguments(args: list[str], says: str) -> None:
+    proc = subprocess.run(["bash", str(BURNER), *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and says.lower() in proc.stderr.lower(), proc.stderr
