@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import select
 import signal
 import subprocess
 import time
@@ -26,7 +25,7 @@ from redis import Redis
 
 from copilot_fleet.errors import FleetError
 from copilot_fleet.testmodel import serve
-from tests.helpers.processes import start_cli
+from tests.helpers.processes import start_cli, wait_exit
 from tests.helpers.store_processes import (
     CLI_BINARY,
     REDIS_SERVER,
@@ -54,19 +53,6 @@ def why_not_runnable() -> str | None:
     if not Path(REDIS_SERVER).exists():
         return f"{REDIS_SERVER} is not installed (apt-get install redis-server)"
     return None
-
-
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Wait for a process that is not our child to end (a pidfd becomes readable); True if it did."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(fd)
 
 
 def alive(pid: int) -> bool:

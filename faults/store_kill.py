@@ -28,7 +28,8 @@ from faults.history import check_history
 from faults.measure import ScenarioResult
 from faults.sessions import recalled_words
 from faults.store_app import Attached, ServerGone, StoreApp, TurnFailed
-from faults.store_fleet import Mode, Server, StoreFleet, wait_exit
+from faults.store_fleet import Mode, Server, StoreFleet
+from tests.helpers.processes import wait_exit
 
 Progress = Callable[[str], None]
 STEP_BOUND = 90.0  # how long one broken step may take to fail; each step returns on its event

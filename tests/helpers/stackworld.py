@@ -64,6 +64,24 @@ def copilot_fleet_command() -> list[str]:
     return [str(Path(sys.executable).parent / "copilot-fleet")]
 
 
+def run_verify(document: Mapping[str, Any], where: Path, env: Mapping[str, str] | None = None,
+               ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """`copilot-fleet verify --target FILE` with `document` as the target (a 0600 file in `where`): the finished
+    process (its report printed) and the names of the checks that passed."""
+    target = where / "target.json"
+    target.write_text(json.dumps(document))
+    target.chmod(0o600)
+    report_file = where / "report.json"
+    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400,
+                          env=dict(env) if env is not None else None)
+    print(proc.stdout)
+    if not report_file.exists():
+        return proc, set()
+    report = json.loads(report_file.read_text())
+    return proc, {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
+
+
 # --- the stack ---------------------------------------------------------------------------------------------------
 
 def derive_stack(stack: str, project: Path, model_address: str, *, source_project: Path = ROOT) -> Path:

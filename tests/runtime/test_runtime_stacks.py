@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from tests.helpers.stackworld import (
     MODEL_PORT,
     StackWorld,
     build_world,
-    copilot_fleet_command,
+    run_verify,
 )
 
 STACKS = ("k8s-shared-cli", "k8s-shared-session", "k8s-per-user",
@@ -114,16 +113,8 @@ def test_verify_against_the_pods(stack: Started, tmp_path: Path) -> None:
     another replica, delete, tokens, isolation, leases."""
     stack.lease_store()
     stack.cli()
-    target = tmp_path / "target.json"
-    target.write_text(json.dumps(stack.world.target()))
-    target.chmod(0o600)
-    report_file = tmp_path / "report.json"
-    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
-                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
-    print(proc.stdout)
+    proc, passed = run_verify(stack.world.target(), tmp_path)
     assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(report_file.read_text())
-    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
     assert "test_persistent_session_lifecycle" in passed, proc.stdout
 
 
@@ -153,18 +144,10 @@ def test_verify_from_outside_the_cluster(stack: Started, tmp_path: Path) -> None
     standin = tmp_path / "kubectl-standin.json"
     standin.write_text(json.dumps({"context": "runtime-tier", "forwards": forwards, "pids": str(pids),
                                    "pods": pods, "podman": list(PODMAN)}))
-    target = tmp_path / "cluster-target.json"
-    target.write_text(json.dumps(document))
-    target.chmod(0o600)
-    report_file = tmp_path / "report.json"
     env = {**os.environ, "KUBECTL_STANDIN": str(standin), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
-                           "--timeout", "300"], capture_output=True, text=True, timeout=400, env=env)
-    print(proc.stdout)
+    proc, passed = run_verify(document, tmp_path, env)
     assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
     assert "through kubectl port-forward (context runtime-tier)" in proc.stdout.splitlines()[0], proc.stdout
-    report = json.loads(report_file.read_text())
-    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
     assert {"test_persistent_session_lifecycle", *POD_CHECKS} <= passed, proc.stdout
     forwarded = [line for line in proc.stdout.splitlines() if line.startswith("  forward  ")]
     servers = len(document.get("replicas") or []) + len(document.get("users") or {})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from tests.helpers.stackworld import (
     LEASE_STORE_COMPONENT,
     StackWorld,
     build_world,
-    copilot_fleet_command,
+    run_verify,
 )
 from tests.helpers.store_world import compose_store_secrets, store_servers, store_target
 
@@ -145,17 +144,9 @@ def test_verify_against_the_store_pods(sw: StoreWorld, tmp_path: Path) -> None:
     """`copilot-fleet verify` against the pods' published ports with the store mode's target: the walk-through
     (create, resume elsewhere with history, list and delete in the store) and a resume where the lease is not
     bound, refused by the store."""
-    target = tmp_path / "target.json"
     sw.target()
-    target.write_text(json.dumps(sw.target_doc))
-    target.chmod(0o600)
-    report_file = tmp_path / "report.json"
-    proc = subprocess.run([*copilot_fleet_command(), "verify", "--target", str(target), "--json", str(report_file),
-                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
-    print(proc.stdout)
+    proc, passed = run_verify(sw.target_doc, tmp_path)
     assert proc.returncode == 0, f"verify failed:\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(report_file.read_text())
-    passed = {c["nodeid"].split("::")[-1].split("[")[0] for c in report["checks"] if c["outcome"] == "passed"}
     assert {"test_persistent_session_lifecycle", "test_resume_where_the_lease_is_not_bound_is_fenced"} <= passed, (
         proc.stdout)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet import cli_logs
+from tests.helpers.processes import wait_exit
 from tests.helpers.store_processes import (
     CLI_BINARY,
     READY,
@@ -32,16 +32,7 @@ EXIT_BOUND = 60.0  # how long a broken run may take to fail; every wait returns 
 
 
 def wait_gone(pid: int, timeout: float = EXIT_BOUND) -> bool:
-    """Wait for any process (not only our child) to exit, through a pidfd: no polling."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        readable, _, _ = select.select([fd], [], [], timeout)
-        return bool(readable)
-    finally:
-        os.close(fd)
+    return wait_exit(pid, timeout)
 
 
 @pytest.fixture
