@@ -74,6 +74,11 @@ DEFAULT_LOCK_GRACE = 600
 Action = Literal["removed", "would-remove", "kept", "skipped", "error"]
 
 
+def _check_ttl(ttl_seconds: int) -> None:
+    if ttl_seconds < 60:
+        raise ValueError(f"ttl must be at least 60 seconds so a live conversation is never raced, got {ttl_seconds}")
+
+
 @dataclass(frozen=True)
 class Item:
     """What happened to one session directory or lock file, and why."""
@@ -292,9 +297,7 @@ class Janitor:
         lock_grace_seconds: int = DEFAULT_LOCK_GRACE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if ttl_seconds < 60:
-            raise ValueError(f"ttl must be at least 60 seconds so a live conversation is never raced, "
-                             f"got {ttl_seconds}")
+        _check_ttl(ttl_seconds)
         self.state_dir = Path(state_dir)
         self.ttl = ttl_seconds
         self.leases = leases
@@ -571,9 +574,7 @@ class StoreJanitor:
 
     def __init__(self, scopes: Sequence[str], ttl_seconds: int, leases: LeaseManager, *, dry_run: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
-        if ttl_seconds < 60:
-            raise ValueError(f"ttl must be at least 60 seconds so a live conversation is never raced, "
-                             f"got {ttl_seconds}")
+        _check_ttl(ttl_seconds)
         self.scopes = list(scopes)
         self.ttl = ttl_seconds
         self.leases = leases
