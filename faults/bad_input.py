@@ -29,6 +29,7 @@ from copilot_fleet.client import (
     ReplicaUnavailable,
     new_session_id,
 )
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.target import Target, TargetError, load_target
 from faults.fleet_under_test import FleetUnderTest
 from faults.measure import ScenarioResult
@@ -200,7 +201,7 @@ def _credential_cases(fleet: FleetUnderTest, pool: ClientPool) -> list[Case]:
     assert target.redis_url is not None
     url = urlsplit(target.redis_url.get_secret_value())
     wrong_password = urlunsplit(url._replace(netloc=f":not-the-password@{url.hostname}:{url.port}"))
-    nobody = urlunsplit(url._replace(netloc=f":x@127.0.0.1:{_dead_port()}"))
+    nobody = urlunsplit(url._replace(netloc=f":x@127.0.0.1:{free_port()}"))
 
     def with_(**update: Any) -> Target:
         return target.model_copy(update=update)
@@ -223,11 +224,3 @@ def _credential_cases(fleet: FleetUnderTest, pool: ClientPool) -> list[Case]:
         Case("shared-cli target without a Redis URL", "credentials",
              lambda: create(with_(redis_url=None), "pw3"), LeaseUnavailable, ("redis_url",)),
     ]
-
-
-def _dead_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -74,22 +75,51 @@ def port_holder(port: int) -> str | None:
     return "a process this user cannot see" if _listening_inodes(port) else None
 
 
+# Ports handed out by this process: a block is never handed out twice, even before its server has bound it.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _below_ephemeral_range() -> tuple[int, int]:
+    """Where to pick from: below the kernel's ephemeral range, which bind(port 0) and outgoing connections draw
+    from, so that a port we pick and free for a moment is never given to someone else's bind(0) meanwhile."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = min(ephemeral_low, 32768) - 768
+    return (20000, high) if high - 20000 >= 4096 else (10000, max(high, 14096))
+
+
 def free_port_block(count: int, attempts: int = 200) -> int:
     """A base port such that base .. base+count-1 are all free on 127.0.0.1 now: for fleets that tests, benchmarks
-    and fault runs start side by side. Random bases below the ephemeral range (32768-) keep parallel runs apart."""
+    and fault runs start side by side. Random bases below the ephemeral range keep parallel runs apart and keep
+    the kernel from giving one of them to a bind(0) before our server binds it; this process never gets the
+    same port twice."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    for _ in range(attempts):
-        base = rng.randrange(20000, 32000 - count)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
+    low, high = _below_ephemeral_range()
+    with _handed_out_lock:
+        for _ in range(attempts):
+            base = rng.randrange(low, high - count)
+            block = range(base, base + count)
+            if _handed_out.intersection(block):
+                continue
+            socks: list[socket.socket] = []
+            try:
+                for port in block:
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+            _handed_out.update(block)
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError(f"no block of {count} free ports on 127.0.0.1 found in {attempts} attempts")
+
+
+def free_port() -> int:
+    """One port that is free on 127.0.0.1 now and that this process has not handed out before."""
+    return free_port_block(1)

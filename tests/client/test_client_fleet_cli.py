@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from copilot_fleet.client import (
     new_session_id,
     rank_replicas,
 )
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.target import ProviderTarget, Target
 
 if TYPE_CHECKING:
@@ -68,12 +68,6 @@ def make_target(
             "model": "copilot-fleet-test",
         }
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def dead_address() -> str:

@@ -4,7 +4,6 @@ before a connection was tried (the real CLI denying a tool call is in test_clien
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +12,7 @@ from copilot.generated.rpc import PermissionDecisionApproveOnce, PermissionDecis
 
 from copilot_fleet.client import FleetClient, ReplicaUnavailable, UnsafeSessionOption, allow_kinds, deny_all
 from copilot_fleet.client.permissions import DENIED_FEEDBACK, REQUEST_KINDS, SERVER_EXECUTION_OPTIONS
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.target import Target
 
 pytestmark = pytest.mark.anyio
@@ -20,14 +20,8 @@ SHELL = SimpleNamespace(kind="shell", full_command_text="cat /etc/passwd")
 READ = SimpleNamespace(kind="read", path="/tmp/x")
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:  # bound, then closed: nothing listens there afterwards
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def nowhere() -> Target:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     return Target.model_validate({"stack": "t", "platform": "local", "isolation": "per-user",
                                   "users": {"alice": address}, "user_tokens": {"alice": "tok"}})
 

@@ -12,7 +12,6 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,18 +25,13 @@ import pytest
 import redis
 
 from copilot_fleet import timescale
+from copilot_fleet.pod.ports import free_port, port_holder
 
 REDIS_SERVER = "/usr/bin/redis-server"
 ROOT = Path(__file__).resolve().parents[2]
 CLI_BINARY = ROOT / ".tools/npm/node_modules/@github/copilot-linux-x64/copilot"
 CLI_CACHE = ROOT / ".tools/copilot-cache"
 TESTMODEL_MAIN = ROOT / "copilot_fleet/testmodel/__main__.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_exit(pid: int, timeout: float) -> bool:
@@ -99,7 +93,11 @@ class RedisServer:
                         return
                 except redis.exceptions.ConnectionError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server on port {self.port} did not answer PING") from None
+                        holder = port_holder(self.port)
+                        raise RuntimeError(
+                            f"redis-server on port {self.port} did not answer PING (exit status "
+                            f"{self.proc.poll()}; listening there: {holder or 'nothing'})"
+                        ) from None
                     time.sleep(0.05)
         finally:
             client.close()

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import redis
 
+from copilot_fleet.pod.ports import free_port
 from tests.helpers.processes import (
     CLI_BINARY,
     CLI_CACHE,
     REDIS_SERVER,
     ROOT,
-    free_port,
     start_cli,
     stop_process,
     wait_line,

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from packaging.utils import canonicalize_name
 
 from copilot_fleet.client.lease import LEASE_KEY_PREFIX
 from copilot_fleet.pod.janitor import build_parser
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.sessiondir import LOCKS_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -182,12 +182,6 @@ def run_rendered(command: list[str], substitutions: dict[str, str], site: Path,
     argv = [sys.executable, "-S", *(substitutions.get(a, a) for a in command[1:])]
     environ = {"PATH": os.environ["PATH"], "HOME": str(site), **{e["name"]: e["value"] for e in env}}
     return subprocess.run(argv, cwd=site, env=environ, capture_output=True, text=True, timeout=60, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_session(state: Path, sid: str, age: float) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from copilot_fleet.client import ClientPool, FleetClient, LeaseManager, SessionNotFound
 from copilot_fleet.pod.janitor import TRASH_DIR, Janitor, Report, last_activity, read_redis_url
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.sessiondir import LOCKS_DIR
 
 if TYPE_CHECKING:
@@ -207,9 +207,7 @@ async def test_attached_sessions_survive_and_detached_ones_go(ops_fleet: OpsFlee
 
 @pytest.mark.fleet
 async def test_lease_store_down_deletes_nothing(ops_fleet: OpsFleet, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     old = fake_session(tmp_path, "old-3", 8 * DAY)
     async with LeaseManager.from_url(f"redis://:x@127.0.0.1:{port}/0", timeout=0.5) as dead:
         report = await Janitor(tmp_path, WEEK, leases=dead).run()

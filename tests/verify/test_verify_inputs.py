@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from copilot_fleet.cli import main
+from copilot_fleet.pod.ports import free_port
 from copilot_fleet.verify import CheckResult, VerifyReport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,11 +228,7 @@ def test_a_deployed_stack_without_pulumi_names_verifys_own_option(tmp_path, caps
 def test_a_server_that_cannot_be_reached_is_not_called_a_token_refusal(tmp_path, capsys) -> None:
     """Nothing listens at the replica's address: the token check says the connection failed and that the token was
     never checked, not that the server refused its own token."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on (bound, never listening, closed before use)
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     doc = {**GOOD, "endpoint": None, "replicas": [dead]}
     target = tmp_path / "t.json"
     target.write_text(json.dumps(doc))

@@ -17,6 +17,7 @@ import pytest
 
 from copilot_fleet import timescale
 from copilot_fleet.cli import main
+from copilot_fleet.pod.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,11 +49,7 @@ def test_a_bad_variable_says_what_is_allowed(raw: str) -> None:
 
 
 def _target(tmp_path: Path) -> Path:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on: the selected check fails at once
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: the selected check fails at once
     target = tmp_path / "t.json"
     target.write_text(json.dumps({"stack": "x", "platform": "local", "isolation": "shared-cli", "endpoint": None,
                                   "replicas": [dead], "connection_token": "t" * 20}))
