@@ -30,6 +30,9 @@ ClientFactory = Callable[[str, str | None], CopilotClient]
 AUTH_FAILED_CODE = -32002
 # A draining server (SIGTERM) refuses new requests with -32000 and this message: it did not act on the request.
 SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+# With its OpenTelemetry exporter on (the local fleet's CLIs), a draining CLI 1.0.102 refuses a session.create or
+# session.resume with -32603 and this text instead: 10 of 16 creates sent as SIGTERM arrived, none wrote anything.
+OTEL_POLICY_GONE = "OpenTelemetry session policy is unavailable"
 # RuntimeError texts of the SDK for a server it cannot reach: its own connect (when it auto-starts a client that
 # was stopped, e.g. one the pool discarded while another call still held it), and a server that exited during start.
 _SDK_GONE = ("failed to connect to cli server", "cli process exited", "not connected")
@@ -50,7 +53,7 @@ def is_transport_failure(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
         return True
     if isinstance(exc, JsonRpcError):
-        return SHUTTING_DOWN in str(exc)
+        return SHUTTING_DOWN in str(exc) or OTEL_POLICY_GONE in str(exc)
     return isinstance(exc, RuntimeError) and any(marker in str(exc).lower() for marker in _SDK_GONE)
 
 

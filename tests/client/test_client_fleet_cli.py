@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from copilot_fleet.client import (
 )
 from copilot_fleet.pod.ports import free_port
 from copilot_fleet.target import ProviderTarget, Target
+from tests.helpers.processes import start_cli, stop_process
 
 if TYPE_CHECKING:
     from tests.helpers.processes import CliFleet, SpareCli
@@ -153,6 +156,45 @@ async def test_failover_to_the_next_replica_when_the_first_is_down(cli_fleet: Cl
             await fleet.create_session("failover", **OPTS) as handle:
         assert handle.address == cli_fleet.a.address
         assert "remembered: elder" in (await handle.reply("remember: elder") or "")
+
+
+# The local fleet's CLIs run with their OpenTelemetry file exporter on; a draining one then refuses with -32603.
+OTEL_ON = {"COPILOT_OTEL_ENABLED": "true", "COPILOT_OTEL_EXPORTER_TYPE": "file"}
+
+
+async def test_a_create_sent_as_the_replica_drains_goes_to_the_next_replica_and_leaves_nothing(
+    cli_fleet: CliFleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM reaches the first replica as a create is sent to it. Whatever it answers (`SERVER_SHUTTING_DOWN`,
+    `-32603 OpenTelemetry session policy is unavailable`, or its connection ends), it wrote nothing, so the
+    session is created on the next replica: one new session directory per create, none half-made."""
+    root = cli_fleet.shared_state.parent
+    refusals: list[str] = []
+    for round_no in range(6):
+        name = f"draining-{round_no}"
+        server = start_cli(name, root, cli_fleet.shared_state, cli_fleet.token,
+                           extra_env={**OTEL_ON, "COPILOT_OTEL_FILE_EXPORTER_PATH": str(root / f"{name}.jsonl")})
+        try:
+            replicas = [server.address, cli_fleet.a.address]
+            user = next(u for u in (f"drain{round_no}u{i}" for i in range(200))
+                        if rank_replicas(u, replicas)[0] == server.address)
+            async with ClientPool() as pool, FleetClient(make_target(cli_fleet, replicas), user=user,
+                                                         pool=pool) as fleet:
+                async with await fleet.create_session("warm", **OPTS) as warm:  # connected: the next call is sent
+                    assert warm.address == server.address                      # at once
+                before = set(os.listdir(cli_fleet.shared_state))
+                caplog.clear()
+                with caplog.at_level(logging.WARNING, logger="copilot_fleet.client.fleet_client"):
+                    asyncio.get_running_loop().call_soon(server.proc.send_signal, signal.SIGTERM)
+                    async with await fleet.create_session("after-drain", **OPTS) as handle:
+                        assert handle.address == cli_fleet.a.address
+                        assert "remembered: fig" in (await handle.reply("remember: fig") or "")
+                assert set(os.listdir(cli_fleet.shared_state)) - before == {handle.session_id}
+                refusals += [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+        finally:
+            stop_process(server.proc)
+    assert len(refusals) == 6, refusals  # each create met the draining replica first
+    print("what the draining replica answered:", *refusals, sep="\n  ")
 
 
 async def test_a_crash_mid_turn_ends_the_reply_at_once_and_the_restarted_server_is_reconnected(

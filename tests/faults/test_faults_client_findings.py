@@ -26,6 +26,10 @@ def test_the_sdks_connect_failure_is_failed_over() -> None:
 
 def test_a_draining_replica_is_failed_over() -> None:
     assert is_transport_failure(JsonRpcError(-32000, "SERVER_SHUTTING_DOWN"))
+    # The same refusal from a draining CLI whose OpenTelemetry exporter is on (seen in the flapping scenario).
+    assert is_transport_failure(JsonRpcError(
+        -32603, "Request session.resume failed with message: OpenTelemetry session policy is unavailable"))
+    assert not is_transport_failure(JsonRpcError(-32603, "Request session.resume failed with message: boom"))
 
 
 def test_a_timeout_is_still_not_failed_over() -> None:

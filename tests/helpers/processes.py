@@ -175,7 +175,7 @@ CLI_READY = re.compile(r"CLI server listening on port (\d+)")
 
 
 def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int = 0,
-              timeout: float = 30.0) -> CliServer:
+              timeout: float = 30.0, extra_env: dict[str, str] | None = None) -> CliServer:
     """One headless CLI with its own COPILOT_HOME whose session-state/ is the shared directory (started again on
     the same home when it exists: a restart)."""
     home = root / name / "home"
@@ -189,6 +189,7 @@ def start_cli(name: str, root: Path, shared_state: Path, token: str, port: int =
         "COPILOT_CACHE_HOME": str(CLI_CACHE),
         "COPILOT_CONNECTION_TOKEN": token,
         "COPILOT_AUTO_UPDATE": "false",
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [str(CLI_BINARY), "--headless", "--no-auto-update", "--no-auto-login", "--log-level", "info",
