@@ -75,8 +75,11 @@ def port_holder(port: int) -> str | None:
     return "a process this user cannot see" if _listening_inodes(port) else None
 
 
-# Ports handed out by this process: a block is never handed out twice, even before its server has bound it.
-_handed_out: set[int] = set()
+# Ports this process handed out lately, with when: a port is not handed out again until its server has had time to
+# bind it (after that, the bind check sees it taken, or it was freed again). Forgetting them keeps blocks findable
+# in a long test session that hands out thousands of ports.
+_HANDED_OUT_FOR = 120.0  # seconds
+_handed_out: dict[int, float] = {}
 _handed_out_lock = threading.Lock()
 
 
@@ -93,33 +96,50 @@ def _below_ephemeral_range() -> tuple[int, int]:
 
 def free_port_block(count: int, attempts: int = 200) -> int:
     """A base port such that base .. base+count-1 are all free on 127.0.0.1 now: for fleets that tests, benchmarks
-    and fault runs start side by side. Random bases below the ephemeral range keep parallel runs apart and keep
-    the kernel from giving one of them to a bind(0) before our server binds it; this process never gets the
-    same port twice."""
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    and fault runs start side by side. A random start below the ephemeral range keeps parallel runs apart and keeps
+    the kernel from giving one of the ports to a bind(0) before our server binds it; from there the range is
+    scanned (wrapping), skipping past any port that is taken or that this process handed out in the last two
+    minutes. `attempts` bounds the blocks whose ports are tried with bind()."""
     low, high = _below_ephemeral_range()
+    span = high - low - count
+    start = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(span)
     with _handed_out_lock:
-        for _ in range(attempts):
-            base = rng.randrange(low, high - count)
-            block = range(base, base + count)
-            if _handed_out.intersection(block):
+        now = time.monotonic()
+        for port in [p for p, at in _handed_out.items() if now - at > _HANDED_OUT_FOR]:
+            del _handed_out[port]
+        offset, tried = 0, 0
+        while offset < span and tried < attempts:
+            base = low + (start + offset) % span
+            recent = [port for port in range(base, base + count) if port in _handed_out]
+            if recent:
+                offset += recent[-1] - base + 1
                 continue
-            socks: list[socket.socket] = []
+            tried += 1
+            taken = _first_taken(base, count)
+            if taken is None:
+                _handed_out.update(dict.fromkeys(range(base, base + count), now))
+                return base
+            offset += taken - base + 1
+    raise RuntimeError(f"no block of {count} free ports on 127.0.0.1 found ({tried} blocks tried)")
+
+
+def _first_taken(base: int, count: int) -> int | None:
+    """The first port of base .. base+count-1 that cannot be bound now (None: all can)."""
+    socks: list[socket.socket] = []
+    try:
+        for port in range(base, base + count):
+            s = socket.socket()
+            socks.append(s)
             try:
-                for port in block:
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind(("127.0.0.1", port))
+                s.bind(("127.0.0.1", port))
             except OSError:
-                continue
-            finally:
-                for s in socks:
-                    s.close()
-            _handed_out.update(block)
-            return base
-    raise RuntimeError(f"no block of {count} free ports on 127.0.0.1 found in {attempts} attempts")
+                return port
+        return None
+    finally:
+        for s in socks:
+            s.close()
 
 
 def free_port() -> int:
-    """One port that is free on 127.0.0.1 now and that this process has not handed out before."""
+    """One port that is free on 127.0.0.1 now and that this process has not handed out in the last two minutes."""
     return free_port_block(1)
