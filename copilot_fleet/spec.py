@@ -185,10 +185,6 @@ def _check_image(value: str) -> str:
 Image = Annotated[str, AfterValidator(_check_image)]
 
 Port = Annotated[int, Field(ge=1024, le=65535)]
-# The local CLI servers may take ports below 1024: in a fleet started as root only the CLI can then bind them, so a
-# tool run that kills its own server cannot take its port (docs/security.md).
-ReplicaBasePort = Annotated[int, Field(ge=1, le=65535)]
-PRIVILEGED_PORTS_END = 1024
 
 
 # --- sections ---------------------------------------------------------------------------------------------------
@@ -363,7 +359,7 @@ class LocalSpec(_Section):
     several side by side."""
 
     endpoint_port: Port = 4321
-    replica_base_port: ReplicaBasePort = 4401
+    replica_base_port: Port = 4401
     redis_port: Port = 6390
     model_port: Port = 18080
 
@@ -833,10 +829,6 @@ def _local_port_problems(spec: FleetSpec) -> list[str]:
         seen.setdefault(port, key)
     if problems:
         problems = [f"fleet:local: ports overlap: {'; '.join(problems)}; give every server of the fleet its own port"]
-    if replica_ports and replica_ports[0] < PRIVILEGED_PORTS_END <= replica_ports[-1]:
-        problems.append(f"fleet:local.replicaBasePort: the CLI servers' ports {replica_ports[0]}..{replica_ports[-1]} "
-                        f"cross {PRIVILEGED_PORTS_END}: they must all be below {PRIVILEGED_PORTS_END} (a fleet started "
-                        f"as root then keeps tool runs from taking a server's port) or all from {PRIVILEGED_PORTS_END}")
     if replica_ports and replica_ports[-1] > 65535:
         problems.append(f"fleet:local.replicaBasePort: {local.replica_base_port} leaves no room for {servers} CLI "
                         f"servers (the last would get port {replica_ports[-1]}; ports end at 65535)")

@@ -119,8 +119,6 @@ CASES: tuple[ConfigCase, ...] = (
     ConfigCase("local-ports-overlap", "contradiction", _ports(modelPort=31421), "fleet:local"),
     ConfigCase("replica-range-overlaps-redis", "contradiction", {"replicas": 3, **_ports(replicaBasePort=31429)},
                "fleet:local"),
-    ConfigCase("replica-ports-cross-1024", "contradiction", {"replicas": 3, **_ports(replicaBasePort=1022)},
-               "fleet:local.replicaBasePort"),
     ConfigCase("per-user-port-clash", "contradiction", _ports(modelPort=31402), "fleet:local.modelPort",
                base="per-user"),
     ConfigCase("debug-log-without-consent", "contradiction", {"logLevel": "debug"}, "fleet:logLevel"),

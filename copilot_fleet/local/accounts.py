@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from copilot_fleet.local import sealed_cli
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.pod import procfs
 
@@ -206,8 +205,7 @@ def stop_processes(names: list[str], fleet_id: str, rounds: int = 20) -> list[st
 
 
 def remove(names: list[str], fleet_id: str) -> list[str]:
-    """Delete the fleet's users (only those whose comment marks them as this fleet's) and their way to a CLI that may
-    bind ports below 1024; returns the names deleted.
+    """Delete the fleet's users (only those whose comment marks them as this fleet's); returns the names deleted.
     Their processes must be gone (userdel refuses a user that still runs something)."""
     userdel = shutil.which("userdel", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     deleted = []
@@ -219,6 +217,5 @@ def remove(names: list[str], fleet_id: str) -> list[str]:
         if not gecos.startswith(f"copilot-fleet {fleet_id} ") or userdel is None:
             continue
         _run([userdel, name], f"deleting the Unix user {name}")
-        sealed_cli.revoke_low_ports(name)  # its group id may be given to another group later
         deleted.append(name)
     return deleted

@@ -35,7 +35,7 @@ from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.pod import procfs
 from copilot_fleet.pod.ports import port_holder, port_is_free
-from copilot_fleet.spec import PRIVILEGED_PORTS_END, FleetSpec
+from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import stack_file
 from copilot_fleet.topology import Topology, build_topology
 
@@ -89,15 +89,6 @@ def up(project_dir: Path, stack: str, *, timeout: float | None = None, env: Mapp
     result.elapsed = time.monotonic() - began
     _print_endpoints(result, out)
     return result
-
-
-def _check_low_ports(spec: FleetSpec) -> None:
-    """CLI servers below port 1024 need `up` as root (only the CLI's own copy may then bind them)."""
-    if spec.local.replica_base_port < PRIVILEGED_PORTS_END and not accounts.privileged():
-        raise LocalFleetError(
-            f"fleet:local.replicaBasePort {spec.local.replica_base_port}: CLI servers on ports below "
-            f"{PRIVILEGED_PORTS_END} need `up` as root (each server then runs as a user of its own, and only its "
-            f"CLI may bind the port); run `up` as root or set a replicaBasePort from {PRIVILEGED_PORTS_END}")
 
 
 def _tools_for(project_dir: Path, topology: Topology, env: Mapping[str, str]) -> Tools:
@@ -186,11 +177,7 @@ def _write_state(plan: FleetPlan, configs: dict[Path, str], secrets: FleetSecret
         else:
             make_private_dir(Path(svc.session_state))
     if plan.accounts is not None:
-        users = accounts.ensure(plan.accounts)
-        confine.apply(plan, users)
-        for program in plan.cli_programs:
-            if (user := program.low_ports_user) is not None:
-                sealed_cli.grant_low_ports(program.executable, user, users[user].gid)
+        confine.apply(plan, accounts.ensure(plan.accounts))
     write_private(paths.manifest, json.dumps(plan.manifest(), indent=2) + "\n")
     _prune_cli_logs(plan)
 
@@ -207,7 +194,6 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     spec = topology.spec
     t0 = time.monotonic()
     # 1. Check everything; nothing is written or started before these pass.
-    _check_low_ports(spec)
     tools = _tools_for(project_dir, topology, env)
     creds = _stack_credentials(project_dir, spec)
     secrets = load_or_generate(paths, secret_names(topology))
@@ -450,11 +436,6 @@ def isolation_line(plan: FleetPlan) -> str:
         if not sealed_cli.is_execute_only(cli):
             line += (f"; but {cli} is a script, not the CLI binary, so it cannot be made execute-only: a session's "
                      "tool run can read its server's connection token from /proc/<pid>/environ")
-        if plan.cli_programs[0].low_ports_user is not None:
-            line += "\n  ports     below 1024: only each server's own CLI may bind its port"
-        else:
-            line += ("\n  ports     from 1024: a tool run that kills its own server can take the port and be sent "
-                     "the token; fleet:local.replicaBasePort below 1024 closes that (docs/security.md)")
         return line
     me = pwd.getpwuid(os.geteuid()).pw_name
     return (f"  users     NOT ISOLATED: `up` did not run as root, so every program and every session's tool runs "

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import SecretStr
 
 import copilot_fleet
-from copilot_fleet.local import sealed_cli
 from copilot_fleet.local.accounts import FleetAccounts, plan_accounts
 from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.secrets import (
@@ -27,7 +26,6 @@ from copilot_fleet.local.secrets import (
     user_token_name,
 )
 from copilot_fleet.local.tools import Tools
-from copilot_fleet.spec import PRIVILEGED_PORTS_END
 from copilot_fleet.target import ProviderTarget, SessionStateTarget, Target
 from copilot_fleet.topology import CliGroup, Topology
 
@@ -91,11 +89,6 @@ class Program:
     @property
     def priority(self) -> int:
         return _PRIORITY[self.service.kind]
-
-    @property
-    def low_ports_user(self) -> str | None:
-        """The Unix user whose CLI copy may bind ports below 1024, when this server listens below 1024."""
-        return self.service.run_as if sealed_cli.is_low_ports_copy(self.executable) else None
 
     @property
     def executable(self) -> Path:
@@ -346,14 +339,6 @@ def _python_task_env() -> dict[str, str]:
     return {"PYTHONPATH": str(Path(copilot_fleet.__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
 
 
-def _cli_binary(tools: Tools, port: int, run_as: str | None) -> Path:
-    """The CLI a server runs: below port 1024 (a fleet started as root), its user's copy that may bind such a port
-    (sealed_cli.grant_low_ports makes it when `up` writes the fleet's state)."""
-    if run_as is not None and port < PRIVILEGED_PORTS_END:
-        return sealed_cli.low_ports_copy(tools.copilot, run_as)
-    return tools.copilot
-
-
 def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port_key: str, paths: StatePaths,
                  tools: Tools, secrets: FleetSecrets, creds: StackCredentials, run_as: str | None) -> Program:
     spec = topology.spec
@@ -362,7 +347,7 @@ def _cli_program(topology: Topology, group: CliGroup, name: str, port: int, port
     token_secret = CONNECTION_TOKEN if shared else user_token_name(group.token_key)
     idle = ["--session-idle-timeout", str(spec.idle_timeout)] if spec.idle_timeout > 0 else []
     cli_args = ["--log-level", spec.log_level, *idle]  # store mode: the provider adds --host and --port
-    command = [str(_cli_binary(tools, port, run_as)), "--headless", "--no-auto-update", "--no-auto-login",
+    command = [str(tools.copilot), "--headless", "--no-auto-update", "--no-auto-login",
                "--log-level", spec.log_level, "--port", str(port), *idle]
     env = {
         "COPILOT_HOME": str(home),
@@ -417,7 +402,7 @@ def _provider_program(group: CliGroup, name: str, port: int, port_key: str, path
     assert group.store_scope is not None
     address = f"{HOST}:{port}"
     ready = paths.run_dir / f"{name}.ready"
-    command = [str(tools.python), "-m", "copilot_fleet.sessionstore", "--cli", str(_cli_binary(tools, port, run_as)),
+    command = [str(tools.python), "-m", "copilot_fleet.sessionstore", "--cli", str(tools.copilot),
                "--home", str(paths.server_home(name)), "--workdir", str(paths.server_work_dir(name)),
                "--server-id", address, "--scope", group.store_scope, "--host", HOST, "--port", str(port),
                "--ready-file", str(ready), "--stop-grace", str(PROVIDER_STOP_GRACE_SECONDS)]

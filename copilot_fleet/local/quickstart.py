@@ -21,7 +21,7 @@ from copilot_fleet.local.paths import StatePaths
 from copilot_fleet.local.stack import load_local_spec
 from copilot_fleet.local.supervisor import read_record
 from copilot_fleet.pod.ports import free_port_block, port_holder, port_is_free
-from copilot_fleet.spec import PRIVILEGED_PORTS_END, FleetSpec
+from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import find_project_dir, stack_file
 
 
@@ -90,14 +90,10 @@ def choose(project_dir: Path, stack: str, base_port: int | None) -> list[str]:
                                + f"; choose another base (the stack needs {size} free ports from it)")
         base, why = base_port, f"--base-port {base_port}"
     else:
+        base = free_port_block(size)
         first = min(busy)
         holder = port_holder(first)
         why = f"port {first} ({busy[first]}) is in use{f' by {holder}' if holder else ''}"
-        if spec.local.replica_base_port < PRIVILEGED_PORTS_END:  # a free block would be above 1023
-            raise CommandError(f"{why}; this stack's CLI servers listen below {PRIVILEGED_PORTS_END}, which keeps "
-                               "tool runs from taking their ports (docs/security.md), so they are not moved to a "
-                               "free block: free the port, or choose ports with --base-port")
-        base = free_port_block(size)
     path = stack_file(project_dir, stack)
     ports = block(spec, base)
     write_ports(path, ports)

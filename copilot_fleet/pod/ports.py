@@ -94,14 +94,13 @@ def _below_ephemeral_range() -> tuple[int, int]:
     return (20000, high) if high - 20000 >= 4096 else (10000, max(high, 14096))
 
 
-def free_port_block(count: int, attempts: int = 200, *, below_1024: bool = False) -> int:
+def free_port_block(count: int, attempts: int = 200) -> int:
     """A base port such that base .. base+count-1 are all free on 127.0.0.1 now: for fleets that tests, benchmarks
     and fault runs start side by side. A random start below the ephemeral range keeps parallel runs apart and keeps
     the kernel from giving one of the ports to a bind(0) before our server binds it; from there the range is
     scanned (wrapping), skipping past any port that is taken or that this process handed out in the last two
-    minutes. `attempts` bounds the blocks whose ports are tried with bind(). `below_1024`: from 512-1023 instead
-    (CLI servers of a fleet started as root; only root can tell which are free)."""
-    low, high = (512, 1024) if below_1024 else _below_ephemeral_range()
+    minutes. `attempts` bounds the blocks whose ports are tried with bind()."""
+    low, high = _below_ephemeral_range()
     span = high - low - count
     start = random.Random(os.getpid() ^ time.monotonic_ns()).randrange(span)
     with _handed_out_lock:

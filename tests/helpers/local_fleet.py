@@ -51,12 +51,12 @@ class Project:
         (self.dir / "stacks" / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": config}))
 
     def local_stack(self, name: str, isolation: str, replicas: int = 2, users: list[str] | None = None,
-                    low_replica_ports: bool = False, **extra: Any) -> dict[str, int]:
-        """A local stack with free ports (`low_replica_ports`: the CLI servers' below 1024); returns its ports."""
+                    **extra: Any) -> dict[str, int]:
+        """A local stack with free ports; returns the ports it uses."""
         n = len(users) if users else replicas
         base = free_port_block(n + 3)
-        ports = {"replicaBasePort": free_port_block(n, below_1024=True) if low_replica_ports else base,
-                 "endpointPort": base + n, "redisPort": base + n + 1, "modelPort": base + n + 2}
+        ports = {"replicaBasePort": base, "endpointPort": base + n, "redisPort": base + n + 1,
+                 "modelPort": base + n + 2}
         fleet: dict[str, Any] = {"isolation": isolation, "platform": "local", "local": ports, **extra}
         if isolation == "per-user":
             fleet["users"] = [{"id": u} for u in users or []]

@@ -3,7 +3,6 @@ anything listening) gets a free block written into its stack file, or the block 
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 from pathlib import Path
@@ -79,29 +78,3 @@ def test_a_taken_base_port_is_refused_naming_the_port(project: h.Project,
     with pytest.raises(SystemExit):
         quickstart.main(["--project-dir", str(project.dir), "--base-port", "80"])
     assert "from 1024 to 65535" in capsys.readouterr().err
-
-
-def test_a_stack_whose_servers_listen_below_1024_is_not_moved(project: h.Project,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """Those ports keep tool runs from taking a server's port (docs/security.md); a free block would be above 1023."""
-    ports = project.local_stack("low", "shared-cli", replicas=2, low_replica_ports=True)
-    before = (project.dir / "stacks" / "Pulumi.low.yaml").read_text()
-    with socket.create_server(("127.0.0.1", ports["redisPort"])):
-        assert quickstart.main(["--project-dir", str(project.dir), "--stack", "low"]) == 1
-    err = capsys.readouterr().err
-    assert f"port {ports['redisPort']} (fleet:local.redisPort) is in use" in err and "below 1024" in err, err
-    assert "--base-port" in err
-    assert (project.dir / "stacks" / "Pulumi.low.yaml").read_text() == before
-
-
-def test_servers_below_1024_need_up_as_root(project: h.Project, monkeypatch: pytest.MonkeyPatch) -> None:
-    from copilot_fleet.local import accounts, lifecycle
-    from copilot_fleet.local.errors import LocalFleetError
-
-    ports = project.local_stack("low", "shared-cli", replicas=2, low_replica_ports=True)
-    monkeypatch.setattr(accounts, "privileged", lambda: False)
-    with pytest.raises(LocalFleetError) as refused:
-        lifecycle.up(project.dir, "low", out=io.StringIO())
-    assert f"fleet:local.replicaBasePort {ports['replicaBasePort']}" in str(refused.value)
-    assert "need `up` as root" in str(refused.value) and "from 1024" in str(refused.value)
-    assert not (project.dir / ".fleet" / "low").exists()  # refused before anything was written
