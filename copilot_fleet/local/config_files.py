@@ -50,7 +50,7 @@ def _program_section(program: Program) -> str:
 
 
 def _task_section(task: Task) -> str:
-    return _section(task.name, task.command, task.directory, 40, task.log, task.env)  # 40: starts last, stops first
+    return _section(task.name, task.command, task.directory, task.priority, task.log, task.env)
 
 
 def _section(name: str, command: Sequence[str], directory: Path, priority: int, log: str | Path,

@@ -29,12 +29,21 @@ from copilot_fleet.local.config_files import haproxy_cfg, redis_conf, supervisor
 from copilot_fleet.local.errors import LocalFleetError
 from copilot_fleet.local.operate import drained_servers, haproxy_command, restore_rotation
 from copilot_fleet.local.paths import StatePaths, make_private_dir, make_socket_dir, stack_lock, write_private
-from copilot_fleet.local.plan import FleetPlan, Service, StackCredentials, build_plan, fleet_accounts, secret_names
+from copilot_fleet.local.plan import (
+    INSPECTOR_GUARD,
+    FleetPlan,
+    Service,
+    StackCredentials,
+    build_plan,
+    fleet_accounts,
+    secret_names,
+)
 from copilot_fleet.local.secrets import FleetSecrets, load_existing, load_or_generate, resolve_stack_secret, write_new
 from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.pod import procfs
-from copilot_fleet.pod.ports import port_holder, port_is_free
+from copilot_fleet.pod.inspector_guard import INSPECTOR_PORT
+from copilot_fleet.pod.ports import listener_uids, port_holder, port_is_free
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import stack_file
 from copilot_fleet.topology import Topology, build_topology
@@ -212,6 +221,7 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
         supervisor.wait_running(proc, timeout=min(timeout, 15.0))
         t2 = time.monotonic()
         ready = _wait_ready(plan, supervisor, secrets.values, t2 + timeout, out, proc)
+        _wait_inspector_guarded(plan, t2 + timeout)
     except BaseException as exc:
         survivors = sv.stop(record) if record is not None else []
         paths.supervisor_record.unlink(missing_ok=True)
@@ -229,6 +239,22 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
     _forget_start_checks(plan)
     phases = {"checks": t1 - t0, "supervisord": t2 - t1, "servers": time.monotonic() - t2}
     return UpResult(plan=plan, started=[p.name for p in plan.programs], ready_seconds=ready, phases=phases)
+
+
+def _wait_inspector_guarded(plan: FleetPlan, deadline: float) -> None:
+    """Started as root: the guard must hold Node's inspector port (a root listener on it) before `up` says the fleet
+    is ready; otherwise a tool run could open its server's debugger with SIGUSR1 (pod/inspector_guard.py)."""
+    if not any(task.name == INSPECTOR_GUARD for task in plan.tasks):
+        return
+    while 0 not in listener_uids(INSPECTOR_PORT):
+        if time.monotonic() > deadline:
+            holder = port_holder(INSPECTOR_PORT)
+            raise LocalFleetError(
+                f"the inspector guard does not hold 127.0.0.1:{INSPECTOR_PORT}, the port where a CLI sent SIGUSR1 "
+                "opens its debugger (a session's tool run could then read the server's secrets)"
+                + (f"; {holder} holds it" if holder else "")
+                + f"; see {plan.paths.display(plan.paths.log_file(INSPECTOR_GUARD))}")
+        time.sleep(0.05)
 
 
 def _stop_strays(plan: FleetPlan, out: TextIO) -> None:

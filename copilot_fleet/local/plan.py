@@ -101,13 +101,14 @@ class Program:
 
 @dataclass(frozen=True)
 class Task:
-    """A supervised helper without a port (no probe, not in fleet.json): the janitor, the recycler."""
+    """A supervised helper without a probe, not in fleet.json: the janitor, the recycler, the inspector guard."""
 
     name: str
     command: tuple[str, ...]
     directory: Path
     log: str
     env: dict[str, str] = field(default_factory=dict)
+    priority: int = 40  # supervisord's start order: helpers start last and stop first, unless they must not
 
 
 JANITOR_EVERY_SECONDS = 900  # the Kubernetes CronJob's default schedule, */15
@@ -266,7 +267,8 @@ def build_plan(topology: Topology, paths: StatePaths, tools: Tools, secrets: Fle
     balance: Literal["roundrobin", "source"] | None = None
     if topology.load_balanced:
         balance = "source" if spec.load_balancer.session_affinity == "ClientIP" else "roundrobin"
-    tasks = _janitor_tasks(topology, paths, tools, programs) + _recycler_tasks(topology, paths, tools)
+    tasks = (_inspector_guard_tasks(paths, tools, accounts) + _janitor_tasks(topology, paths, tools, programs)
+             + _recycler_tasks(topology, paths, tools))
     return FleetPlan(stack=spec.stack, isolation=spec.isolation, paths=paths, programs=tuple(programs),
                      target=target, balance=balance, uses_test_model=uses_test_model, tasks=tasks, accounts=accounts,
                      store_scopes=store_scopes(topology), appendfsync=spec.session_state.appendfsync)
@@ -320,6 +322,20 @@ def _janitor_tasks(topology: Topology, paths: StatePaths, tools: Tools, programs
                       command=(*base, "--session-state", str(p.service.session_state),
                                "--cli-logs", str(Path(str(p.service.home)) / "logs")), env=env)
                  for p in clis)
+
+
+INSPECTOR_GUARD = "inspector-guard"
+
+
+def _inspector_guard_tasks(paths: StatePaths, tools: Tools, accounts: FleetAccounts | None) -> tuple[Task, ...]:
+    """Started as root: hold Node's inspector port before any CLI starts, so that a tool run cannot open its
+    server's debugger with SIGUSR1 (copilot_fleet/pod/inspector_guard.py). It stays root: the tool runs, which
+    have the CLI users, cannot stop it. Not root: every program runs as one user, and nothing is kept apart."""
+    if accounts is None:
+        return ()
+    command = (str(tools.python), "-m", "copilot_fleet.pod.inspector_guard")
+    return (Task(name=INSPECTOR_GUARD, command=command, directory=paths.root,
+                 log=str(paths.log_file(INSPECTOR_GUARD)), env=_python_task_env(), priority=1),)
 
 
 def _recycler_tasks(topology: Topology, paths: StatePaths, tools: Tools) -> tuple[Task, ...]:

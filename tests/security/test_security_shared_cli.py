@@ -129,6 +129,29 @@ def test_listed_exposure_a_tool_run_can_kill_its_own_server_which_comes_back(pro
     h.wait_for(lambda: project.status(STACK)["healthy"], 60, "fleet healthy again")
 
 
+def test_sigusr1_from_a_tool_run_cannot_open_the_clis_debugger(project: h.Project) -> None:
+    """copilot_fleet/pod/inspector_guard.py: a tool run signals its own server (same user) with SIGUSR1, on which
+    Node opens an unauthenticated debugger on 127.0.0.1:9229 (the control, without the guard:
+    test_security_inspector.py). The fleet's guard holds that port: the CLI says its inspector could not start,
+    what answers there is no debugger, and the server serves on."""
+    target = project.target(STACK)
+    replica = target.replicas[0]
+    log = project.paths(STACK).log_file("copilot-cli-0")
+    refused = "Starting inspector on 127.0.0.1:9229 failed: address already in use"
+    before = log.read_text().count(refused)
+    # One line (the test model's `run:` takes one); the CLI is the direct parent of a one-command tool run.
+    probe = ('python3 -c "import os, signal, time, urllib.request as u, concurrent.futures as c; '
+             'os.kill(os.getppid(), signal.SIGUSR1); time.sleep(1); '
+             "got = c.ThreadPoolExecutor(1).submit(lambda: u.urlopen('http://127.0.0.1:9229/json/list', "
+             "timeout=5).read()[:200]); "
+             "print('no debugger:', type(got.exception()).__name__) if got.exception() else print(got.result())\"")
+    run = a.tool_run(replica, target.token_for(), target, probe)
+    assert "no debugger:" in run.output and "webSocketDebuggerUrl" not in run.output, run.output
+    h.wait_for(lambda: log.read_text().count(refused) > before, 30, "the CLI's log saying its inspector failed")
+    assert "Debugger listening" not in log.read_text()
+    assert "you said" in a.say_with(replica, target.token_for(), target, "hello")  # it serves on
+
+
 def test_the_token_alone_starts_mcp_commands_only_as_the_cli_user(project: h.Project) -> None:
     """docs/security.md: the connection token is a command-execution credential. CLI 1.0.102 starts the command
     of a client-sent `mcp_servers` entry after the session's first turn, and no server setting refuses it. What
