@@ -199,7 +199,7 @@ def provider_container(meta: FleetMeta, group: CliGroup, cli: Mapping[str, Any])
         "--cli", CLI_BINARY, "--home", pod.COPILOT_HOME, "--workdir", pod.WORKSPACE,
         "--server-id", server_id(meta, group), "--scope", group.store_scope,
         "--host", "0.0.0.0", "--port", str(spec.port), "--ready-file", READY_FILE,
-        "--stop-grace", str(provider_stop_grace(spec.termination_grace_seconds)),
+        "--stop-grace", str(provider_stop_grace(spec.termination_grace_seconds)), "--hold-inspector-port",
         "--", *_provider_cli_args(meta), f"--secret-env-vars={','.join(secret_names)}",
     ]
     return {

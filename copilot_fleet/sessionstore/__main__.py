@@ -4,7 +4,7 @@
         [--host 127.0.0.1] [--port 0] [--workdir DIR] [--redis-url-file F] [--token-file F]
         [--ready-file F] [--session-state-path /session-state] [--cli-user USER] [--allow-unleased-writes]
         [--registration-ttl S] [--stop-grace S] [--start-timeout S]
-        [--max-file-bytes N] [--max-session-bytes N] [--max-entries N] [-- EXTRA CLI ARGS]
+        [--max-file-bytes N] [--max-session-bytes N] [--max-entries N] [--hold-inspector-port] [-- EXTRA CLI ARGS]
 
 Credentials never on the command line: the Redis URL (with the ACL user's password) from `--redis-url-file`, else
 $COPILOT_FLEET_STORE_REDIS_URL (every COPILOT_FLEET_STORE_* variable is removed from the CLI's environment); the
@@ -21,11 +21,13 @@ import asyncio
 import logging
 import os
 import pwd
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from copilot_fleet.argtypes import positive, secret_from_file_or_env
+from copilot_fleet.pod.inspector_guard import INSPECTOR_PORT, hold
 
 from .cli_process import make_undumpable
 from .fencing import DEFAULT_REGISTRATION_TTL_SECONDS, validate_server_id
@@ -84,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-file-bytes", type=positive(int), default=defaults.max_file_bytes)
     p.add_argument("--max-session-bytes", type=positive(int), default=defaults.max_session_bytes)
     p.add_argument("--max-entries", type=positive(int), default=defaults.max_entries)
+    p.add_argument("--hold-inspector-port", action="store_true",
+                   help="hold 127.0.0.1:9229 while this process runs, so that SIGUSR1 cannot open the CLI's Node "
+                        "debugger (in a pod; copilot_fleet/pod/inspector_guard.py says why)")
     p.add_argument("cli_args", nargs="*", help="extra arguments for the CLI (after --)")
     return p
 
@@ -124,8 +129,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     p = parser()
-    config = config_from_args(p.parse_args(argv), p)
-    return asyncio.run(Provider(config).run())
+    args = p.parse_args(argv)
+    config = config_from_args(args, p)
+    # In a pod this process is the one a tool run can neither reach (non-dumpable: not its sockets either) nor
+    # outlive the CLI of (the CLI dies with it), so it holds the port; the CLI does not inherit the socket.
+    inspector_port = _hold_inspector_port(p) if args.hold_inspector_port else None
+    try:
+        return asyncio.run(Provider(config).run())
+    finally:
+        if inspector_port is not None:
+            inspector_port.close()
+
+
+def _hold_inspector_port(p: argparse.ArgumentParser) -> socket.socket:
+    try:
+        return hold("127.0.0.1", INSPECTOR_PORT)
+    except OSError as exc:
+        p.error(f"--hold-inspector-port: cannot hold 127.0.0.1:{INSPECTOR_PORT} ({exc}); the CLI is not started "
+                "while its debugger port is free for the taking")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,29 @@ def test_a_tool_run_reaches_no_store_credential(sw: StoreWorld) -> None:
     assert {"cli-clean", "environs-with-it=0", "own=0"} <= set(lines), output
 
 
+# One line: the CLI's pid from the provider's ready file, SIGUSR1 to it, then ask Node's inspector port for targets.
+_DEBUGGER_PROBE = (
+    "python3 -c \"import json, os, signal, time, urllib.request as u, concurrent.futures as c; "
+    "os.kill(json.load(open('" + store.READY_FILE + "'))['cli_pid'], signal.SIGUSR1); time.sleep(1); "
+    "got = c.ThreadPoolExecutor(1).submit(lambda: u.urlopen('http://127.0.0.1:9229/json/list', timeout=5)"
+    ".read()[:200]); "
+    "print('no debugger:', type(got.exception()).__name__) if got.exception() else print(got.result())\""
+)
+
+
+def test_sigusr1_from_a_tool_run_opens_no_debugger_in_the_cli(sw: StoreWorld) -> None:
+    """SIGUSR1 makes the CLI (a Node application) open an unauthenticated debugger on 127.0.0.1:9229, and a tool run
+    has the CLI's uid (docs/security.md). In store mode the provider, which the tool run can neither reach nor
+    outlive the CLI of, holds that port in the pod (`--hold-inspector-port`): the inspector cannot start, and the
+    server serves on."""
+    target = sw.target()
+    user = sorted(target.users)[0] if target.isolation == "per-user" else "alice"
+    address = target.users[user] if target.isolation == "per-user" else target.replicas[0]
+    output = sf.tool_run(target, user, _DEBUGGER_PROBE, address=address)
+    assert "no debugger:" in output and "webSocketDebuggerUrl" not in output, output
+    assert "no debugger:" in sf.tool_run(target, user, "echo no debugger: still serving", address=address)
+
+
 def test_the_janitor_job_cleans_the_store(sw: StoreWorld) -> None:
     """Each janitor Job (one per store scope) deletes a session of its scope idle past the TTL from the store and
     keeps a recent one, reading the admin's URL from its Secret file."""
