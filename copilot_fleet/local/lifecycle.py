@@ -43,7 +43,7 @@ from copilot_fleet.local.stack import load_local_spec, stack_platform
 from copilot_fleet.local.tools import Tools, locate_tools
 from copilot_fleet.pod import procfs
 from copilot_fleet.pod.inspector_guard import INSPECTOR_PORT
-from copilot_fleet.pod.ports import listener_uids, port_holder, port_is_free
+from copilot_fleet.pod.ports import loopback_listener_uids, port_holder, port_is_free
 from copilot_fleet.spec import FleetSpec
 from copilot_fleet.stackfile import stack_file
 from copilot_fleet.topology import Topology, build_topology
@@ -147,6 +147,11 @@ def _check_ports(plan: FleetPlan) -> None:
             holder = port_holder(svc.port)
             held = f", held by {holder}" if holder else ""
             problems.append(f"port {svc.port} for {svc.name} (set by {svc.port_key}) is already in use{held}")
+    if any(task.name == INSPECTOR_GUARD for task in plan.tasks) and loopback_listener_uids(INSPECTOR_PORT) - {0}:
+        holder = port_holder(INSPECTOR_PORT)
+        problems.append(f"port {INSPECTOR_PORT} on 127.0.0.1 (Node's inspector port, which the fleet's inspector guard "
+                        f"must hold) is already in use{f', held by {holder}' if holder else ''} by a user other than "
+                        "root: the guard could not hold it, and SIGUSR1 could then open a CLI's debugger")
     if problems:
         raise LocalFleetError(
             f"cannot start stack {plan.stack}; nothing was started:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -242,11 +247,13 @@ def _start(project_dir: Path, topology: Topology, paths: StatePaths, env: Mappin
 
 
 def _wait_inspector_guarded(plan: FleetPlan, deadline: float) -> None:
-    """Started as root: the guard must hold Node's inspector port (a root listener on it) before `up` says the fleet
-    is ready; otherwise a tool run could open its server's debugger with SIGUSR1 (pod/inspector_guard.py)."""
+    """Started as root: the guard must hold Node's inspector port (a root listener on 127.0.0.1:9229) before `up`
+    says the fleet is ready; otherwise a tool run could open its server's debugger with SIGUSR1
+    (pod/inspector_guard.py). supervisord starts the guard first; no session, so no tool run, exists before `up`
+    has seen every server answer."""
     if not any(task.name == INSPECTOR_GUARD for task in plan.tasks):
         return
-    while 0 not in listener_uids(INSPECTOR_PORT):
+    while 0 not in loopback_listener_uids(INSPECTOR_PORT):
         if time.monotonic() > deadline:
             holder = port_holder(INSPECTOR_PORT)
             raise LocalFleetError(
@@ -291,8 +298,9 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
     _prune_cli_logs(plan)
     supervisor = sv.Supervisor(paths)
     infos = supervisor.processes()
-    to_start = [p.name for p in plan.programs
-                if infos.get(p.name, {}).get("statename") not in ("RUNNING", "STARTING", "BACKOFF")]
+    names = [p.name for p in plan.programs] + [t.name for t in plan.tasks if t.name == INSPECTOR_GUARD]
+    to_start = [name for name in names
+                if infos.get(name, {}).get("statename") not in ("RUNNING", "STARTING", "BACKOFF")]
     for name in to_start:
         _say(out, f"  start  {name} (was {infos.get(name, {}).get('statename', 'unknown')})")
         try:
@@ -312,6 +320,7 @@ def _ensure_running(project_dir: Path, topology: Topology, paths: StatePaths, en
     for name in sorted(drained_servers(paths) & set(to_start)):  # a drained server started again: back in rotation
         restore_rotation(paths, plan.services, name)
         _say(out, f"  undrained {name}")
+    _wait_inspector_guarded(plan, time.monotonic() + timeout)  # supervisord restarts a guard that died
     if not to_start:
         _say(out, f"fleet {spec.stack} is already running and healthy; nothing changed")
     return UpResult(plan=plan, started=to_start, ready_seconds=ready)

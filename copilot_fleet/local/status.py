@@ -26,7 +26,8 @@ from copilot_fleet.local.paths import StatePaths, started_state
 from copilot_fleet.local.plan import Service, load_manifest
 from copilot_fleet.local.stack import not_local_message, stack_platform
 from copilot_fleet.pod import procfs
-from copilot_fleet.pod.ports import port_holder_pid
+from copilot_fleet.pod.inspector_guard import INSPECTOR_PORT
+from copilot_fleet.pod.ports import loopback_listener_uids, port_holder_pid
 from copilot_fleet.sessiondir import attached_dirs, session_dirs
 
 # running: supervisord runs and restarts what exits; lost: supervisord is gone but processes it started still run,
@@ -73,16 +74,19 @@ class FleetStatus:
     isolated: bool = False  # started as root: each server runs as an unprivileged user of its own
     dead_supervisord_pid: int | None = None  # supervision lost: the supervisord that died
     unsupervised_pids: list[int] = field(default_factory=list)  # supervision lost: every process still running
+    # Started as root: whether root holds 127.0.0.1:9229, so SIGUSR1 cannot open a CLI's debugger (None: not root)
+    inspector_guarded: bool | None = None
 
     @property
     def healthy(self) -> bool:
-        return self.running and bool(self.services) and all(s.healthy for s in self.services)
+        return (self.running and bool(self.services) and all(s.healthy for s in self.services)
+                and self.inspector_guarded is not False)
 
     def to_json(self) -> dict[str, object]:
         return {"stack": self.stack, "isolation": self.isolation, "running": self.running,
                 "healthy": self.healthy, "supervisord_pid": self.supervisord_pid,
                 "supervision": self.supervision, "dead_supervisord_pid": self.dead_supervisord_pid,
-                "isolated": self.isolated,
+                "isolated": self.isolated, "inspector_guarded": self.inspector_guarded,
                 "unsupervised_pids": self.unsupervised_pids,
                 "shared_sessions_on_disk": self.shared_sessions_on_disk,
                 "session_state": self.session_state, "sessions_in_store": self.sessions_in_store,
@@ -171,6 +175,8 @@ def collect(project_dir: Path, stack: str) -> FleetStatus:
         except (OSError, xmlrpc.client.Error) as exc:
             unknown_state = f"unknown (supervisord does not answer: {exc})"
     serving = running or bool(left)
+    if status.isolated and serving:
+        status.inspector_guarded = 0 in loopback_listener_uids(INSPECTOR_PORT)
     results = probes.probe_all(services, _secret_values(paths, services)) if serving else {}
     lb = lbstats.backend_rows(paths.haproxy_socket) if serving and manifest.get("balance") else {}
     drained = _drained(paths)
@@ -272,6 +278,9 @@ def format_table(status: FleetStatus) -> str:
         summary = f"fleet {status.stack} ({status.isolation}): healthy, supervisord pid {status.supervisord_pid}"
     else:
         bad = [s.name for s in status.services if not s.healthy]
+        if status.inspector_guarded is False:
+            bad.append(f"inspector-guard (127.0.0.1:{INSPECTOR_PORT} is not held by root: SIGUSR1 could open a "
+                       "CLI's debugger)")
         summary = f"fleet {status.stack} ({status.isolation}): UNHEALTHY: {', '.join(bad)}"
     if status.shared_sessions_on_disk is not None:
         summary += f"; {status.shared_sessions_on_disk} session(s) in the shared session-state/"

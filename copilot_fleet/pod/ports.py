@@ -29,18 +29,22 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def listener_uids(port: int) -> set[int]:
-    """The owners (uids) of the sockets listening on `port`, from /proc/net/tcp and tcp6."""
+_IPV4_LOOPBACK, _IPV4_ANY = "0100007F", "00000000"  # /proc/net/tcp's hex, host byte order
+
+
+def loopback_listener_uids(port: int) -> set[int]:
+    """The owners (uids) of the sockets listening on 127.0.0.1:`port`, or on 0.0.0.0:`port` (which takes it too),
+    from /proc/net/tcp."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return set()
     uids: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                uids.add(int(fields[7]))
+    for line in lines:
+        fields = line.split()
+        address, _, hex_port = fields[1].partition(":")
+        if fields[3] == _LISTEN and int(hex_port, 16) == port and address in (_IPV4_LOOPBACK, _IPV4_ANY):
+            uids.add(int(fields[7]))
     return uids
 
 

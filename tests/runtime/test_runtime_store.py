@@ -11,6 +11,7 @@ store; pod deletion.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 from collections.abc import Iterator
@@ -233,27 +234,39 @@ def test_a_tool_run_reaches_no_store_credential(sw: StoreWorld) -> None:
     assert {"cli-clean", "environs-with-it=0", "own=0"} <= set(lines), output
 
 
-# One line: the CLI's pid from the provider's ready file, SIGUSR1 to it, then ask Node's inspector port for targets.
-_DEBUGGER_PROBE = (
-    "python3 -c \"import json, os, signal, time, urllib.request as u, concurrent.futures as c; "
-    "os.kill(json.load(open('" + store.READY_FILE + "'))['cli_pid'], signal.SIGUSR1); time.sleep(1); "
-    "got = c.ThreadPoolExecutor(1).submit(lambda: u.urlopen('http://127.0.0.1:9229/json/list', timeout=5)"
-    ".read()[:200]); "
-    "print('no debugger:', type(got.exception()).__name__) if got.exception() else print(got.result())\""
-)
+# The CLI's pid from the provider's ready file, SIGUSR1 to it, then ask Node's inspector port for its targets for
+# about 10 s (the inspector starts a moment after the signal). Sent base64-encoded: the model's `run:` takes one line.
+_DEBUGGER_SCRIPT = f"""
+import json, os, signal, time, urllib.request
+os.kill(json.load(open({store.READY_FILE!r}))["cli_pid"], signal.SIGUSR1)
+seen = None
+for _ in range(10):
+    time.sleep(0.3)
+    try:
+        seen = urllib.request.urlopen("http://127.0.0.1:9229/json/list", timeout=1).read()[:200]
+        break
+    except Exception:
+        pass
+print(seen if seen else "no debugger: 10 tries")
+"""
+_DEBUGGER_PROBE = ("python3 -c \"import base64; exec(base64.b64decode('"
+                   + base64.b64encode(_DEBUGGER_SCRIPT.encode()).decode() + "'))\"")
+INSPECTOR_REFUSED = "Starting inspector on 127.0.0.1:9229 failed: address already in use"
 
 
 def test_sigusr1_from_a_tool_run_opens_no_debugger_in_the_cli(sw: StoreWorld) -> None:
     """SIGUSR1 makes the CLI (a Node application) open an unauthenticated debugger on 127.0.0.1:9229, and a tool run
     has the CLI's uid (docs/security.md). In store mode the provider, which the tool run can neither reach nor
-    outlive the CLI of, holds that port in the pod (`--hold-inspector-port`): the inspector cannot start, and the
-    server serves on."""
+    outlive the CLI of, holds that port in the pod (`--hold-inspector-port`): the inspector cannot start (the CLI
+    says so in its log), and the server serves on."""
     target = sw.target()
     user = sorted(target.users)[0] if target.isolation == "per-user" else "alice"
     address = target.users[user] if target.isolation == "per-user" else target.replicas[0]
+    pod = next(p for p in sw.cli if any(address.endswith(f":{port}") for port in p.ports.values()))
     output = sf.tool_run(target, user, _DEBUGGER_PROBE, address=address)
-    assert "no debugger:" in output and "webSocketDebuggerUrl" not in output, output
-    assert "no debugger:" in sf.tool_run(target, user, "echo no debugger: still serving", address=address)
+    assert "no debugger: 10 tries" in output and "webSocketDebuggerUrl" not in output, output
+    assert INSPECTOR_REFUSED in pod.logs(), pod.logs()[-2000:]
+    assert "served-42" in sf.tool_run(target, user, "echo served-$((6*7))", address=address)
 
 
 def test_the_janitor_job_cleans_the_store(sw: StoreWorld) -> None:

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from copilot_fleet import timescale
+from copilot_fleet.nodelay import open_tcp
 from copilot_fleet.pod.inspector_guard import hold
-from copilot_fleet.pod.ports import free_port, listener_uids
+from copilot_fleet.pod.ports import free_port, loopback_listener_uids
 from tests.helpers.processes import CLI_BINARY, CLI_CACHE, ROOT, stop_process
 
 GUARD_HOLDS = re.compile(r"inspector guard: holding 127\.0\.0\.1:(\d+)")
@@ -91,17 +92,17 @@ def test_guards_share_the_port_and_nothing_else_can_bind_it() -> None:
     with guard(port) as first, guard(port) as second:
         for proc in (first, second):
             assert f"holding 127.0.0.1:{port}" in output_until(proc, GUARD_HOLDS)
-        assert listener_uids(port) == {os.geteuid()}
+        assert loopback_listener_uids(port) == {os.geteuid()}
         with socket.socket() as other, pytest.raises(OSError) as taken:  # how the CLI's inspector binds
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             other.bind(("127.0.0.1", port))
         assert taken.value.errno == errno.EADDRINUSE
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as caller:  # answered by closing
+        with open_tcp("127.0.0.1", port, timeout=10) as caller:  # answered by closing
             caller.settimeout(10)
             assert caller.recv(1) == b""
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0
-        assert second.poll() is None and listener_uids(port) == {os.geteuid()}  # the other still holds it
+        assert second.poll() is None and loopback_listener_uids(port) == {os.geteuid()}  # the other still holds it
 
 
 def test_a_guard_waits_for_a_taken_port_and_then_holds_it() -> None:
@@ -109,9 +110,9 @@ def test_a_guard_waits_for_a_taken_port_and_then_holds_it() -> None:
     foreign = socket.create_server(("127.0.0.1", port))  # no SO_REUSEPORT: the guard cannot share it
     with guard(port) as proc:
         assert "Address already in use" in output_until(proc, GUARD_WAITS)
-        assert listener_uids(port) == {os.geteuid()} and proc.poll() is None  # the foreign one only; it waits
+        assert loopback_listener_uids(port) == {os.geteuid()} and proc.poll() is None  # the foreign one only; it waits
         foreign.close()
         assert f"holding 127.0.0.1:{port}" in output_until(proc, GUARD_HOLDS)
-        assert listener_uids(port) == {os.geteuid()}
+        assert loopback_listener_uids(port) == {os.geteuid()}
     with socket.create_server(("127.0.0.1", port)), pytest.raises(OSError):  # hold() refuses a taken port
         hold("127.0.0.1", port)

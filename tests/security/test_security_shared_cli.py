@@ -152,6 +152,22 @@ def test_sigusr1_from_a_tool_run_cannot_open_the_clis_debugger(project: h.Projec
     assert "you said" in a.say_with(replica, target.token_for(), target, "hello")  # it serves on
 
 
+def test_a_stopped_inspector_guard_is_reported_and_up_starts_it_again(project: h.Project) -> None:
+    from copilot_fleet.local.supervisor import Supervisor
+
+    supervisor = Supervisor(project.paths(STACK))
+    supervisor.stop_process("inspector-guard")
+    try:
+        status = project.run("status", "--stack", STACK)
+        assert status.returncode == 1 and "UNHEALTHY: inspector-guard (127.0.0.1:9229 is not held by root" in \
+            status.stdout, status.stdout
+        assert project.status(STACK)["inspector_guarded"] is False
+    finally:
+        up = project.run_ok("up", "--stack", STACK)
+    assert "start  inspector-guard (was STOPPED)" in up.stdout, up.stdout
+    assert project.status(STACK)["inspector_guarded"] is True and project.status(STACK)["healthy"]
+
+
 def test_the_token_alone_starts_mcp_commands_only_as_the_cli_user(project: h.Project) -> None:
     """docs/security.md: the connection token is a command-execution credential. CLI 1.0.102 starts the command
     of a client-sent `mcp_servers` entry after the session's first turn, and no server setting refuses it. What
