@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -170,6 +171,20 @@ async def test_a_create_sent_as_the_replica_drains_goes_to_the_next_replica_and_
     session is created on the next replica: one new session directory per create, none half-made."""
     root = cli_fleet.shared_state.parent
     refusals: list[str] = []
+    loop = asyncio.get_running_loop()
+    runners_handler = loop.get_exception_handler()
+    sdk_races = _tolerate_the_sdks_double_completion(loop)
+    try:
+        await _drain_rounds(cli_fleet, caplog, root, refusals)
+    finally:
+        loop.set_exception_handler(runners_handler)
+    assert len(refusals) == 6, refusals  # each create met the draining replica first
+    print("what the draining replica answered:", *refusals, sep="\n  ")
+    print(f"the SDK completed a future twice {len(sdk_races)} time(s)")
+
+
+async def _drain_rounds(cli_fleet: CliFleet, caplog: pytest.LogCaptureFixture, root: Path,
+                        refusals: list[str]) -> None:
     for round_no in range(6):
         name = f"draining-{round_no}"
         server = start_cli(name, root, cli_fleet.shared_state, cli_fleet.token,
@@ -193,8 +208,31 @@ async def test_a_create_sent_as_the_replica_drains_goes_to_the_next_replica_and_
                 refusals += [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
         finally:
             stop_process(server.proc)
-    assert len(refusals) == 6, refusals  # each create met the draining replica first
-    print("what the draining replica answered:", *refusals, sep="\n  ")
+
+
+def _tolerate_the_sdks_double_completion(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """SDK 1.0.25's reader thread checks `future.done()` and then schedules `future.set_exception` (or
+    `set_result`) on the loop; when a CLI answers a request and exits at once, both the answer and the exit sweep
+    schedule one, and the second raises InvalidStateError in the loop (asyncio logs it; the caller got the first).
+    The test runner would count it as the test's error: only that one is set aside (and counted); anything else
+    goes to the runner's handler."""
+    seen: list[str] = []
+    previous = loop.get_exception_handler()
+
+    def handler(this: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        callback = getattr(context.get("handle"), "_callback", None)
+        if (isinstance(context.get("exception"), asyncio.InvalidStateError)
+                and getattr(callback, "__name__", "") in ("set_exception", "set_result")
+                and isinstance(getattr(callback, "__self__", None), asyncio.Future)):
+            seen.append(str(context.get("message")))
+            return
+        if previous is not None:
+            previous(this, context)
+        else:
+            this.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    return seen
 
 
 async def test_a_crash_mid_turn_ends_the_reply_at_once_and_the_restarted_server_is_reconnected(
